@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# agent-stream service image. Build: docker build -t agent-stream .
+# Runs `agent-stream serve`; needs DATABASE_URL and REDIS_URL (see compose.yml).
+# Migrations are embedded in the binary and applied at start.
+
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+# sqlx's compile-time checked queries (if any) must use the offline data in
+# .sqlx/; there is no database at build time.
+ENV SQLX_OFFLINE=true
+COPY . .
+# Cache mounts keep the registry and build artifacts between builds; the binary
+# is copied out of the cached target dir within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin agent-stream \
+ && cp target/release/agent-stream /usr/local/bin/agent-stream
+
+FROM debian:bookworm-slim
+# ca-certificates for TLS connections; curl only for the compose healthcheck.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --shell /usr/sbin/nologin agent-stream
+COPY --from=builder /usr/local/bin/agent-stream /usr/local/bin/agent-stream
+USER agent-stream
+ENV AGENT_STREAM_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["agent-stream"]
+CMD ["serve"]

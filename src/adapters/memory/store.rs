@@ -1,0 +1,129 @@
+//! [`MemoryStore`]: the store port on a map guarded by one mutex.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId};
+use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    processes: Mutex<HashMap<ProcessId, Process>>,
+}
+
+struct Process {
+    info: ProcessInfo,
+    /// `messages[i]` has seq `i + 1`.
+    messages: Vec<StoredMessage>,
+    seq_by_id: HashMap<String, u64>,
+}
+
+impl Process {
+    fn new(process_id: ProcessId) -> Self {
+        Self {
+            info: ProcessInfo {
+                process_id,
+                status: ProcessStatus::Running,
+                last_seq: 0,
+                created_at: Utc::now(),
+                finished_at: None,
+            },
+            messages: Vec::new(),
+            seq_by_id: HashMap::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Process>> {
+        // A panic while holding the lock cannot leave a process half-written: every
+        // write below validates first and mutates last.
+        self.processes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
+        let mut processes = self.lock();
+        if let Some(known) = processes.get(process) {
+            return Ok(Registration::Existing(known.info.clone()));
+        }
+        let new = Process::new(process.clone());
+        let info = new.info.clone();
+        processes.insert(process.clone(), new);
+        Ok(Registration::Created(info))
+    }
+
+    async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError> {
+        let mut processes = self.lock();
+        let existing = processes.get(process);
+        let is_known = |id: &str| existing.is_some_and(|p| p.seq_by_id.contains_key(id));
+        if let Some(status) = existing.and_then(|p| p.info.status.finished()) {
+            if !messages.iter().all(|m| is_known(&m.id)) {
+                return Err(StoreError::Finished { process: process.clone(), status: status.clone() });
+            }
+        }
+        let state = processes.entry(process.clone()).or_insert_with(|| Process::new(process.clone()));
+        let created_at = Utc::now();
+        let mut outcome = AppendOutcome::default();
+        for message in messages {
+            let (seq, created) = match state.seq_by_id.get(&message.id) {
+                Some(&seq) => (seq, false),
+                None => {
+                    let seq = state.info.last_seq + 1;
+                    let stored = message.render(seq, created_at);
+                    state.messages.push(stored.clone());
+                    state.seq_by_id.insert(message.id.clone(), seq);
+                    state.info.last_seq = seq;
+                    outcome.stored.push(stored);
+                    (seq, true)
+                }
+            };
+            outcome.results.push(Appended { id: message.id.clone(), stream_id: StreamId::message(seq), created });
+        }
+        Ok(outcome)
+    }
+
+    async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError> {
+        let mut processes = self.lock();
+        let state = processes.get_mut(process).ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+        match state.info.status.finished() {
+            Some(current) if current == status => {}
+            Some(current) => {
+                return Err(StoreError::StatusConflict { process: process.clone(), current: current.clone() })
+            }
+            None => {
+                state.info.status = ProcessStatus::Finished(status.clone());
+                state.info.finished_at = Some(Utc::now());
+            }
+        }
+        Ok(state.info.clone())
+    }
+
+    async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
+        Ok(self.lock().get(process).map(|p| p.info.clone()))
+    }
+
+    async fn read_after(&self, process: &ProcessId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let processes = self.lock();
+        let Some(state) = processes.get(process) else { return Ok(Vec::new()) };
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(state.messages.len());
+        Ok(state.messages[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

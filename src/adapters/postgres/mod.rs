@@ -1,0 +1,197 @@
+//! [`PostgresStore`]: the store port on PostgreSQL, the source of truth.
+//!
+//! An append is one transaction: lock the process row (creating it if needed), look up
+//! which message ids are already stored, insert the new ones with the next seqs, move
+//! `last_seq`, commit. Because the row lock is held until commit, concurrent writers to
+//! one process get distinct, gap-free seqs and commit in seq order; so a reader that
+//! sees seq `n` committed knows every seq below it is committed too.
+
+mod sql;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId};
+use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+
+/// The schema migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects a pool to `database_url`. The pool connects lazily, so the service
+    /// starts (and says it is not ready) while PostgreSQL is still coming up.
+    pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(database_url)
+            .context("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)")?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the migrations that have not run yet.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.pool).await.context("applying the database migrations failed")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.into())
+}
+
+fn to_seq(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn process_info(row: &PgRow) -> Result<ProcessInfo, StoreError> {
+    let id: String = row.try_get("process_id").map_err(unavailable)?;
+    let process_id = ProcessId::parse(&id).map_err(|e| StoreError::Unavailable(anyhow::anyhow!("stored process id {id:?}: {e}")))?;
+    Ok(ProcessInfo {
+        process_id,
+        status: ProcessStatus::from_stored(row.try_get::<&str, _>("status").map_err(unavailable)?),
+        last_seq: to_seq(row.try_get("last_seq").map_err(unavailable)?),
+        created_at: row.try_get("created_at").map_err(unavailable)?,
+        finished_at: row.try_get("finished_at").map_err(unavailable)?,
+    })
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
+        let created = sqlx::query(sql::REGISTER).bind(process.as_str()).fetch_optional(&self.pool).await.map_err(unavailable)?;
+        if let Some(row) = created {
+            return Ok(Registration::Created(process_info(&row)?));
+        }
+        match self.process(process).await? {
+            Some(info) => Ok(Registration::Existing(info)),
+            None => Err(StoreError::Unavailable(anyhow::anyhow!("process {process} vanished while registering"))),
+        }
+    }
+
+    async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let locked = sqlx::query(sql::LOCK_FOR_APPEND).bind(process.as_str()).fetch_one(&mut *tx).await.map_err(unavailable)?;
+        let status = ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(unavailable)?);
+        let mut last_seq = to_seq(locked.try_get(1).map_err(unavailable)?);
+        let created_at: DateTime<Utc> = locked.try_get(2).map_err(unavailable)?;
+
+        let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let mut seq_by_id: HashMap<String, u64> = sqlx::query(sql::SELECT_EXISTING_IDS)
+            .bind(process.as_str())
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| Ok((row.try_get::<String, _>(0)?, to_seq(row.try_get(1)?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)?;
+
+        let mut outcome = AppendOutcome::default();
+        for message in messages {
+            let (seq, created) = match seq_by_id.get(&message.id) {
+                Some(&seq) => (seq, false),
+                None => {
+                    last_seq += 1;
+                    seq_by_id.insert(message.id.clone(), last_seq);
+                    outcome.stored.push(message.render(last_seq, created_at));
+                    (last_seq, true)
+                }
+            };
+            outcome.results.push(Appended { id: message.id.clone(), stream_id: StreamId::message(seq), created });
+        }
+        if outcome.stored.is_empty() {
+            // Every message was already stored: an idempotent retry, even after finish.
+            return Ok(outcome);
+        }
+        if let Some(status) = status.finished() {
+            return Err(StoreError::Finished { process: process.clone(), status: status.clone() });
+        }
+
+        let seqs: Vec<i64> = outcome.stored.iter().map(|m| to_i64(m.seq)).collect();
+        let new_ids: Vec<&str> = outcome.results.iter().filter(|r| r.created).map(|r| r.id.as_str()).collect();
+        let bodies: Vec<&str> = outcome
+            .stored
+            .iter()
+            .map(|m| std::str::from_utf8(&m.json).map_err(|e| StoreError::Unavailable(e.into())))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(sql::INSERT_MESSAGES)
+            .bind(process.as_str())
+            .bind(&seqs)
+            .bind(&new_ids)
+            .bind(&bodies)
+            .bind(to_i64(last_seq))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcome)
+    }
+
+    async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError> {
+        let finished = sqlx::query(sql::FINISH)
+            .bind(process.as_str())
+            .bind(status.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if let Some(row) = finished {
+            return process_info(&row);
+        }
+        let info = self.process(process).await?.ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+        match info.status.finished() {
+            Some(current) if current == status => Ok(info),
+            Some(current) => Err(StoreError::StatusConflict { process: process.clone(), current: current.clone() }),
+            None => Err(StoreError::Unavailable(anyhow::anyhow!("process {process} is running but could not be finished"))),
+        }
+    }
+
+    async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
+        let row = sqlx::query(sql::SELECT_PROCESS).bind(process.as_str()).fetch_optional(&self.pool).await.map_err(unavailable)?;
+        row.as_ref().map(process_info).transpose()
+    }
+
+    async fn read_after(&self, process: &ProcessId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(sql::READ_AFTER)
+            .bind(process.as_str())
+            .bind(to_i64(after))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredMessage { seq: to_seq(row.try_get(0)?), json: Bytes::from(row.try_get::<String, _>(1)?) })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query(sql::PING).execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,179 @@
+//! [`RedisFeed`]: the live-feed port on Redis Streams.
+//!
+//! Redis data structures used, all under one key per process (see [`keys`]):
+//! - a **stream** `<prefix>process:<id>:stream`. Each stored message is added right
+//!   after its PostgreSQL commit with `XADD key MAXLEN ~ <n> <seq>-0 message <json>`:
+//!   the entry ID is the durable seq, never `*`, so a reader can resume from any ID it
+//!   saw and knows exactly which entry comes next. Finishing adds the end marker
+//!   `<last seq>-1 end {"status": …}` and sets an `EXPIRE` on the key.
+//! - nothing else: no consumer groups (each follower has its own cursor, kept by the
+//!   client) and no pub/sub.
+//!
+//! Redis is an accelerator, never the truth. `XADD` may be refused (an entry with a
+//! higher ID is already there, when concurrent writers publish out of order), entries
+//! may be trimmed or the key expired or lost: followers see a gap or nothing, and fill
+//! it from PostgreSQL. A failed `XADD` is logged and counted, never an append failure.
+//!
+//! Commands go over one multiplexed, self-reconnecting connection; blocking reads go
+//! over the readers' own connections ([`reader`]).
+
+mod health;
+pub mod keys;
+mod reader;
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::domain::{ProcessId, StoredMessage, StreamId};
+use crate::ports::{FeedError, FeedSubscription, LiveFeed};
+use health::Health;
+use keys::{Keys, END_FIELD, MESSAGE_FIELD};
+use reader::Reader;
+
+/// How the feed uses Redis.
+#[derive(Debug, Clone)]
+pub struct RedisFeedConfig {
+    pub url: String,
+    /// Prepended to every key; empty by default.
+    pub prefix: String,
+    /// `MAXLEN ~` of every `XADD`.
+    pub stream_maxlen: u64,
+    /// `EXPIRE` set on a finished process's stream.
+    pub finished_ttl: Duration,
+    /// Stream readers, each holding one connection.
+    pub readers: usize,
+    /// Events a follower may fall behind before it catches up from the store.
+    pub follower_buffer: usize,
+}
+
+pub struct RedisFeed {
+    commands: ConnectionManager,
+    keys: Keys,
+    config: RedisFeedConfig,
+    readers: Vec<Arc<Reader>>,
+    pick: std::collections::hash_map::RandomState,
+    health: Arc<Health>,
+    _stop_readers: DropGuard,
+}
+
+impl RedisFeed {
+    /// Sets up the feed without waiting for Redis: commands fail (and are logged) until
+    /// it answers, and the readers keep trying to connect.
+    pub fn connect_lazy(config: RedisFeedConfig) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.url.as_str())
+            .context("REDIS_URL is not a valid Redis URL (redis://host:port/db)")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .context("setting up the Redis connection failed")?;
+        let health = Arc::new(Health::default());
+        let stop = CancellationToken::new();
+        let readers: Vec<_> = (0..config.readers.max(1)).map(|_| Arc::new(Reader::new(client.clone()))).collect();
+        for reader in &readers {
+            tokio::spawn(reader.clone().run(health.clone(), stop.clone()));
+        }
+        Ok(Self {
+            commands,
+            keys: Keys::new(config.prefix.clone()),
+            config,
+            readers,
+            pick: Default::default(),
+            health,
+            _stop_readers: stop.drop_guard(),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn run(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), FeedError> {
+        let mut commands = self.commands.clone();
+        match pipe.query_async::<()>(&mut commands).await {
+            Ok(()) => {
+                self.health.mark_up();
+                Ok(())
+            }
+            Err(error) => {
+                metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+                // A server error (such as a refused ID) means Redis answers.
+                if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                    self.health.mark_down(what, &error);
+                }
+                Err(FeedError(anyhow::Error::new(error).context(what.to_owned())))
+            }
+        }
+    }
+
+    fn xadd(&self, pipe: &mut redis::Pipeline, key: &str, id: StreamId, field: &str, value: &[u8]) {
+        pipe.cmd("XADD").arg(key).arg("MAXLEN").arg("~").arg(self.config.stream_maxlen).arg(id.to_string()).arg(field).arg(value).ignore();
+    }
+}
+
+#[async_trait]
+impl LiveFeed for RedisFeed {
+    async fn publish(&self, process: &ProcessId, messages: &[StoredMessage]) -> Result<(), FeedError> {
+        let key = self.keys.stream(process);
+        let mut pipe = redis::pipe();
+        for message in messages {
+            self.xadd(&mut pipe, &key, message.stream_id(), MESSAGE_FIELD, &message.json);
+        }
+        self.run("XADD", &pipe).await
+    }
+
+    async fn publish_end(&self, process: &ProcessId, last_seq: u64, status: &str) -> Result<(), FeedError> {
+        let key = self.keys.stream(process);
+        let end = serde_json::json!({ "status": status }).to_string();
+        let mut pipe = redis::pipe();
+        // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
+        self.xadd(&mut pipe, &key, StreamId::end(last_seq), END_FIELD, end.as_bytes());
+        pipe.cmd("EXPIRE").arg(&key).arg(self.config.finished_ttl.as_secs().max(1)).ignore();
+        self.run("XADD end marker and EXPIRE", &pipe).await
+    }
+
+    fn subscribe(&self, process: &ProcessId, after: u64) -> FeedSubscription {
+        let key = self.keys.stream(process);
+        let reader = &self.readers[self.pick.hash_one(&key) as usize % self.readers.len()];
+        let (subscription, generation) = reader.watch(key, after, self.config.follower_buffer);
+        if let Some(generation) = generation {
+            tokio::spawn(wake(reader.clone(), self.commands.clone(), generation));
+        }
+        subscription
+    }
+
+    async fn ping(&self) -> Result<(), FeedError> {
+        let mut commands = self.commands.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut commands).await;
+        pong.map(|_| ()).map_err(|e| FeedError(anyhow::Error::new(e).context("PING")))
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Unblocks the reader's `XREAD` until it has been rebuilt with the new watch: a
+/// `CLIENT UNBLOCK` sent before the `XREAD` reaches Redis does nothing, so it repeats.
+async fn wake(reader: Arc<Reader>, mut commands: ConnectionManager, generation: u64) {
+    for _ in 0..100 {
+        if reader.has_read(generation) {
+            return;
+        }
+        if let Some(id) = reader.client_id() {
+            let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut commands).await;
+            if unblocked.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,189 @@
+//! Shared stream readers: a fixed number of tasks, each holding one dedicated Redis
+//! connection and blocking in one `XREAD` over every stream it watches, so an instance
+//! holds a bounded number of Redis connections however many clients follow.
+//!
+//! A process's stream is watched by one reader while anyone follows it; events fan out
+//! in-process through a bounded broadcast channel per process. A new watch must join the
+//! `XREAD` that is already blocking: the subscriber wakes the reader with
+//! `CLIENT UNBLOCK` (from the command connection) until the reader's next snapshot
+//! includes it. The `BLOCK` timeout bounds that wait if every wake-up misses.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::health::Health;
+use super::keys::{END_FIELD, MESSAGE_FIELD};
+use crate::domain::{StoredMessage, StreamId};
+use crate::ports::{FeedEvent, FeedSubscription};
+
+/// How long one `XREAD` blocks; the response timeout of its connection is longer.
+const BLOCK: Duration = Duration::from_secs(2);
+
+/// At most this many entries per `XREAD` reply, over all streams.
+const READ_COUNT: usize = 512;
+
+pub struct Reader {
+    client: redis::Client,
+    watches: Mutex<HashMap<String, Watch>>,
+    /// Bumped whenever a watch is added.
+    generation: AtomicU64,
+    /// The generation of the snapshot the current `XREAD` was built from.
+    read_generation: AtomicU64,
+    /// The reader connection's `CLIENT ID`, or -1 while it has none.
+    client_id: AtomicI64,
+    wake: Notify,
+}
+
+struct Watch {
+    sender: broadcast::Sender<FeedEvent>,
+    /// The last entry ID read (or the subscriber's start): the next `XREAD` asks for
+    /// what comes after it.
+    last: StreamId,
+}
+
+impl Reader {
+    pub fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            watches: Mutex::default(),
+            generation: AtomicU64::new(0),
+            read_generation: AtomicU64::new(0),
+            client_id: AtomicI64::new(-1),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
+        self.watches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes to `key` from after seq `after`. Returns the generation the reader
+    /// must reach before the new watch is read, when the watch is new.
+    pub fn watch(&self, key: String, after: u64, capacity: usize) -> (FeedSubscription, Option<u64>) {
+        let mut watches = self.lock();
+        if let Some(watch) = watches.get(&key).filter(|w| w.sender.receiver_count() > 0) {
+            return (watch.sender.subscribe(), None);
+        }
+        let (sender, receiver) = broadcast::channel(capacity.max(1));
+        watches.insert(key, Watch { sender, last: StreamId::message(after) });
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        drop(watches);
+        self.wake.notify_one();
+        (receiver, Some(generation))
+    }
+
+    /// Whether the `XREAD` under way already includes watches up to `generation`.
+    pub fn has_read(&self, generation: u64) -> bool {
+        self.read_generation.load(Ordering::SeqCst) >= generation
+    }
+
+    pub fn client_id(&self) -> Option<i64> {
+        Some(self.client_id.load(Ordering::SeqCst)).filter(|id| *id >= 0)
+    }
+
+    /// Drops watches nobody listens to, and returns the keys and IDs to read after.
+    fn snapshot(&self) -> (Vec<String>, Vec<String>) {
+        let mut watches = self.lock();
+        self.read_generation.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
+        watches.retain(|_, watch| watch.sender.receiver_count() > 0);
+        watches.iter().map(|(key, watch)| (key.clone(), watch.last.to_string())).unzip()
+    }
+
+    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(3)));
+        let mut connection = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut connection).await?;
+        self.client_id.store(id, Ordering::SeqCst);
+        Ok(connection)
+    }
+
+    /// Reads until `shutdown`. The connection is this task's alone: a blocking `XREAD`
+    /// would stall any other command sent on it.
+    pub async fn run(self: Arc<Self>, health: Arc<Health>, shutdown: CancellationToken) {
+        let mut connection = None;
+        let mut backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let conn = match connection.as_mut() {
+                Some(conn) => conn,
+                None => match self.connect().await {
+                    Ok(conn) => connection.insert(conn),
+                    Err(error) => {
+                        health.mark_down("connecting a stream reader", &error);
+                        self.pause(&mut backoff, &shutdown).await;
+                        continue;
+                    }
+                },
+            };
+            let (keys, ids) = self.snapshot();
+            if keys.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let mut xread = redis::cmd("XREAD");
+            xread.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS").arg(&keys).arg(&ids);
+            let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+                reply = xread.query_async(conn) => reply,
+                _ = shutdown.cancelled() => return,
+            };
+            match reply {
+                Ok(reply) => {
+                    health.mark_up();
+                    backoff = Duration::from_millis(50);
+                    if let Some(reply) = reply {
+                        self.dispatch(reply);
+                    }
+                }
+                Err(error) => {
+                    health.mark_down("reading streams", &error);
+                    connection = None;
+                    self.client_id.store(-1, Ordering::SeqCst);
+                    self.pause(&mut backoff, &shutdown).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// Turns entries into events for their watchers. Entries this service did not
+    /// write (another ID shape or field) only move the read position.
+    fn dispatch(&self, reply: StreamReadReply) {
+        let mut watches = self.lock();
+        for stream in reply.keys {
+            let Some(watch) = watches.get_mut(&stream.key) else { continue };
+            for entry in stream.ids {
+                let Ok(id) = StreamId::parse(&entry.id) else { continue };
+                watch.last = watch.last.max(id);
+                let event = match (id.n, entry.map.get(MESSAGE_FIELD), entry.map.get(END_FIELD)) {
+                    (0, Some(Value::BulkString(json)), _) => {
+                        FeedEvent::Message(StoredMessage { seq: id.seq, json: Bytes::from(json.clone()) })
+                    }
+                    (1, _, Some(_)) => FeedEvent::End { last_seq: id.seq },
+                    _ => continue,
+                };
+                // An error only means every subscriber has just left.
+                let _ = watch.sender.send(event);
+            }
+        }
+    }
+}

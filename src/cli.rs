@@ -1,0 +1,124 @@
+//! The command line: `serve`, `migrate`, `append` and `demo`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::adapters::postgres::PostgresStore;
+use crate::config::{redact, BackendConfig, ServeConfig};
+use crate::demo::{self, DemoArgs};
+use crate::domain::{FinishStatus, NewMessage, ProcessId};
+use crate::startup::{self, Backends};
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-stream", version, about = "Watch a remote coding agent work, live: durable, exact, resumable message streams.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `agent_stream=debug`.
+    #[arg(long, global = true, env = "AGENT_STREAM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeConfig),
+    /// Apply the PostgreSQL migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Append NDJSON messages (one per line) from FILE or stdin to a process, each as
+    /// it is read, printing `{"id", "stream_id"}` per message.
+    Append(AppendArgs),
+    /// Serve, and play a recorded agent session into a fresh process at a human pace.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The process to append to (registered if new).
+    #[arg(long)]
+    pub process: String,
+
+    /// NDJSON file of messages; stdin when absent or `-`.
+    pub file: Option<PathBuf>,
+
+    /// Finish the process with this status after the last message (e.g. `succeeded`).
+    #[arg(long)]
+    pub finish: Option<String>,
+
+    /// Largest message, in bytes of its JSON.
+    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    #[command(flatten)]
+    pub backend: BackendConfig,
+}
+
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::Migrate { database_url } => {
+            PostgresStore::connect_lazy(&database_url, 2)?
+                .migrate()
+                .await
+                .with_context(|| format!("could not migrate PostgreSQL at {}", redact(&database_url)))?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Append(args) => append(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    let backends = Backends::connect(&config.backend).await?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on {}", config.listen))?;
+    tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
+    startup::serve(listener, backends, config.http(), startup::shutdown_signal()).await
+}
+
+async fn append(args: AppendArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.backend.database_url.is_some(),
+        "append writes to PostgreSQL directly: set DATABASE_URL (and REDIS_URL for live delivery). A server on the embedded in-memory store takes messages at POST /processes/{{id}}/messages instead"
+    );
+    let process = ProcessId::parse(&args.process)?;
+    let finish = args.finish.as_deref().map(FinishStatus::parse).transpose()?;
+    let writer = Backends::connect(&args.backend).await?.writer();
+    let input: Box<dyn AsyncBufRead + Unpin + Send> = match args.file.as_ref().filter(|f| f.as_os_str() != "-") {
+        Some(path) => Box::new(BufReader::new(tokio::fs::File::open(path).await.with_context(|| format!("could not open {}", path.display()))?)),
+        None => Box::new(BufReader::new(tokio::io::stdin())),
+    };
+    let mut lines = input.lines();
+    let mut number = 0;
+    while let Some(line) = lines.next_line().await.context("could not read the input")? {
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let message = NewMessage::parse(line.trim().as_bytes(), args.max_message_bytes).with_context(|| format!("line {number}"))?;
+        let outcome = writer.append(&process, std::slice::from_ref(&message)).await.with_context(|| format!("line {number}: append failed"))?;
+        for appended in outcome.results {
+            println!("{}", serde_json::json!({ "id": appended.id, "stream_id": appended.stream_id.to_string() }));
+        }
+    }
+    if let Some(status) = finish {
+        let info = writer.finish(&process, &status).await.context("finish failed")?;
+        tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq, "process finished");
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Configuration: typed structs filled from flags with environment fallbacks, with
+//! defaults that work on a laptop, validated at start. URLs, which may hold
+//! credentials, are never printed (`hide_env_values`, and [`redact`] in logs).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::follow::FollowConfig;
+use crate::http::HttpConfig;
+
+/// Where messages are stored and how they travel.
+#[derive(Debug, Clone, Args)]
+pub struct BackendConfig {
+    /// PostgreSQL URL. Without it (and without REDIS_URL), the embedded in-memory
+    /// store is used: nothing survives a restart.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Redis URL for live delivery over Redis Streams. Needs DATABASE_URL: Redis is an
+    /// accelerator, never the store. Without it, delivery is in-process (one instance).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, for a shared Redis (e.g. `agent-stream:`).
+    #[arg(long, env = "AGENT_STREAM_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// Entries kept per Redis stream (`XADD … MAXLEN ~ N`).
+    #[arg(long, env = "AGENT_STREAM_STREAM_MAXLEN", default_value_t = 1000)]
+    pub stream_maxlen: u64,
+
+    /// How long a finished process's Redis stream is kept (`EXPIRE`), e.g. `1h`, `30m`.
+    #[arg(long, env = "AGENT_STREAM_FINISHED_STREAM_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub finished_stream_ttl: Duration,
+
+    /// Redis connections that read streams (each blocks in one XREAD for many
+    /// processes), so connections stay bounded however many clients follow.
+    #[arg(long, env = "AGENT_STREAM_REDIS_READERS", default_value_t = 4)]
+    pub redis_readers: usize,
+
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "AGENT_STREAM_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Live events a follower may fall behind before it catches up from the store.
+    #[arg(long, env = "AGENT_STREAM_FOLLOWER_BUFFER", default_value_t = 256)]
+    pub follower_buffer: usize,
+}
+
+/// `agent-stream serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "AGENT_STREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub backend: BackendConfig,
+
+    /// How long a follower waits on a silent live feed before it asks the store
+    /// (catches a message whose Redis XADD never happened, or Redis being down).
+    #[arg(long, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub idle_poll: Duration,
+
+    /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
+    #[arg(long, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Largest message, in bytes of its JSON.
+    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Largest request body, in bytes (one message or an array of them).
+    #[arg(long, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Messages per catch-up read from the store.
+    #[arg(long, env = "AGENT_STREAM_CATCH_UP_PAGE", default_value_t = 200)]
+    pub catch_up_page: usize,
+}
+
+impl BackendConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.database_url.is_some() || self.redis_url.is_none(),
+            "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
+        );
+        anyhow::ensure!(self.stream_maxlen >= 1, "--stream-maxlen must be at least 1");
+        anyhow::ensure!((1..=15).contains(&self.redis_readers), "--redis-readers must be from 1 to 15 (each holds one Redis connection)");
+        anyhow::ensure!(self.database_max_connections >= 2, "--database-max-connections must be at least 2");
+        anyhow::ensure!(self.follower_buffer >= 1, "--follower-buffer must be at least 1");
+        anyhow::ensure!(self.finished_stream_ttl >= Duration::from_secs(1), "--finished-stream-ttl must be at least 1s");
+        Ok(())
+    }
+}
+
+impl ServeConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.backend.validate()?;
+        anyhow::ensure!(self.idle_poll >= Duration::from_millis(10), "--idle-poll must be at least 10ms");
+        anyhow::ensure!(self.heartbeat >= Duration::from_secs(1), "--heartbeat must be at least 1s");
+        anyhow::ensure!(self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024");
+        anyhow::ensure!(
+            self.max_body_bytes >= self.max_message_bytes,
+            "--max-body-bytes must be at least --max-message-bytes"
+        );
+        anyhow::ensure!((1..=10_000).contains(&self.catch_up_page), "--catch-up-page must be from 1 to 10000");
+        Ok(())
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            max_message_bytes: self.max_message_bytes,
+            max_body_bytes: self.max_body_bytes,
+            heartbeat: self.heartbeat,
+            follow: FollowConfig { page_size: self.catch_up_page, idle_poll: self.idle_poll },
+        }
+    }
+}
+
+/// A URL with its password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => "(unparsable URL)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://***@db:5432/x");
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+}

@@ -1,0 +1,12 @@
+//! The domain: what a process, a message and a stream ID are, and the rules that make
+//! client input acceptable. Nothing here knows about HTTP, PostgreSQL or Redis.
+
+mod error;
+mod message;
+mod process;
+mod stream_id;
+
+pub use error::DomainError;
+pub use message::{minify_json, NewMessage, StoredMessage, MAX_MESSAGE_ID_BYTES};
+pub use process::{FinishStatus, ProcessId, ProcessInfo, ProcessStatus};
+pub use stream_id::{Cursor, StreamId};

@@ -1,0 +1,132 @@
+//! Stream IDs: `<seq>-<n>`. A message's stream ID is `<seq>-0`, where `seq` is its
+//! durable position in its process; the end event's is `<last seq>-1`, so it sorts right
+//! after the last message. The same value is the Redis entry ID, the SSE `id:` and the
+//! resume cursor, which is why a client can resume from any ID whether or not Redis
+//! still holds it.
+
+use std::fmt;
+
+use super::DomainError;
+
+/// A position in a process's stream, ordered as Redis orders entry IDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId {
+    pub seq: u64,
+    pub n: u64,
+}
+
+impl StreamId {
+    /// Before the first message: "from the beginning".
+    pub const ZERO: StreamId = StreamId { seq: 0, n: 0 };
+
+    /// Seqs are PostgreSQL `bigint`s: nothing above this is a position.
+    pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+    pub const fn message(seq: u64) -> Self {
+        Self { seq, n: 0 }
+    }
+
+    pub const fn end(last_seq: u64) -> Self {
+        Self { seq: last_seq, n: 1 }
+    }
+
+    /// Parses `<seq>-<n>` or a bare `<seq>`: plain decimal digits, nothing else.
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        let invalid = || DomainError::InvalidCursor(truncate(raw));
+        let (seq, n) = match raw.split_once('-') {
+            Some((seq, n)) => (seq, Some(n)),
+            None => (raw, None),
+        };
+        let seq = parse_decimal(seq).filter(|seq| *seq <= Self::MAX_SEQ).ok_or_else(invalid)?;
+        let n = match n {
+            Some(n) => parse_decimal(n).ok_or_else(invalid)?,
+            None => 0,
+        };
+        Ok(Self { seq, n })
+    }
+}
+
+/// Only ASCII digits: `u64::from_str` would also take a leading `+`.
+fn parse_decimal(raw: &str) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
+}
+
+/// Keeps error messages small whatever a client sends.
+fn truncate(raw: &str) -> String {
+    raw.chars().take(64).collect()
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.seq, self.n)
+    }
+}
+
+/// Where a reader resumes: it is sent exactly what sorts after this stream ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor(pub StreamId);
+
+impl Cursor {
+    pub const START: Cursor = Cursor(StreamId::ZERO);
+
+    /// Reads the cursor of a request. `after` (the query parameter) wins over
+    /// `last_event_id` (the header); none, or an empty value, means from the beginning.
+    pub fn from_request(after: Option<&str>, last_event_id: Option<&str>) -> Result<Self, DomainError> {
+        match after.or(last_event_id).map(str::trim) {
+            None | Some("") => Ok(Self::START),
+            Some(raw) => StreamId::parse(raw).map(Self),
+        }
+    }
+
+    /// Messages with a seq above this one sort after the cursor: `<seq>-0 > cursor`.
+    pub fn after_seq(self) -> u64 {
+        self.0.seq
+    }
+
+    /// Whether a reader at this cursor has already seen the end of a process finished
+    /// after `last_seq`.
+    pub fn has_seen_end(self, last_seq: u64) -> bool {
+        self.0 >= StreamId::end(last_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_and_bare_seqs_parse() {
+        assert_eq!(StreamId::parse("42-0").unwrap(), StreamId::message(42));
+        assert_eq!(StreamId::parse("42").unwrap(), StreamId::message(42));
+        assert_eq!(StreamId::parse("7-1").unwrap(), StreamId::end(7));
+        assert_eq!(StreamId::parse("0-0").unwrap(), StreamId::ZERO);
+        assert_eq!(StreamId::parse("9223372036854775807").unwrap().seq, StreamId::MAX_SEQ);
+    }
+
+    #[test]
+    fn malformed_cursors_are_refused() {
+        for bad in ["", "-", "-1", "1-", "+1", "1-+0", "a", "1-0-0", " 1", "1.5", "0x10", "9223372036854775808", "99999999999999999999999"] {
+            assert!(StreamId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_query_parameter_wins_over_the_header() {
+        let cursor = Cursor::from_request(Some("5-0"), Some("9-0")).unwrap();
+        assert_eq!(cursor.after_seq(), 5);
+        assert_eq!(Cursor::from_request(None, Some("9")).unwrap().after_seq(), 9);
+        assert_eq!(Cursor::from_request(None, None).unwrap(), Cursor::START);
+    }
+
+    #[test]
+    fn the_end_id_sorts_after_the_last_message_and_before_the_next() {
+        assert!(StreamId::message(5) < StreamId::end(5));
+        assert!(StreamId::end(5) < StreamId::message(6));
+        assert!(Cursor(StreamId::end(5)).has_seen_end(5));
+        assert!(!Cursor(StreamId::message(5)).has_seen_end(5));
+        assert_eq!(StreamId::end(5).to_string(), "5-1");
+    }
+}

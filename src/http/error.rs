@@ -1,0 +1,81 @@
+//! [`ApiError`]: the one error type of the HTTP layer, rendered as the contract's
+//! `{"error": {"code": "…", "message": "…"}}`. Client mistakes say what to fix;
+//! infrastructure failures are logged here and answered without internals.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::domain::DomainError;
+use crate::ports::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over the limit of {limit} bytes"))
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        let code = match error {
+            DomainError::InvalidProcessId => "invalid_process_id",
+            DomainError::InvalidCursor(_) => "invalid_cursor",
+            DomainError::InvalidStatus(_) => "invalid_status",
+            DomainError::InvalidMessage(_) => "invalid_message",
+            DomainError::MessageTooLarge { .. } => {
+                return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", error.to_string())
+            }
+        };
+        Self::bad_request(code, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::UnknownProcess(_) => Self::new(StatusCode::NOT_FOUND, "process_not_found", error.to_string()),
+            StoreError::Finished { .. } => Self::new(StatusCode::CONFLICT, "process_finished", error.to_string()),
+            StoreError::StatusConflict { .. } => Self::new(StatusCode::CONFLICT, "status_conflict", error.to_string()),
+            StoreError::Unavailable(ref source) => {
+                tracing::error!(error = format!("{source:#}"), "store unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the message store is unavailable; nothing was stored; retry later")
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(Body { error: Detail { code: self.code, message: &self.message } })).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

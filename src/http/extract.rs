@@ -1,0 +1,103 @@
+//! Request parts read the way the contract wants: every malformed value is a 400 with
+//! the contract's JSON body, never a plain-text rejection or a panic.
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::domain::{Cursor, ProcessId};
+
+/// The `{id}` of a `/processes/{id}…` path, validated.
+pub struct ProcessPath(pub ProcessId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProcessPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_process_id", e.body_text()))?;
+        Ok(Self(ProcessId::parse(&raw)?))
+    }
+}
+
+/// The query parameters of a messages read.
+#[derive(Debug, Default, Deserialize)]
+pub struct MessagesQuery {
+    pub after: Option<String>,
+    pub limit: Option<String>,
+    pub follow: Option<String>,
+}
+
+impl MessagesQuery {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
+    }
+
+    /// The cursor: `?after=` wins over `Last-Event-ID`.
+    pub fn cursor(&self, headers: &HeaderMap) -> Result<Cursor, ApiError> {
+        let last_event_id = match headers.get("last-event-id") {
+            Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not valid text"))?),
+            None => None,
+        };
+        Ok(Cursor::from_request(self.after.as_deref(), last_event_id)?)
+    }
+
+    /// `follow=false` asks for a snapshot; `None` when not given.
+    pub fn follow(&self) -> Result<Option<bool>, ApiError> {
+        match self.follow.as_deref() {
+            None => Ok(None),
+            Some("true" | "1") => Ok(Some(true)),
+            Some("false" | "0") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request("invalid_query", format!("follow must be true or false, not {:?}", other.chars().take(32).collect::<String>()))),
+        }
+    }
+
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        let Some(raw) = self.limit.as_deref() else { return Ok(default) };
+        match raw.parse::<usize>() {
+            Ok(limit) if (1..=max).contains(&limit) && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(limit),
+            _ => Err(ApiError::bad_request("invalid_limit", format!("limit must be a whole number from 1 to {max}"))),
+        }
+    }
+}
+
+/// How a messages read answers, by `Accept` and `follow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Sse,
+    Ndjson,
+    Snapshot,
+}
+
+impl Format {
+    pub fn negotiate(headers: &HeaderMap, follow: Option<bool>) -> Self {
+        let accepts = |wanted: &str| {
+            headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+                range.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case(wanted))
+            })
+        };
+        match follow {
+            Some(false) => Self::Snapshot,
+            _ if accepts("text/event-stream") => Self::Sse,
+            None if accepts("application/json") => Self::Snapshot,
+            _ => Self::Ndjson,
+        }
+    }
+}
+
+/// Reads a request body up to `limit` bytes: past it, a 413 in the contract's shape.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}"))
+        }
+    })
+}

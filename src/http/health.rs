@@ -1,0 +1,41 @@
+//! `/healthz` (the process is up) and `/readyz` (its backing stores answer).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let (store, feed) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.feed.ping()),
+    );
+    let store_up = matches!(store, Ok(Ok(())));
+    let feed_up = matches!(feed, Ok(Ok(())));
+    let word = |up: bool| if up { "up" } else { "down" };
+    let mut checks = serde_json::Map::new();
+    checks.insert(state.store.name().into(), word(store_up).into());
+    checks.insert(state.feed.name().into(), word(feed_up).into());
+    if store_up && feed_up {
+        return Json(json!({ "status": "ready", "checks": checks })).into_response();
+    }
+    let down: Vec<&str> = [(store_up, state.store.name()), (feed_up, state.feed.name())]
+        .into_iter()
+        .filter(|(up, _)| !up)
+        .map(|(_, name)| name)
+        .collect();
+    let message = format!("{} does not answer", down.join(" and "));
+    let body = json!({ "error": { "code": "not_ready", "message": message }, "status": "not_ready", "checks": checks });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}

@@ -1,0 +1,168 @@
+//! Message calls: append (`POST`), and read (`GET`) as a follow over SSE or NDJSON, or
+//! as a JSON snapshot page.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
+use super::AppState;
+use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
+use crate::follow::{follow, FollowEvent};
+use crate::ports::StoreError;
+
+/// Snapshot pages: `limit` defaults to this…
+const DEFAULT_LIMIT: usize = 1000;
+/// …and may not exceed this.
+const MAX_LIMIT: usize = 10_000;
+
+#[derive(Serialize)]
+struct AppendedView<'a> {
+    id: &'a str,
+    stream_id: String,
+}
+
+pub async fn append(State(state): State<AppState>, ProcessPath(process): ProcessPath, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, state.config.max_body_bytes).await?;
+    let (messages, is_batch) = NewMessage::parse_body(&body, state.config.max_message_bytes)?;
+    let outcome = state.writer.append(&process, &messages).await?;
+    let status = if outcome.results.iter().any(|r| r.created) { StatusCode::CREATED } else { StatusCode::OK };
+    let views: Vec<AppendedView> =
+        outcome.results.iter().map(|r| AppendedView { id: &r.id, stream_id: r.stream_id.to_string() }).collect();
+    Ok(if is_batch { (status, Json(views)).into_response() } else { (status, Json(&views[0])).into_response() })
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = MessagesQuery::parse(query.as_deref())?;
+    let format = Format::negotiate(&headers, query.follow()?);
+    respond(state, process, &query, &headers, format).await
+}
+
+/// `/messages/stream`: the existing API's NDJSON path; `follow=false` still snapshots.
+pub async fn read_ndjson(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = MessagesQuery::parse(query.as_deref())?;
+    let format = if query.follow()? == Some(false) { Format::Snapshot } else { Format::Ndjson };
+    respond(state, process, &query, &headers, format).await
+}
+
+async fn respond(state: AppState, process: ProcessId, query: &MessagesQuery, headers: &HeaderMap, format: Format) -> Result<Response, ApiError> {
+    let cursor = query.cursor(headers)?;
+    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let info = state.store.process(&process).await?.ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+    match format {
+        Format::Snapshot => snapshot(&state, &process, cursor, limit).await,
+        Format::Sse if info.status.finished().is_some() && cursor.has_seen_end(info.last_seq) => {
+            // The client has the end: 204 stops a browser's EventSource for good.
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Format::Sse => Ok(sse(&state, info, cursor)),
+        Format::Ndjson => Ok(ndjson(&state, info, cursor)),
+    }
+}
+
+async fn snapshot(state: &AppState, process: &ProcessId, cursor: Cursor, limit: usize) -> Result<Response, ApiError> {
+    let messages = state.store.read_after(process, cursor.after_seq(), limit).await?;
+    let mut body = BytesMut::with_capacity(messages.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
+    body.put_u8(b'[');
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&message.json);
+    }
+    body.put_u8(b']');
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.freeze()).into_response())
+}
+
+fn events(state: &AppState, info: ProcessInfo, cursor: Cursor) -> impl Stream<Item = FollowEvent> + Send + 'static {
+    follow(
+        state.store.clone(),
+        state.feed.clone(),
+        info.process_id,
+        cursor,
+        info.last_seq,
+        state.config.follow.clone(),
+        state.shutdown.child_token(),
+    )
+}
+
+fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
+    let stream = events(state, info, cursor).map(|event| {
+        Ok::<_, Infallible>(match event {
+            FollowEvent::Message(message) => Event::default()
+                .id(message.stream_id().to_string())
+                .event("message")
+                .data(String::from_utf8_lossy(&message.json)),
+            FollowEvent::End { stream_id, status } => Event::default()
+                .id(stream_id.to_string())
+                .event("end")
+                .data(serde_json::json!({ "status": status.as_str() }).to_string()),
+        })
+    });
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.config.heartbeat)).into_response();
+    no_buffering(response.headers_mut());
+    response
+}
+
+fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
+    let lines = with_heartbeat(events(state, info, cursor), state.config.heartbeat).map(|event| {
+        Ok::<_, Infallible>(match event {
+            Some(FollowEvent::Message(message)) => {
+                let mut line = BytesMut::with_capacity(message.json.len() + 1);
+                line.put_slice(&message.json);
+                line.put_u8(b'\n');
+                line.freeze()
+            }
+            Some(FollowEvent::End { stream_id, status }) => {
+                let end = serde_json::json!({ "event": "end", "status": status.as_str(), "stream_id": stream_id.to_string() });
+                Bytes::from(format!("{end}\n"))
+            }
+            None => Bytes::from_static(b"\n"),
+        })
+    });
+    let mut response = Response::new(Body::from_stream(lines));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    no_buffering(response.headers_mut());
+    response
+}
+
+/// Proxies must pass each event on as it comes.
+fn no_buffering(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// Yields `None` (a heartbeat) whenever `events` is silent for `every`.
+fn with_heartbeat<S>(events: S, every: Duration) -> impl Stream<Item = Option<FollowEvent>> + Send + 'static
+where
+    S: Stream<Item = FollowEvent> + Send + 'static,
+{
+    futures::stream::unfold(Box::pin(events), move |mut events| async move {
+        // Dropping `next()` on timeout loses nothing: the stream keeps its state.
+        match tokio::time::timeout(every, events.next()).await {
+            Ok(Some(event)) => Some((Some(event), events)),
+            Ok(None) => None,
+            Err(_) => Some((None, events)),
+        }
+    })
+}

@@ -1,0 +1,22 @@
+//! agent-stream: watch a remote coding agent work, live.
+//!
+//! Every message an agent produces is appended durably to a store (PostgreSQL, or the
+//! in-memory default) with a gap-free `seq`, then pushed to a live feed (Redis Streams,
+//! or in-process) under the stream ID `<seq>-0`. Readers follow a process over HTTP and
+//! resume from any stream ID they saw, exactly. See `adr/0001` for why.
+//!
+//! The modules follow the architecture: [`domain`] (what things are), [`ports`] (what
+//! the core needs from storage and live delivery), [`adapters`] (PostgreSQL, Redis,
+//! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
+//! [`cli`] on top, [`startup`] wiring it all from [`config`].
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod follow;
+pub mod http;
+pub mod ports;
+pub mod startup;
+pub mod writer;

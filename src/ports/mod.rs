@@ -1,0 +1,9 @@
+//! Ports: what the write and read paths need from the outside world, as traits. The
+//! store is the truth; the live feed only makes delivery fast. Each has a PostgreSQL or
+//! Redis adapter and an in-memory one (see [`crate::adapters`]).
+
+mod feed;
+mod store;
+
+pub use feed::{FeedError, FeedEvent, FeedSubscription, LiveFeed};
+pub use store::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
