@@ -14,7 +14,11 @@ use crate::domain::{FinishStatus, NewMessage, ProcessId};
 use crate::startup::{self, Backends};
 
 #[derive(Debug, Parser)]
-#[command(name = "agent-stream", version, about = "Watch a remote coding agent work, live: durable, exact, resumable message streams.")]
+#[command(
+    name = "agent-stream",
+    version,
+    about = "Watch a remote coding agent work, live: durable, exact, resumable message streams."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -62,8 +66,12 @@ pub struct AppendArgs {
 }
 
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -74,7 +82,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             PostgresStore::connect_lazy(&database_url, 2)?
                 .migrate()
                 .await
-                .with_context(|| format!("could not migrate PostgreSQL at {}", redact(&database_url)))?;
+                .with_context(|| {
+                    format!("could not migrate PostgreSQL at {}", redact(&database_url))
+                })?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -86,9 +96,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
     let backends = Backends::connect(&config.backend).await?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", config.listen))?;
     tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
-    startup::serve(listener, backends, config.http(), startup::shutdown_signal()).await
+    startup::serve(
+        listener,
+        backends,
+        config.http(),
+        startup::shutdown_signal(),
+    )
+    .await
 }
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {
@@ -97,27 +115,50 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
         "append writes to PostgreSQL directly: set DATABASE_URL (and REDIS_URL for live delivery). A server on the embedded in-memory store takes messages at POST /processes/{{id}}/messages instead"
     );
     let process = ProcessId::parse(&args.process)?;
-    let finish = args.finish.as_deref().map(FinishStatus::parse).transpose()?;
+    let finish = args
+        .finish
+        .as_deref()
+        .map(FinishStatus::parse)
+        .transpose()?;
     let writer = Backends::connect(&args.backend).await?.writer();
-    let input: Box<dyn AsyncBufRead + Unpin + Send> = match args.file.as_ref().filter(|f| f.as_os_str() != "-") {
-        Some(path) => Box::new(BufReader::new(tokio::fs::File::open(path).await.with_context(|| format!("could not open {}", path.display()))?)),
-        None => Box::new(BufReader::new(tokio::io::stdin())),
-    };
+    let input: Box<dyn AsyncBufRead + Unpin + Send> =
+        match args.file.as_ref().filter(|f| f.as_os_str() != "-") {
+            Some(path) => Box::new(BufReader::new(
+                tokio::fs::File::open(path)
+                    .await
+                    .with_context(|| format!("could not open {}", path.display()))?,
+            )),
+            None => Box::new(BufReader::new(tokio::io::stdin())),
+        };
     let mut lines = input.lines();
     let mut number = 0;
-    while let Some(line) = lines.next_line().await.context("could not read the input")? {
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .context("could not read the input")?
+    {
         number += 1;
         if line.trim().is_empty() {
             continue;
         }
-        let message = NewMessage::parse(line.trim().as_bytes(), args.max_message_bytes).with_context(|| format!("line {number}"))?;
-        let outcome = writer.append(&process, std::slice::from_ref(&message)).await.with_context(|| format!("line {number}: append failed"))?;
+        let message = NewMessage::parse(line.trim().as_bytes(), args.max_message_bytes)
+            .with_context(|| format!("line {number}"))?;
+        let outcome = writer
+            .append(&process, std::slice::from_ref(&message))
+            .await
+            .with_context(|| format!("line {number}: append failed"))?;
         for appended in outcome.results {
-            println!("{}", serde_json::json!({ "id": appended.id, "stream_id": appended.stream_id.to_string() }));
+            println!(
+                "{}",
+                serde_json::json!({ "id": appended.id, "stream_id": appended.stream_id.to_string() })
+            );
         }
     }
     if let Some(status) = finish {
-        let info = writer.finish(&process, &status).await.context("finish failed")?;
+        let info = writer
+            .finish(&process, &status)
+            .await
+            .context("finish failed")?;
         tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq, "process finished");
     }
     Ok(())

@@ -41,7 +41,11 @@ pub struct BackendConfig {
     pub redis_readers: usize,
 
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "AGENT_STREAM_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "AGENT_STREAM_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub database_max_connections: u32,
 
     /// Live events a follower may fall behind before it catches up from the store.
@@ -87,11 +91,26 @@ impl BackendConfig {
             self.database_url.is_some() || self.redis_url.is_none(),
             "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
         );
-        anyhow::ensure!(self.stream_maxlen >= 1, "--stream-maxlen must be at least 1");
-        anyhow::ensure!((1..=15).contains(&self.redis_readers), "--redis-readers must be from 1 to 15 (each holds one Redis connection)");
-        anyhow::ensure!(self.database_max_connections >= 2, "--database-max-connections must be at least 2");
-        anyhow::ensure!(self.follower_buffer >= 1, "--follower-buffer must be at least 1");
-        anyhow::ensure!(self.finished_stream_ttl >= Duration::from_secs(1), "--finished-stream-ttl must be at least 1s");
+        anyhow::ensure!(
+            self.stream_maxlen >= 1,
+            "--stream-maxlen must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=15).contains(&self.redis_readers),
+            "--redis-readers must be from 1 to 15 (each holds one Redis connection)"
+        );
+        anyhow::ensure!(
+            self.database_max_connections >= 2,
+            "--database-max-connections must be at least 2"
+        );
+        anyhow::ensure!(
+            self.follower_buffer >= 1,
+            "--follower-buffer must be at least 1"
+        );
+        anyhow::ensure!(
+            self.finished_stream_ttl >= Duration::from_secs(1),
+            "--finished-stream-ttl must be at least 1s"
+        );
         Ok(())
     }
 }
@@ -99,14 +118,26 @@ impl BackendConfig {
 impl ServeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.backend.validate()?;
-        anyhow::ensure!(self.idle_poll >= Duration::from_millis(10), "--idle-poll must be at least 10ms");
-        anyhow::ensure!(self.heartbeat >= Duration::from_secs(1), "--heartbeat must be at least 1s");
-        anyhow::ensure!(self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024");
+        anyhow::ensure!(
+            self.idle_poll >= Duration::from_millis(10),
+            "--idle-poll must be at least 10ms"
+        );
+        anyhow::ensure!(
+            self.heartbeat >= Duration::from_secs(1),
+            "--heartbeat must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes >= 1024,
+            "--max-message-bytes must be at least 1024"
+        );
         anyhow::ensure!(
             self.max_body_bytes >= self.max_message_bytes,
             "--max-body-bytes must be at least --max-message-bytes"
         );
-        anyhow::ensure!((1..=10_000).contains(&self.catch_up_page), "--catch-up-page must be from 1 to 10000");
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.catch_up_page),
+            "--catch-up-page must be from 1 to 10000"
+        );
         Ok(())
     }
 
@@ -115,7 +146,10 @@ impl ServeConfig {
             max_message_bytes: self.max_message_bytes,
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.heartbeat,
-            follow: FollowConfig { page_size: self.catch_up_page, idle_poll: self.idle_poll },
+            follow: FollowConfig {
+                page_size: self.catch_up_page,
+                idle_poll: self.idle_poll,
+            },
         }
     }
 }
@@ -137,7 +171,10 @@ mod tests {
 
     #[test]
     fn credentials_never_reach_the_log() {
-        assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://***@db:5432/x");
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
     }
 }

@@ -39,7 +39,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("the built-in session does not parse")?;
     let backends = Backends::connect(&args.serve.backend).await?;
     let writer = backends.writer();
-    let listener = TcpListener::bind(args.serve.listen).await.with_context(|| format!("could not listen on {}", args.serve.listen))?;
+    let listener = TcpListener::bind(args.serve.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.serve.listen))?;
     let address = listener.local_addr()?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(startup::serve(listener, backends, args.serve.http(), {
@@ -47,7 +49,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         async move { stop.cancelled().await }
     }));
 
-    let process = ProcessId::parse(&format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+    let process = ProcessId::parse(&format!(
+        "demo-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))?;
     writer.register(&process).await?;
     let base = format!("http://{address}/processes/{process}");
     println!(
@@ -65,11 +70,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let play = async {
         tokio::time::sleep(args.start_delay).await;
         for (i, message) in messages.iter().enumerate() {
-            let outcome = writer.append(&process, std::slice::from_ref(message)).await?;
+            let outcome = writer
+                .append(&process, std::slice::from_ref(message))
+                .await?;
             tracing::info!(stream_id = %outcome.results[0].stream_id, kind = %message.kind, "demo: appended {}/{}", i + 1, messages.len());
             tokio::time::sleep(args.pace).await;
         }
-        let info = writer.finish(&process, &FinishStatus::parse("succeeded")?).await?;
+        let info = writer
+            .finish(&process, &FinishStatus::parse("succeeded")?)
+            .await?;
         println!("\nDemo process {process} finished ({} messages). Follows end with the end event; the server keeps running until Ctrl-C.\n", info.last_seq);
         anyhow::Ok(())
     };

@@ -29,7 +29,10 @@ use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreErr
 pub enum FollowEvent {
     Message(StoredMessage),
     /// The process is finished and everything was delivered; nothing comes after it.
-    End { stream_id: StreamId, status: FinishStatus },
+    End {
+        stream_id: StreamId,
+        status: FinishStatus,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +45,10 @@ pub struct FollowConfig {
 
 impl Default for FollowConfig {
     fn default() -> Self {
-        Self { page_size: 200, idle_poll: Duration::from_secs(1) }
+        Self {
+            page_size: 200,
+            idle_poll: Duration::from_secs(1),
+        }
     }
 }
 
@@ -71,7 +77,9 @@ pub fn follow(
         config,
         shutdown,
     };
-    futures::stream::unfold(follower, |mut follower| async move { follower.next().await.map(|event| (event, follower)) })
+    futures::stream::unfold(follower, |mut follower| async move {
+        follower.next().await.map(|event| (event, follower))
+    })
 }
 
 enum Mode {
@@ -111,8 +119,10 @@ impl Follower {
             }
             match self.mode {
                 Mode::CatchUp => {
-                    let (store, process, after, limit) = (&self.store, &self.process, self.last, self.config.page_size);
-                    let page = retry(&self.shutdown, || store.read_after(process, after, limit)).await?;
+                    let (store, process, after, limit) =
+                        (&self.store, &self.process, self.last, self.config.page_size);
+                    let page =
+                        retry(&self.shutdown, || store.read_after(process, after, limit)).await?;
                     if page.len() < limit {
                         self.mode = Mode::Check;
                     }
@@ -126,7 +136,10 @@ impl Follower {
                         self.mode = Mode::CatchUp;
                     } else if let Some(status) = info.status.finished() {
                         self.mode = Mode::Done;
-                        return Some(FollowEvent::End { stream_id: info.end_stream_id(), status: status.clone() });
+                        return Some(FollowEvent::End {
+                            stream_id: info.end_stream_id(),
+                            status: status.clone(),
+                        });
                     } else {
                         self.mode = Mode::Live;
                     }

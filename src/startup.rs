@@ -26,7 +26,10 @@ pub struct Backends {
 impl Backends {
     /// The embedded default: memory store, in-process feed.
     pub fn embedded(follower_buffer: usize) -> Self {
-        Self { store: Arc::new(MemoryStore::new()), feed: Arc::new(InProcessFeed::new(follower_buffer)) }
+        Self {
+            store: Arc::new(MemoryStore::new()),
+            feed: Arc::new(InProcessFeed::new(follower_buffer)),
+        }
     }
 
     /// Connects what `config` names and applies the database migrations.
@@ -37,7 +40,12 @@ impl Backends {
             return Ok(Self::embedded(config.follower_buffer));
         };
         let store = PostgresStore::connect_lazy(database_url, config.database_max_connections)?;
-        store.migrate().await.with_context(|| format!("could not prepare PostgreSQL at {}: is it running and reachable?", redact(database_url)))?;
+        store.migrate().await.with_context(|| {
+            format!(
+                "could not prepare PostgreSQL at {}: is it running and reachable?",
+                redact(database_url)
+            )
+        })?;
         tracing::info!(database = %redact(database_url), "PostgreSQL store ready (migrations applied)");
         let feed: Arc<dyn LiveFeed> = match config.redis_url.as_deref() {
             Some(redis_url) => {
@@ -61,7 +69,10 @@ impl Backends {
                 Arc::new(InProcessFeed::new(config.follower_buffer))
             }
         };
-        Ok(Self { store: Arc::new(store), feed })
+        Ok(Self {
+            store: Arc::new(store),
+            feed,
+        })
     }
 
     pub fn writer(&self) -> Writer {
@@ -71,7 +82,12 @@ impl Backends {
 
 /// Serves the API on `listener` until `shutdown` resolves; then open follows end and
 /// the server drains.
-pub async fn serve(listener: TcpListener, backends: Backends, config: HttpConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    backends: Backends,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let stop_follows = CancellationToken::new();
     let state = AppState::new(backends.store, backends.feed, config, stop_follows.clone());
     let app = router(state);

@@ -26,7 +26,11 @@ impl Writer {
     }
 
     /// Appends messages in order, in one transaction; see [`MessageStore::append`].
-    pub async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError> {
+    pub async fn append(
+        &self,
+        process: &ProcessId,
+        messages: &[NewMessage],
+    ) -> Result<AppendOutcome, StoreError> {
         let outcome = self.store.append(process, messages).await?;
         if !outcome.stored.is_empty() {
             if let Err(error) = self.feed.publish(process, &outcome.stored).await {
@@ -38,9 +42,17 @@ impl Writer {
 
     /// Finishes the process and publishes its end; the same status again is a no-op
     /// for the store, and publishes the end once more in case the first one was lost.
-    pub async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError> {
+    pub async fn finish(
+        &self,
+        process: &ProcessId,
+        status: &FinishStatus,
+    ) -> Result<ProcessInfo, StoreError> {
         let info = self.store.finish(process, status).await?;
-        if let Err(error) = self.feed.publish_end(process, info.last_seq, status.as_str()).await {
+        if let Err(error) = self
+            .feed
+            .publish_end(process, info.last_seq, status.as_str())
+            .await
+        {
             tracing::debug!(%process, error = format!("{:#}", error.0), "live feed did not take the end marker; readers will find the status in the store");
         }
         Ok(info)

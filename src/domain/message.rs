@@ -49,34 +49,48 @@ struct WriterMessage {
 impl NewMessage {
     /// Parses a request body: one message object, or a JSON array of them in order.
     /// Returns the messages and whether the body was an array.
-    pub fn parse_body(body: &[u8], max_message_bytes: usize) -> Result<(Vec<Self>, bool), DomainError> {
+    pub fn parse_body(
+        body: &[u8],
+        max_message_bytes: usize,
+    ) -> Result<(Vec<Self>, bool), DomainError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            let items: Vec<&RawValue> = serde_json::from_slice(body)
-                .map_err(|e| DomainError::InvalidMessage(format!("body is not a JSON array of messages: {e}")))?;
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+                DomainError::InvalidMessage(format!("body is not a JSON array of messages: {e}"))
+            })?;
             if items.is_empty() {
-                return Err(DomainError::InvalidMessage("the array is empty: send at least one message".into()));
+                return Err(DomainError::InvalidMessage(
+                    "the array is empty: send at least one message".into(),
+                ));
             }
             let messages = items
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
                     Self::parse(raw.get().as_bytes(), max_message_bytes).map_err(|e| match e {
-                        DomainError::InvalidMessage(why) => DomainError::InvalidMessage(format!("message {i} of the array: {why}")),
+                        DomainError::InvalidMessage(why) => {
+                            DomainError::InvalidMessage(format!("message {i} of the array: {why}"))
+                        }
                         other => other,
                     })
                 })
                 .collect::<Result<_, _>>()?;
             Ok((messages, true))
         } else {
-            Ok((vec![Self::parse(body.trim_ascii(), max_message_bytes)?], false))
+            Ok((
+                vec![Self::parse(body.trim_ascii(), max_message_bytes)?],
+                false,
+            ))
         }
     }
 
     /// Parses one message object of at most `max_bytes` bytes.
     pub fn parse(raw: &[u8], max_bytes: usize) -> Result<Self, DomainError> {
         if raw.len() > max_bytes {
-            return Err(DomainError::MessageTooLarge { size: raw.len(), limit: max_bytes });
+            return Err(DomainError::MessageTooLarge {
+                size: raw.len(),
+                limit: max_bytes,
+            });
         }
         let message: WriterMessage = serde_json::from_slice(raw).map_err(|e| {
             DomainError::InvalidMessage(format!(
@@ -94,7 +108,9 @@ impl NewMessage {
         };
         let payload = message.payload.get();
         if !payload.starts_with('{') {
-            return Err(DomainError::InvalidMessage("\"payload\" must be a JSON object".into()));
+            return Err(DomainError::InvalidMessage(
+                "\"payload\" must be a JSON object".into(),
+            ));
         }
         Ok(Self {
             id,
@@ -122,7 +138,10 @@ impl NewMessage {
             Some(turn) => out.extend_from_slice(turn.to_string().as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
-        for (field, value) in [(&b",\"agent\":"[..], &self.agent), (&b",\"model\":"[..], &self.model)] {
+        for (field, value) in [
+            (&b",\"agent\":"[..], &self.agent),
+            (&b",\"model\":"[..], &self.model),
+        ] {
             out.extend_from_slice(field);
             match value {
                 Some(value) => push_str(&mut out, value),
@@ -131,10 +150,23 @@ impl NewMessage {
         }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_bytes());
-        out.extend_from_slice(format!(",\"stream_id\":\"{}\",\"created_at\":\"", StreamId::message(seq)).as_bytes());
-        out.extend_from_slice(created_at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        out.extend_from_slice(
+            format!(
+                ",\"stream_id\":\"{}\",\"created_at\":\"",
+                StreamId::message(seq)
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(
+            created_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true)
+                .as_bytes(),
+        );
         out.extend_from_slice(b"\"}");
-        StoredMessage { seq, json: Bytes::from(out) }
+        StoredMessage {
+            seq,
+            json: Bytes::from(out),
+        }
     }
 }
 
@@ -196,7 +228,9 @@ mod tests {
         let body = br#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e400}}"#;
         let (messages, batch) = NewMessage::parse_body(body, LIMIT).unwrap();
         assert!(!batch);
-        let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z").unwrap().with_timezone(&Utc);
+        let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let stored = messages[0].render(42, created);
         assert_eq!(
             std::str::from_utf8(&stored.json).unwrap(),
@@ -206,7 +240,10 @@ mod tests {
 
     #[test]
     fn whitespace_outside_strings_goes_and_inside_strings_stays() {
-        assert_eq!(minify_json("{ \"a b\" :\n [1, \"x\\\" y\"]\t}"), "{\"a b\":[1,\"x\\\" y\"]}");
+        assert_eq!(
+            minify_json("{ \"a b\" :\n [1, \"x\\\" y\"]\t}"),
+            "{\"a b\":[1,\"x\\\" y\"]}"
+        );
         assert!(matches!(minify_json("{\"a\":1}"), Cow::Borrowed(_)));
     }
 
@@ -236,7 +273,10 @@ mod tests {
             b"",
         ] {
             assert!(
-                matches!(NewMessage::parse_body(bad, LIMIT), Err(DomainError::InvalidMessage(_))),
+                matches!(
+                    NewMessage::parse_body(bad, LIMIT),
+                    Err(DomainError::InvalidMessage(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -246,8 +286,14 @@ mod tests {
     #[test]
     fn a_message_over_the_limit_is_too_large() {
         let body = format!(r#"{{"type":"T","payload":{{"x":"{}"}}}}"#, "y".repeat(100));
-        assert!(matches!(NewMessage::parse_body(body.as_bytes(), 50), Err(DomainError::MessageTooLarge { .. })));
+        assert!(matches!(
+            NewMessage::parse_body(body.as_bytes(), 50),
+            Err(DomainError::MessageTooLarge { .. })
+        ));
         let batch = format!("[{body}]");
-        assert!(matches!(NewMessage::parse_body(batch.as_bytes(), 50), Err(DomainError::MessageTooLarge { .. })));
+        assert!(matches!(
+            NewMessage::parse_body(batch.as_bytes(), 50),
+            Err(DomainError::MessageTooLarge { .. })
+        ));
     }
 }

@@ -46,7 +46,8 @@ impl FinishStatus {
         let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if raw.is_empty() || raw.len() > 64 || !raw.chars().all(valid_char) {
             return Err(DomainError::InvalidStatus(
-                "status must be 1 to 64 characters of A-Z a-z 0-9 . _ -, such as \"succeeded\"".into(),
+                "status must be 1 to 64 characters of A-Z a-z 0-9 . _ -, such as \"succeeded\""
+                    .into(),
             ));
         }
         if raw == ProcessStatus::RUNNING {
@@ -130,15 +131,34 @@ mod tests {
 
     #[test]
     fn process_ids_of_the_allowed_characters_are_accepted() {
-        for ok in ["a", "A-z_0.9", "6f1c2d4e-1b2a-4c3d-9e8f-0a1b2c3d4e5f", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "A-z_0.9",
+            "6f1c2d4e-1b2a-4c3d-9e8f-0a1b2c3d4e5f",
+            &"x".repeat(128),
+        ] {
             assert_eq!(ProcessId::parse(ok).unwrap().as_str(), ok);
         }
     }
 
     #[test]
     fn process_ids_that_could_name_another_key_are_refused() {
-        for bad in ["", "a:b", "a b", "*", "{a}", "é", "a\n", "../x", &"x".repeat(129)] {
-            assert_eq!(ProcessId::parse(bad), Err(DomainError::InvalidProcessId), "{bad:?}");
+        for bad in [
+            "",
+            "a:b",
+            "a b",
+            "*",
+            "{a}",
+            "é",
+            "a\n",
+            "../x",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(
+                ProcessId::parse(bad),
+                Err(DomainError::InvalidProcessId),
+                "{bad:?}"
+            );
         }
     }
 
@@ -147,6 +167,9 @@ mod tests {
         assert!(FinishStatus::parse("running").is_err());
         assert!(FinishStatus::parse("").is_err());
         assert!(FinishStatus::parse("no spaces").is_err());
-        assert_eq!(FinishStatus::parse("succeeded").unwrap().as_str(), "succeeded");
+        assert_eq!(
+            FinishStatus::parse("succeeded").unwrap().as_str(),
+            "succeeded"
+        );
     }
 }

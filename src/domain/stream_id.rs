@@ -27,7 +27,10 @@ impl StreamId {
     }
 
     pub const fn end(last_seq: u64) -> Self {
-        Self { seq: last_seq, n: 1 }
+        Self {
+            seq: last_seq,
+            n: 1,
+        }
     }
 
     /// Parses `<seq>-<n>` or a bare `<seq>`: plain decimal digits, nothing else.
@@ -37,7 +40,9 @@ impl StreamId {
             Some((seq, n)) => (seq, Some(n)),
             None => (raw, None),
         };
-        let seq = parse_decimal(seq).filter(|seq| *seq <= Self::MAX_SEQ).ok_or_else(invalid)?;
+        let seq = parse_decimal(seq)
+            .filter(|seq| *seq <= Self::MAX_SEQ)
+            .ok_or_else(invalid)?;
         let n = match n {
             Some(n) => parse_decimal(n).ok_or_else(invalid)?,
             None => 0,
@@ -74,7 +79,10 @@ impl Cursor {
 
     /// Reads the cursor of a request. `after` (the query parameter) wins over
     /// `last_event_id` (the header); none, or an empty value, means from the beginning.
-    pub fn from_request(after: Option<&str>, last_event_id: Option<&str>) -> Result<Self, DomainError> {
+    pub fn from_request(
+        after: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<Self, DomainError> {
         match after.or(last_event_id).map(str::trim) {
             None | Some("") => Ok(Self::START),
             Some(raw) => StreamId::parse(raw).map(Self),
@@ -103,12 +111,29 @@ mod tests {
         assert_eq!(StreamId::parse("42").unwrap(), StreamId::message(42));
         assert_eq!(StreamId::parse("7-1").unwrap(), StreamId::end(7));
         assert_eq!(StreamId::parse("0-0").unwrap(), StreamId::ZERO);
-        assert_eq!(StreamId::parse("9223372036854775807").unwrap().seq, StreamId::MAX_SEQ);
+        assert_eq!(
+            StreamId::parse("9223372036854775807").unwrap().seq,
+            StreamId::MAX_SEQ
+        );
     }
 
     #[test]
     fn malformed_cursors_are_refused() {
-        for bad in ["", "-", "-1", "1-", "+1", "1-+0", "a", "1-0-0", " 1", "1.5", "0x10", "9223372036854775808", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            "-1",
+            "1-",
+            "+1",
+            "1-+0",
+            "a",
+            "1-0-0",
+            " 1",
+            "1.5",
+            "0x10",
+            "9223372036854775808",
+            "99999999999999999999999",
+        ] {
             assert!(StreamId::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -117,7 +142,10 @@ mod tests {
     fn the_query_parameter_wins_over_the_header() {
         let cursor = Cursor::from_request(Some("5-0"), Some("9-0")).unwrap();
         assert_eq!(cursor.after_seq(), 5);
-        assert_eq!(Cursor::from_request(None, Some("9")).unwrap().after_seq(), 9);
+        assert_eq!(
+            Cursor::from_request(None, Some("9")).unwrap().after_seq(),
+            9
+        );
         assert_eq!(Cursor::from_request(None, None).unwrap(), Cursor::START);
     }
 

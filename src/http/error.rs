@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -26,7 +30,11 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over the limit of {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
     }
 }
 
@@ -38,7 +46,11 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidStatus(_) => "invalid_status",
             DomainError::InvalidMessage(_) => "invalid_message",
             DomainError::MessageTooLarge { .. } => {
-                return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", error.to_string())
+                return Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "message_too_large",
+                    error.to_string(),
+                )
             }
         };
         Self::bad_request(code, error.to_string())
@@ -48,12 +60,24 @@ impl From<DomainError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::UnknownProcess(_) => Self::new(StatusCode::NOT_FOUND, "process_not_found", error.to_string()),
-            StoreError::Finished { .. } => Self::new(StatusCode::CONFLICT, "process_finished", error.to_string()),
-            StoreError::StatusConflict { .. } => Self::new(StatusCode::CONFLICT, "status_conflict", error.to_string()),
+            StoreError::UnknownProcess(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "process_not_found",
+                error.to_string(),
+            ),
+            StoreError::Finished { .. } => {
+                Self::new(StatusCode::CONFLICT, "process_finished", error.to_string())
+            }
+            StoreError::StatusConflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "status_conflict", error.to_string())
+            }
             StoreError::Unavailable(ref source) => {
                 tracing::error!(error = format!("{source:#}"), "store unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the message store is unavailable; nothing was stored; retry later")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the message store is unavailable; nothing was stored; retry later",
+                )
             }
         }
     }
@@ -72,9 +96,20 @@ struct Detail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(Body { error: Detail { code: self.code, message: &self.message } })).into_response();
+        let mut response = (
+            self.status,
+            Json(Body {
+                error: Detail {
+                    code: self.code,
+                    message: &self.message,
+                },
+            }),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -34,14 +34,17 @@ pub struct MessagesQuery {
 
 impl MessagesQuery {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        serde_urlencoded::from_str(raw.unwrap_or(""))
-            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
+        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
+        })
     }
 
     /// The cursor: `?after=` wins over `Last-Event-ID`.
     pub fn cursor(&self, headers: &HeaderMap) -> Result<Cursor, ApiError> {
         let last_event_id = match headers.get("last-event-id") {
-            Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not valid text"))?),
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "Last-Event-ID is not valid text")
+            })?),
             None => None,
         };
         Ok(Cursor::from_request(self.after.as_deref(), last_event_id)?)
@@ -53,15 +56,28 @@ impl MessagesQuery {
             None => Ok(None),
             Some("true" | "1") => Ok(Some(true)),
             Some("false" | "0") => Ok(Some(false)),
-            Some(other) => Err(ApiError::bad_request("invalid_query", format!("follow must be true or false, not {:?}", other.chars().take(32).collect::<String>()))),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "follow must be true or false, not {:?}",
+                    other.chars().take(32).collect::<String>()
+                ),
+            )),
         }
     }
 
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
-        let Some(raw) = self.limit.as_deref() else { return Ok(default) };
+        let Some(raw) = self.limit.as_deref() else {
+            return Ok(default);
+        };
         match raw.parse::<usize>() {
-            Ok(limit) if (1..=max).contains(&limit) && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(limit),
-            _ => Err(ApiError::bad_request("invalid_limit", format!("limit must be a whole number from 1 to {max}"))),
+            Ok(limit) if (1..=max).contains(&limit) && raw.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(limit)
+            }
+            _ => Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be a whole number from 1 to {max}"),
+            )),
         }
     }
 }
@@ -77,9 +93,17 @@ pub enum Format {
 impl Format {
     pub fn negotiate(headers: &HeaderMap, follow: Option<bool>) -> Self {
         let accepts = |wanted: &str| {
-            headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
-                range.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case(wanted))
-            })
+            headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|range| {
+                    range
+                        .split(';')
+                        .next()
+                        .is_some_and(|media| media.trim().eq_ignore_ascii_case(wanted))
+                })
         };
         match follow {
             Some(false) => Self::Snapshot,
@@ -90,14 +114,35 @@ impl Format {
     }
 }
 
+/// Past the limit, the rest of a body is read and thrown away, up to this much, so a
+/// client still sending gets its 413 instead of a broken pipe; beyond it, the
+/// connection is closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// Reads a request body up to `limit` bytes: past it, a 413 in the contract's shape.
+/// Memory stays bounded by `limit` whatever the client sends.
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::payload_too_large(limit)
-        } else {
-            ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}"))
+    let mut body = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    let mut drained = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if drained > 0 || buffer.len() + chunk.len() > limit {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+            continue;
         }
-    })
+        buffer.extend_from_slice(&chunk);
+    }
+    if drained > 0 {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    Ok(buffer.freeze())
 }

@@ -32,14 +32,32 @@ struct AppendedView<'a> {
     stream_id: String,
 }
 
-pub async fn append(State(state): State<AppState>, ProcessPath(process): ProcessPath, body: Body) -> Result<Response, ApiError> {
+pub async fn append(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(body, state.config.max_body_bytes).await?;
     let (messages, is_batch) = NewMessage::parse_body(&body, state.config.max_message_bytes)?;
     let outcome = state.writer.append(&process, &messages).await?;
-    let status = if outcome.results.iter().any(|r| r.created) { StatusCode::CREATED } else { StatusCode::OK };
-    let views: Vec<AppendedView> =
-        outcome.results.iter().map(|r| AppendedView { id: &r.id, stream_id: r.stream_id.to_string() }).collect();
-    Ok(if is_batch { (status, Json(views)).into_response() } else { (status, Json(&views[0])).into_response() })
+    let status = if outcome.results.iter().any(|r| r.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let views: Vec<AppendedView> = outcome
+        .results
+        .iter()
+        .map(|r| AppendedView {
+            id: &r.id,
+            stream_id: r.stream_id.to_string(),
+        })
+        .collect();
+    Ok(if is_batch {
+        (status, Json(views)).into_response()
+    } else {
+        (status, Json(&views[0])).into_response()
+    })
 }
 
 pub async fn read(
@@ -61,14 +79,28 @@ pub async fn read_ndjson(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = MessagesQuery::parse(query.as_deref())?;
-    let format = if query.follow()? == Some(false) { Format::Snapshot } else { Format::Ndjson };
+    let format = if query.follow()? == Some(false) {
+        Format::Snapshot
+    } else {
+        Format::Ndjson
+    };
     respond(state, process, &query, &headers, format).await
 }
 
-async fn respond(state: AppState, process: ProcessId, query: &MessagesQuery, headers: &HeaderMap, format: Format) -> Result<Response, ApiError> {
+async fn respond(
+    state: AppState,
+    process: ProcessId,
+    query: &MessagesQuery,
+    headers: &HeaderMap,
+    format: Format,
+) -> Result<Response, ApiError> {
     let cursor = query.cursor(headers)?;
     let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let info = state.store.process(&process).await?.ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+    let info = state
+        .store
+        .process(&process)
+        .await?
+        .ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
     match format {
         Format::Snapshot => snapshot(&state, &process, cursor, limit).await,
         Format::Sse if info.status.finished().is_some() && cursor.has_seen_end(info.last_seq) => {
@@ -80,9 +112,18 @@ async fn respond(state: AppState, process: ProcessId, query: &MessagesQuery, hea
     }
 }
 
-async fn snapshot(state: &AppState, process: &ProcessId, cursor: Cursor, limit: usize) -> Result<Response, ApiError> {
-    let messages = state.store.read_after(process, cursor.after_seq(), limit).await?;
-    let mut body = BytesMut::with_capacity(messages.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
+async fn snapshot(
+    state: &AppState,
+    process: &ProcessId,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let messages = state
+        .store
+        .read_after(process, cursor.after_seq(), limit)
+        .await?;
+    let mut body =
+        BytesMut::with_capacity(messages.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
     body.put_u8(b'[');
     for (i, message) in messages.iter().enumerate() {
         if i > 0 {
@@ -91,10 +132,21 @@ async fn snapshot(state: &AppState, process: &ProcessId, cursor: Cursor, limit: 
         body.put_slice(&message.json);
     }
     body.put_u8(b']');
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.freeze()).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.freeze(),
+    )
+        .into_response())
 }
 
-fn events(state: &AppState, info: ProcessInfo, cursor: Cursor) -> impl Stream<Item = FollowEvent> + Send + 'static {
+fn events(
+    state: &AppState,
+    info: ProcessInfo,
+    cursor: Cursor,
+) -> impl Stream<Item = FollowEvent> + Send + 'static {
     follow(
         state.store.clone(),
         state.feed.clone(),
@@ -119,7 +171,9 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
                 .data(serde_json::json!({ "status": status.as_str() }).to_string()),
         })
     });
-    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.config.heartbeat)).into_response();
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(state.config.heartbeat))
+        .into_response();
     no_buffering(response.headers_mut());
     response
 }
@@ -141,7 +195,10 @@ fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
         })
     });
     let mut response = Response::new(Body::from_stream(lines));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     no_buffering(response.headers_mut());
     response
 }
@@ -153,7 +210,10 @@ fn no_buffering(headers: &mut HeaderMap) {
 }
 
 /// Yields `None` (a heartbeat) whenever `events` is silent for `every`.
-fn with_heartbeat<S>(events: S, every: Duration) -> impl Stream<Item = Option<FollowEvent>> + Send + 'static
+fn with_heartbeat<S>(
+    events: S,
+    every: Duration,
+) -> impl Stream<Item = Option<FollowEvent>> + Send + 'static
 where
     S: Stream<Item = FollowEvent> + Send + 'static,
 {

@@ -57,8 +57,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn MessageStore>, feed: Arc<dyn LiveFeed>, config: HttpConfig, shutdown: CancellationToken) -> Self {
-        Self { writer: Writer::new(store.clone(), feed.clone()), store, feed, config: Arc::new(config), shutdown }
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        feed: Arc<dyn LiveFeed>,
+        config: HttpConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            writer: Writer::new(store.clone(), feed.clone()),
+            store,
+            feed,
+            config: Arc::new(config),
+            shutdown,
+        }
     }
 }
 
@@ -66,13 +77,32 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/processes/{id}", get(processes::show).put(processes::register))
+        .route(
+            "/processes/{id}",
+            get(processes::show).put(processes::register),
+        )
         .route("/processes/{id}/finish", post(processes::finish))
-        .route("/processes/{id}/messages", get(messages::read).post(messages::append))
-        .route("/processes/{id}/messages/stream", get(messages::read_ndjson))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API") })
+        .route(
+            "/processes/{id}/messages",
+            get(messages::read).post(messages::append),
+        )
+        .route(
+            "/processes/{id}/messages/stream",
+            get(messages::read_ndjson),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see the README for the API",
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -26,7 +26,9 @@ pub struct ProcessView {
 
 impl From<&ProcessInfo> for ProcessView {
     fn from(info: &ProcessInfo) -> Self {
-        let timestamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let timestamp = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
         Self {
             process_id: info.process_id.to_string(),
             status: info.status.as_str().to_owned(),
@@ -38,15 +40,29 @@ impl From<&ProcessInfo> for ProcessView {
     }
 }
 
-pub async fn show(State(state): State<AppState>, ProcessPath(process): ProcessPath) -> Result<Json<ProcessView>, ApiError> {
-    let info = state.store.process(&process).await?.ok_or(StoreError::UnknownProcess(process))?;
+pub async fn show(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+) -> Result<Json<ProcessView>, ApiError> {
+    let info = state
+        .store
+        .process(&process)
+        .await?
+        .ok_or(StoreError::UnknownProcess(process))?;
     Ok(Json(ProcessView::from(&info)))
 }
 
-pub async fn register(State(state): State<AppState>, ProcessPath(process): ProcessPath) -> Result<Response, ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+) -> Result<Response, ApiError> {
     Ok(match state.writer.register(&process).await? {
-        Registration::Created(info) => (StatusCode::CREATED, Json(ProcessView::from(&info))).into_response(),
-        Registration::Existing(info) => (StatusCode::OK, Json(ProcessView::from(&info))).into_response(),
+        Registration::Created(info) => {
+            (StatusCode::CREATED, Json(ProcessView::from(&info))).into_response()
+        }
+        Registration::Existing(info) => {
+            (StatusCode::OK, Json(ProcessView::from(&info))).into_response()
+        }
     })
 }
 
@@ -58,10 +74,17 @@ struct FinishRequest {
 /// A finish body is a few bytes; anything much larger is not one.
 const MAX_FINISH_BODY: usize = 64 * 1024;
 
-pub async fn finish(State(state): State<AppState>, ProcessPath(process): ProcessPath, body: Body) -> Result<Json<ProcessView>, ApiError> {
+pub async fn finish(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+    body: Body,
+) -> Result<Json<ProcessView>, ApiError> {
     let body = read_body(body, MAX_FINISH_BODY).await?;
     let request: FinishRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("expected {{\"status\": \"succeeded\"}} (or failed, cancelled, …): {e}"))
+        ApiError::bad_request(
+            "invalid_body",
+            format!("expected {{\"status\": \"succeeded\"}} (or failed, cancelled, …): {e}"),
+        )
     })?;
     let status = FinishStatus::parse(&request.status)?;
     let info = state.writer.finish(&process, &status).await?;

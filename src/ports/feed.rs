@@ -12,7 +12,9 @@ use crate::domain::{ProcessId, StoredMessage};
 pub enum FeedEvent {
     Message(StoredMessage),
     /// The process was finished after `last_seq` messages.
-    End { last_seq: u64 },
+    End {
+        last_seq: u64,
+    },
 }
 
 /// A reader's end of a feed. Bounded: a reader that falls behind gets
@@ -26,11 +28,20 @@ pub struct FeedError(#[source] pub anyhow::Error);
 #[async_trait]
 pub trait LiveFeed: Send + Sync + 'static {
     /// Publishes newly stored messages of one process, in seq order.
-    async fn publish(&self, process: &ProcessId, messages: &[StoredMessage]) -> Result<(), FeedError>;
+    async fn publish(
+        &self,
+        process: &ProcessId,
+        messages: &[StoredMessage],
+    ) -> Result<(), FeedError>;
 
     /// Publishes the end of a process finished after `last_seq` messages, and lets the
     /// feed forget the process after its retention time.
-    async fn publish_end(&self, process: &ProcessId, last_seq: u64, status: &str) -> Result<(), FeedError>;
+    async fn publish_end(
+        &self,
+        process: &ProcessId,
+        last_seq: u64,
+        status: &str,
+    ) -> Result<(), FeedError>;
 
     /// Subscribes to the process's events after seq `after`. Events may still come
     /// from before it: readers drop what they already have.

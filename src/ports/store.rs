@@ -10,9 +10,15 @@ pub enum StoreError {
     #[error("process {0} is not known")]
     UnknownProcess(ProcessId),
     #[error("process {process} is finished ({status}) and takes no more messages")]
-    Finished { process: ProcessId, status: FinishStatus },
+    Finished {
+        process: ProcessId,
+        status: FinishStatus,
+    },
     #[error("process {process} is already finished as {current}")]
-    StatusConflict { process: ProcessId, current: FinishStatus },
+    StatusConflict {
+        process: ProcessId,
+        current: FinishStatus,
+    },
     /// The backing store did not answer or failed: nothing was stored.
     #[error("the store is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -51,16 +57,29 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Each new message takes the next seq; a message whose id is already stored for the
     /// process keeps its original seq and is not stored again. If any message is new
     /// and the process is finished, nothing is stored.
-    async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError>;
+    async fn append(
+        &self,
+        process: &ProcessId,
+        messages: &[NewMessage],
+    ) -> Result<AppendOutcome, StoreError>;
 
     /// Finishes the process with `status`; the same status again changes nothing.
-    async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError>;
+    async fn finish(
+        &self,
+        process: &ProcessId,
+        status: &FinishStatus,
+    ) -> Result<ProcessInfo, StoreError>;
 
     /// The process, if known.
     async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError>;
 
     /// At most `limit` messages with a seq above `after`, in seq order.
-    async fn read_after(&self, process: &ProcessId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+    async fn read_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Answers when the store does, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;

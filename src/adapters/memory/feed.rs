@@ -26,18 +26,25 @@ struct Channels {
 impl InProcessFeed {
     /// `capacity`: events a reader may fall behind before it catches up from the store.
     pub fn new(capacity: usize) -> Self {
-        Self { channels: Mutex::default(), capacity: capacity.max(1) }
+        Self {
+            channels: Mutex::default(),
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
-        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends to the process's readers, if any; `last` drops the channel afterwards
     /// (readers still get what was sent, then `Closed`).
     fn send(&self, process: &ProcessId, events: impl IntoIterator<Item = FeedEvent>, last: bool) {
         let mut channels = self.lock();
-        let Some(sender) = channels.by_process.get(process) else { return };
+        let Some(sender) = channels.by_process.get(process) else {
+            return;
+        };
         for event in events {
             // An error only means every reader has just left.
             let _ = sender.send(event);
@@ -50,12 +57,25 @@ impl InProcessFeed {
 
 #[async_trait]
 impl LiveFeed for InProcessFeed {
-    async fn publish(&self, process: &ProcessId, messages: &[StoredMessage]) -> Result<(), FeedError> {
-        self.send(process, messages.iter().cloned().map(FeedEvent::Message), false);
+    async fn publish(
+        &self,
+        process: &ProcessId,
+        messages: &[StoredMessage],
+    ) -> Result<(), FeedError> {
+        self.send(
+            process,
+            messages.iter().cloned().map(FeedEvent::Message),
+            false,
+        );
         Ok(())
     }
 
-    async fn publish_end(&self, process: &ProcessId, last_seq: u64, _status: &str) -> Result<(), FeedError> {
+    async fn publish_end(
+        &self,
+        process: &ProcessId,
+        last_seq: u64,
+        _status: &str,
+    ) -> Result<(), FeedError> {
         self.send(process, [FeedEvent::End { last_seq }], true);
         Ok(())
     }
@@ -63,11 +83,17 @@ impl LiveFeed for InProcessFeed {
     fn subscribe(&self, process: &ProcessId, _after: u64) -> FeedSubscription {
         let mut channels = self.lock();
         if channels.by_process.len() >= channels.sweep_at {
-            channels.by_process.retain(|_, sender| sender.receiver_count() > 0);
+            channels
+                .by_process
+                .retain(|_, sender| sender.receiver_count() > 0);
             channels.sweep_at = (channels.by_process.len() * 2).max(1024);
         }
         let capacity = self.capacity;
-        channels.by_process.entry(process.clone()).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
+        channels
+            .by_process
+            .entry(process.clone())
+            .or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
     }
 
     async fn ping(&self) -> Result<(), FeedError> {

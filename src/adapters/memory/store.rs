@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId};
+use crate::domain::{
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+};
 use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
 
 #[derive(Default)]
@@ -45,7 +47,9 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Process>> {
         // A panic while holding the lock cannot leave a process half-written: every
         // write below validates first and mutates last.
-        self.processes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.processes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -62,16 +66,25 @@ impl MessageStore for MemoryStore {
         Ok(Registration::Created(info))
     }
 
-    async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError> {
+    async fn append(
+        &self,
+        process: &ProcessId,
+        messages: &[NewMessage],
+    ) -> Result<AppendOutcome, StoreError> {
         let mut processes = self.lock();
         let existing = processes.get(process);
         let is_known = |id: &str| existing.is_some_and(|p| p.seq_by_id.contains_key(id));
         if let Some(status) = existing.and_then(|p| p.info.status.finished()) {
             if !messages.iter().all(|m| is_known(&m.id)) {
-                return Err(StoreError::Finished { process: process.clone(), status: status.clone() });
+                return Err(StoreError::Finished {
+                    process: process.clone(),
+                    status: status.clone(),
+                });
             }
         }
-        let state = processes.entry(process.clone()).or_insert_with(|| Process::new(process.clone()));
+        let state = processes
+            .entry(process.clone())
+            .or_insert_with(|| Process::new(process.clone()));
         let created_at = Utc::now();
         let mut outcome = AppendOutcome::default();
         for message in messages {
@@ -87,18 +100,31 @@ impl MessageStore for MemoryStore {
                     (seq, true)
                 }
             };
-            outcome.results.push(Appended { id: message.id.clone(), stream_id: StreamId::message(seq), created });
+            outcome.results.push(Appended {
+                id: message.id.clone(),
+                stream_id: StreamId::message(seq),
+                created,
+            });
         }
         Ok(outcome)
     }
 
-    async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError> {
+    async fn finish(
+        &self,
+        process: &ProcessId,
+        status: &FinishStatus,
+    ) -> Result<ProcessInfo, StoreError> {
         let mut processes = self.lock();
-        let state = processes.get_mut(process).ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+        let state = processes
+            .get_mut(process)
+            .ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
         match state.info.status.finished() {
             Some(current) if current == status => {}
             Some(current) => {
-                return Err(StoreError::StatusConflict { process: process.clone(), current: current.clone() })
+                return Err(StoreError::StatusConflict {
+                    process: process.clone(),
+                    current: current.clone(),
+                })
             }
             None => {
                 state.info.status = ProcessStatus::Finished(status.clone());
@@ -112,11 +138,24 @@ impl MessageStore for MemoryStore {
         Ok(self.lock().get(process).map(|p| p.info.clone()))
     }
 
-    async fn read_after(&self, process: &ProcessId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+    async fn read_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let processes = self.lock();
-        let Some(state) = processes.get(process) else { return Ok(Vec::new()) };
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(state.messages.len());
-        Ok(state.messages[start..].iter().take(limit).cloned().collect())
+        let Some(state) = processes.get(process) else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(state.messages.len());
+        Ok(state.messages[start..]
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId};
+use crate::domain::{
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+};
 use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
 
 /// The schema migrations, embedded in the binary.
@@ -42,7 +44,10 @@ impl PostgresStore {
 
     /// Applies the migrations that have not run yet.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await.context("applying the database migrations failed")
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying the database migrations failed")
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -64,7 +69,8 @@ fn to_i64(value: u64) -> i64 {
 
 fn process_info(row: &PgRow) -> Result<ProcessInfo, StoreError> {
     let id: String = row.try_get("process_id").map_err(unavailable)?;
-    let process_id = ProcessId::parse(&id).map_err(|e| StoreError::Unavailable(anyhow::anyhow!("stored process id {id:?}: {e}")))?;
+    let process_id = ProcessId::parse(&id)
+        .map_err(|e| StoreError::Unavailable(anyhow::anyhow!("stored process id {id:?}: {e}")))?;
     Ok(ProcessInfo {
         process_id,
         status: ProcessStatus::from_stored(row.try_get::<&str, _>("status").map_err(unavailable)?),
@@ -77,19 +83,33 @@ fn process_info(row: &PgRow) -> Result<ProcessInfo, StoreError> {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
-        let created = sqlx::query(sql::REGISTER).bind(process.as_str()).fetch_optional(&self.pool).await.map_err(unavailable)?;
+        let created = sqlx::query(sql::REGISTER)
+            .bind(process.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
         if let Some(row) = created {
             return Ok(Registration::Created(process_info(&row)?));
         }
         match self.process(process).await? {
             Some(info) => Ok(Registration::Existing(info)),
-            None => Err(StoreError::Unavailable(anyhow::anyhow!("process {process} vanished while registering"))),
+            None => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "process {process} vanished while registering"
+            ))),
         }
     }
 
-    async fn append(&self, process: &ProcessId, messages: &[NewMessage]) -> Result<AppendOutcome, StoreError> {
+    async fn append(
+        &self,
+        process: &ProcessId,
+        messages: &[NewMessage],
+    ) -> Result<AppendOutcome, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let locked = sqlx::query(sql::LOCK_FOR_APPEND).bind(process.as_str()).fetch_one(&mut *tx).await.map_err(unavailable)?;
+        let locked = sqlx::query(sql::LOCK_FOR_APPEND)
+            .bind(process.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let status = ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(unavailable)?);
         let mut last_seq = to_seq(locked.try_get(1).map_err(unavailable)?);
         let created_at: DateTime<Utc> = locked.try_get(2).map_err(unavailable)?;
@@ -117,18 +137,30 @@ impl MessageStore for PostgresStore {
                     (last_seq, true)
                 }
             };
-            outcome.results.push(Appended { id: message.id.clone(), stream_id: StreamId::message(seq), created });
+            outcome.results.push(Appended {
+                id: message.id.clone(),
+                stream_id: StreamId::message(seq),
+                created,
+            });
         }
         if outcome.stored.is_empty() {
             // Every message was already stored: an idempotent retry, even after finish.
             return Ok(outcome);
         }
         if let Some(status) = status.finished() {
-            return Err(StoreError::Finished { process: process.clone(), status: status.clone() });
+            return Err(StoreError::Finished {
+                process: process.clone(),
+                status: status.clone(),
+            });
         }
 
         let seqs: Vec<i64> = outcome.stored.iter().map(|m| to_i64(m.seq)).collect();
-        let new_ids: Vec<&str> = outcome.results.iter().filter(|r| r.created).map(|r| r.id.as_str()).collect();
+        let new_ids: Vec<&str> = outcome
+            .results
+            .iter()
+            .filter(|r| r.created)
+            .map(|r| r.id.as_str())
+            .collect();
         let bodies: Vec<&str> = outcome
             .stored
             .iter()
@@ -147,7 +179,11 @@ impl MessageStore for PostgresStore {
         Ok(outcome)
     }
 
-    async fn finish(&self, process: &ProcessId, status: &FinishStatus) -> Result<ProcessInfo, StoreError> {
+    async fn finish(
+        &self,
+        process: &ProcessId,
+        status: &FinishStatus,
+    ) -> Result<ProcessInfo, StoreError> {
         let finished = sqlx::query(sql::FINISH)
             .bind(process.as_str())
             .bind(status.as_str())
@@ -157,20 +193,37 @@ impl MessageStore for PostgresStore {
         if let Some(row) = finished {
             return process_info(&row);
         }
-        let info = self.process(process).await?.ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+        let info = self
+            .process(process)
+            .await?
+            .ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
         match info.status.finished() {
             Some(current) if current == status => Ok(info),
-            Some(current) => Err(StoreError::StatusConflict { process: process.clone(), current: current.clone() }),
-            None => Err(StoreError::Unavailable(anyhow::anyhow!("process {process} is running but could not be finished"))),
+            Some(current) => Err(StoreError::StatusConflict {
+                process: process.clone(),
+                current: current.clone(),
+            }),
+            None => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "process {process} is running but could not be finished"
+            ))),
         }
     }
 
     async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
-        let row = sqlx::query(sql::SELECT_PROCESS).bind(process.as_str()).fetch_optional(&self.pool).await.map_err(unavailable)?;
+        let row = sqlx::query(sql::SELECT_PROCESS)
+            .bind(process.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
         row.as_ref().map(process_info).transpose()
     }
 
-    async fn read_after(&self, process: &ProcessId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+    async fn read_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(sql::READ_AFTER)
             .bind(process.as_str())
             .bind(to_i64(after))
@@ -180,14 +233,20 @@ impl MessageStore for PostgresStore {
             .map_err(unavailable)?;
         rows.iter()
             .map(|row| {
-                Ok(StoredMessage { seq: to_seq(row.try_get(0)?), json: Bytes::from(row.try_get::<String, _>(1)?) })
+                Ok(StoredMessage {
+                    seq: to_seq(row.try_get(0)?),
+                    json: Bytes::from(row.try_get::<String, _>(1)?),
+                })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query(sql::PING).execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query(sql::PING)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

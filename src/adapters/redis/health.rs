@@ -10,7 +10,9 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Self { up: AtomicBool::new(true) }
+        Self {
+            up: AtomicBool::new(true),
+        }
     }
 }
 

@@ -21,7 +21,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The stream of one process.
@@ -38,6 +40,9 @@ mod tests {
     fn the_stream_key_is_the_contract_s() {
         let process = ProcessId::parse("p-1").unwrap();
         assert_eq!(Keys::default().stream(&process), "process:p-1:stream");
-        assert_eq!(Keys::new("tenant:").stream(&process), "tenant:process:p-1:stream");
+        assert_eq!(
+            Keys::new("tenant:").stream(&process),
+            "tenant:process:p-1:stream"
+        );
     }
 }

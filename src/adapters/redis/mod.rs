@@ -77,7 +77,9 @@ impl RedisFeed {
             .context("setting up the Redis connection failed")?;
         let health = Arc::new(Health::default());
         let stop = CancellationToken::new();
-        let readers: Vec<_> = (0..config.readers.max(1)).map(|_| Arc::new(Reader::new(client.clone()))).collect();
+        let readers: Vec<_> = (0..config.readers.max(1))
+            .map(|_| Arc::new(Reader::new(client.clone())))
+            .collect();
         for reader in &readers {
             tokio::spawn(reader.clone().run(health.clone(), stop.clone()));
         }
@@ -109,34 +111,68 @@ impl RedisFeed {
                 if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
                     self.health.mark_down(what, &error);
                 }
-                Err(FeedError(anyhow::Error::new(error).context(what.to_owned())))
+                Err(FeedError(
+                    anyhow::Error::new(error).context(what.to_owned()),
+                ))
             }
         }
     }
 
     fn xadd(&self, pipe: &mut redis::Pipeline, key: &str, id: StreamId, field: &str, value: &[u8]) {
-        pipe.cmd("XADD").arg(key).arg("MAXLEN").arg("~").arg(self.config.stream_maxlen).arg(id.to_string()).arg(field).arg(value).ignore();
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.stream_maxlen)
+            .arg(id.to_string())
+            .arg(field)
+            .arg(value)
+            .ignore();
     }
 }
 
 #[async_trait]
 impl LiveFeed for RedisFeed {
-    async fn publish(&self, process: &ProcessId, messages: &[StoredMessage]) -> Result<(), FeedError> {
+    async fn publish(
+        &self,
+        process: &ProcessId,
+        messages: &[StoredMessage],
+    ) -> Result<(), FeedError> {
         let key = self.keys.stream(process);
         let mut pipe = redis::pipe();
         for message in messages {
-            self.xadd(&mut pipe, &key, message.stream_id(), MESSAGE_FIELD, &message.json);
+            self.xadd(
+                &mut pipe,
+                &key,
+                message.stream_id(),
+                MESSAGE_FIELD,
+                &message.json,
+            );
         }
         self.run("XADD", &pipe).await
     }
 
-    async fn publish_end(&self, process: &ProcessId, last_seq: u64, status: &str) -> Result<(), FeedError> {
+    async fn publish_end(
+        &self,
+        process: &ProcessId,
+        last_seq: u64,
+        status: &str,
+    ) -> Result<(), FeedError> {
         let key = self.keys.stream(process);
         let end = serde_json::json!({ "status": status }).to_string();
         let mut pipe = redis::pipe();
         // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
-        self.xadd(&mut pipe, &key, StreamId::end(last_seq), END_FIELD, end.as_bytes());
-        pipe.cmd("EXPIRE").arg(&key).arg(self.config.finished_ttl.as_secs().max(1)).ignore();
+        self.xadd(
+            &mut pipe,
+            &key,
+            StreamId::end(last_seq),
+            END_FIELD,
+            end.as_bytes(),
+        );
+        pipe.cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.config.finished_ttl.as_secs().max(1))
+            .ignore();
         self.run("XADD end marker and EXPIRE", &pipe).await
     }
 
@@ -153,7 +189,8 @@ impl LiveFeed for RedisFeed {
     async fn ping(&self) -> Result<(), FeedError> {
         let mut commands = self.commands.clone();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut commands).await;
-        pong.map(|_| ()).map_err(|e| FeedError(anyhow::Error::new(e).context("PING")))
+        pong.map(|_| ())
+            .map_err(|e| FeedError(anyhow::Error::new(e).context("PING")))
     }
 
     fn name(&self) -> &'static str {
@@ -169,7 +206,11 @@ async fn wake(reader: Arc<Reader>, mut commands: ConnectionManager, generation: 
             return;
         }
         if let Some(id) = reader.client_id() {
-            let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut commands).await;
+            let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut commands)
+                .await;
             if unblocked.is_err() {
                 return;
             }

@@ -63,18 +63,31 @@ impl Reader {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
-        self.watches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.watches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Subscribes to `key` from after seq `after`. Returns the generation the reader
     /// must reach before the new watch is read, when the watch is new.
-    pub fn watch(&self, key: String, after: u64, capacity: usize) -> (FeedSubscription, Option<u64>) {
+    pub fn watch(
+        &self,
+        key: String,
+        after: u64,
+        capacity: usize,
+    ) -> (FeedSubscription, Option<u64>) {
         let mut watches = self.lock();
         if let Some(watch) = watches.get(&key).filter(|w| w.sender.receiver_count() > 0) {
             return (watch.sender.subscribe(), None);
         }
         let (sender, receiver) = broadcast::channel(capacity.max(1));
-        watches.insert(key, Watch { sender, last: StreamId::message(after) });
+        watches.insert(
+            key,
+            Watch {
+                sender,
+                last: StreamId::message(after),
+            },
+        );
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         drop(watches);
         self.wake.notify_one();
@@ -93,17 +106,27 @@ impl Reader {
     /// Drops watches nobody listens to, and returns the keys and IDs to read after.
     fn snapshot(&self) -> (Vec<String>, Vec<String>) {
         let mut watches = self.lock();
-        self.read_generation.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.read_generation
+            .store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         watches.retain(|_, watch| watch.sender.receiver_count() > 0);
-        watches.iter().map(|(key, watch)| (key.clone(), watch.last.to_string())).unzip()
+        watches
+            .iter()
+            .map(|(key, watch)| (key.clone(), watch.last.to_string()))
+            .unzip()
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(BLOCK + Duration::from_secs(3)));
-        let mut connection = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut connection).await?;
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut connection)
+            .await?;
         self.client_id.store(id, Ordering::SeqCst);
         Ok(connection)
     }
@@ -134,7 +157,14 @@ impl Reader {
                 continue;
             }
             let mut xread = redis::cmd("XREAD");
-            xread.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS").arg(&keys).arg(&ids);
+            xread
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&keys)
+                .arg(&ids);
             let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
                 reply = xread.query_async(conn) => reply,
                 _ = shutdown.cancelled() => return,
@@ -170,14 +200,19 @@ impl Reader {
     fn dispatch(&self, reply: StreamReadReply) {
         let mut watches = self.lock();
         for stream in reply.keys {
-            let Some(watch) = watches.get_mut(&stream.key) else { continue };
+            let Some(watch) = watches.get_mut(&stream.key) else {
+                continue;
+            };
             for entry in stream.ids {
-                let Ok(id) = StreamId::parse(&entry.id) else { continue };
+                let Ok(id) = StreamId::parse(&entry.id) else {
+                    continue;
+                };
                 watch.last = watch.last.max(id);
                 let event = match (id.n, entry.map.get(MESSAGE_FIELD), entry.map.get(END_FIELD)) {
-                    (0, Some(Value::BulkString(json)), _) => {
-                        FeedEvent::Message(StoredMessage { seq: id.seq, json: Bytes::from(json.clone()) })
-                    }
+                    (0, Some(Value::BulkString(json)), _) => FeedEvent::Message(StoredMessage {
+                        seq: id.seq,
+                        json: Bytes::from(json.clone()),
+                    }),
                     (1, _, Some(_)) => FeedEvent::End { last_seq: id.seq },
                     _ => continue,
                 };

@@ -1,0 +1,15 @@
+//! The contract (../shared/CONTRACT.md, restated in the README), call by call, through
+//! the public HTTP surface of a server bound to port 0. Most tests run twice: on the
+//! embedded memory backend and on a real PostgreSQL + Redis (`bash .ci/test` starts
+//! them; without DATABASE_URL and REDIS_URL the real runs fail, they are never skipped).
+
+mod support;
+
+mod append;
+mod bad_input;
+mod concurrency;
+mod follow;
+mod model;
+mod processes;
+mod redis_faults;
+mod snapshot;

@@ -1,0 +1,518 @@
+//! The test harness: a real agent-stream server on port 0 per test, on the memory
+//! backend or on a real PostgreSQL (own database per test) and Redis (own key prefix
+//! per test), with helpers that speak the contract.
+
+use std::time::Duration;
+
+use agent_stream::adapters::redis::keys::Keys;
+use agent_stream::config::BackendConfig;
+use agent_stream::domain::ProcessId;
+use agent_stream::http::HttpConfig;
+use agent_stream::startup::{self, Backends};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Generous bound on any single wait, so a broken follow fails the test instead of
+/// hanging it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    /// PostgreSQL and Redis from DATABASE_URL and REDIS_URL (`bash .ci/test` starts them).
+    Real,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub backend: Backend,
+    /// Direct access to the test's Redis, to lose, trim or refuse entries.
+    pub redis: Option<TestRedis>,
+    _stop: DropGuard,
+}
+
+pub struct TestRedis {
+    pub connection: redis::aio::MultiplexedConnection,
+    pub keys: Keys,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the real-backend tests need PostgreSQL and Redis. Run the suite with `bash .ci/test`, which starts both, or set DATABASE_URL and REDIS_URL")
+    })
+}
+
+/// A fresh database on the server of DATABASE_URL, with its URL.
+async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin_url = required_env("DATABASE_URL");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    let name = format!("agent_stream_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url.as_str(), String::new()),
+    };
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
+    format!("{server}/{name}{query}")
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with a test-friendly configuration (short idle poll) adjusted by `tune`.
+    pub async fn spawn_with(backend: Backend, tune: impl FnOnce(&mut HttpConfig)) -> Self {
+        let (backends, redis) = match backend {
+            Backend::Memory => (Backends::embedded(256), None),
+            Backend::Real => {
+                let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+                let redis_url = required_env("REDIS_URL");
+                let backend_config = BackendConfig {
+                    database_url: Some(fresh_database().await),
+                    redis_url: Some(redis_url.clone()),
+                    redis_prefix: prefix.clone(),
+                    stream_maxlen: 1000,
+                    finished_stream_ttl: Duration::from_secs(3600),
+                    redis_readers: 2,
+                    database_max_connections: 8,
+                    follower_buffer: 256,
+                };
+                let backends = Backends::connect(&backend_config)
+                    .await
+                    .expect("connect the real backends");
+                let connection = redis::Client::open(redis_url)
+                    .expect("REDIS_URL")
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to REDIS_URL");
+                (
+                    backends,
+                    Some(TestRedis {
+                        connection,
+                        keys: Keys::new(prefix),
+                    }),
+                )
+            }
+        };
+        Self::spawn_on(backend, backends, redis, tune).await
+    }
+
+    /// Spawns a server on the given ports.
+    pub async fn spawn_on(
+        backend: Backend,
+        backends: Backends,
+        redis: Option<TestRedis>,
+        tune: impl FnOnce(&mut HttpConfig),
+    ) -> Self {
+        let mut config = HttpConfig::default();
+        config.follow.idle_poll = Duration::from_millis(200);
+        tune(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let stop = CancellationToken::new();
+        tokio::spawn(startup::serve(listener, backends, config, {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        }));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            backend,
+            redis,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn put_process(&self, process: &str) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/processes/{process}")))
+            .send()
+            .await
+            .expect("PUT process")
+    }
+
+    pub async fn get_process(&self, process: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/processes/{process}")))
+            .send()
+            .await
+            .expect("GET process")
+    }
+
+    /// POSTs a raw body to the process's messages.
+    pub async fn post_messages(
+        &self,
+        process: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/processes/{process}/messages")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST messages")
+    }
+
+    /// Appends messages one request at a time; returns their stream IDs.
+    pub async fn append(&self, process: &str, messages: &[Value]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for message in messages {
+            let response = self.post_messages(process, message.to_string()).await;
+            let status = response.status();
+            let body: Value = response.json().await.expect("append answers JSON");
+            assert!(
+                status == 201 || status == 200,
+                "append failed: {status} {body}"
+            );
+            ids.push(body["stream_id"].as_str().expect("stream_id").to_owned());
+        }
+        ids
+    }
+
+    /// Appends messages as one array; returns the response's items.
+    pub async fn append_batch(&self, process: &str, messages: &[Value]) -> Vec<Value> {
+        let response = self
+            .post_messages(process, Value::from(messages.to_vec()).to_string())
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("append answers JSON");
+        assert!(
+            status == 201 || status == 200,
+            "batch append failed: {status} {body}"
+        );
+        body.as_array().expect("an array answer").clone()
+    }
+
+    pub async fn finish(&self, process: &str, status: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/processes/{process}/finish")))
+            .json(&serde_json::json!({ "status": status }))
+            .send()
+            .await
+            .expect("POST finish")
+    }
+
+    pub async fn snapshot(&self, process: &str, query: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!(
+                "/processes/{process}/messages?follow=false{query}"
+            )))
+            .send()
+            .await
+            .expect("GET snapshot")
+    }
+
+    /// Opens a follow: `format` is `sse` or `ndjson`; `after` goes in `?after=`.
+    pub async fn follow(&self, process: &str, format: Format, after: Option<&str>) -> Follow {
+        let mut url = format!("/processes/{process}/messages");
+        if let Some(after) = after {
+            url.push_str(&format!("?after={after}"));
+        }
+        self.follow_request(format, self.http.get(self.url(&url)))
+            .await
+    }
+
+    pub async fn follow_request(&self, format: Format, request: reqwest::RequestBuilder) -> Follow {
+        let request = match format {
+            Format::Sse => request.header("accept", "text/event-stream"),
+            Format::Ndjson => request.header("accept", "application/x-ndjson"),
+        };
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("follow answers in time")
+            .expect("GET follow");
+        assert_eq!(
+            response.status(),
+            200,
+            "follow refused: {}",
+            response.text().await.unwrap_or_default()
+        );
+        Follow {
+            format,
+            body: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Follows from `after` until the end event; returns everything before the end
+    /// (heartbeats left out) and the end.
+    pub async fn follow_to_end(
+        &self,
+        process: &str,
+        format: Format,
+        after: Option<&str>,
+    ) -> (Vec<Value>, End) {
+        self.follow(process, format, after).await.until_end().await
+    }
+
+    pub fn redis(&mut self) -> &mut TestRedis {
+        self.redis.as_mut().expect("a real-backend test")
+    }
+}
+
+impl TestRedis {
+    pub fn key(&self, process: &str) -> String {
+        self.keys
+            .stream(&ProcessId::parse(process).expect("a valid process id"))
+    }
+
+    pub async fn run<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> T {
+        command
+            .query_async(&mut self.connection)
+            .await
+            .expect("redis command")
+    }
+
+    /// Runs a command whose refusal is part of the test (such as an XADD under the top ID).
+    pub async fn try_run(&mut self, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        command.query_async(&mut self.connection).await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Sse,
+    Ndjson,
+}
+
+/// One thing a follow sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Message(Value),
+    End(End),
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    pub status: String,
+    pub stream_id: String,
+}
+
+/// An open follow, read item by item.
+pub struct Follow {
+    format: Format,
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: Vec<u8>,
+}
+
+impl Follow {
+    /// The next item, or `None` when the response ended.
+    pub async fn next(&mut self) -> Option<Item> {
+        tokio::time::timeout(WAIT, self.next_untimed())
+            .await
+            .expect("the follow sent nothing for 20 s")
+    }
+
+    /// The next item if one comes within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Option<Item>> {
+        tokio::time::timeout(wait, self.next_untimed()).await.ok()
+    }
+
+    async fn next_untimed(&mut self) -> Option<Item> {
+        let separator: &[u8] = match self.format {
+            Format::Sse => b"\n\n",
+            Format::Ndjson => b"\n",
+        };
+        loop {
+            if let Some(at) = self
+                .buffer
+                .windows(separator.len())
+                .position(|w| w == separator)
+            {
+                let frame: Vec<u8> = self.buffer.drain(..at + separator.len()).take(at).collect();
+                let frame = String::from_utf8(frame).expect("UTF-8 frames");
+                return Some(match self.format {
+                    Format::Sse => parse_sse(&frame),
+                    Format::Ndjson => parse_ndjson(&frame),
+                });
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Some(Err(error)) => panic!("follow body failed: {error}"),
+                None => {
+                    assert!(
+                        self.buffer.is_empty(),
+                        "the follow ended mid-frame: {:?}",
+                        String::from_utf8_lossy(&self.buffer)
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads messages until the end event; the response must close right after it.
+    pub async fn until_end(mut self) -> (Vec<Value>, End) {
+        let mut messages = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Item::Message(message)) => messages.push(message),
+                Some(Item::Heartbeat) => {}
+                Some(Item::End(end)) => {
+                    assert_eq!(self.next().await, None, "nothing may follow the end event");
+                    return (messages, end);
+                }
+                None => panic!(
+                    "the follow closed without an end event after {} messages",
+                    messages.len()
+                ),
+            }
+        }
+    }
+
+    /// Reads exactly `n` messages (skipping heartbeats).
+    pub async fn take_messages(&mut self, n: usize) -> Vec<Value> {
+        let mut messages = Vec::new();
+        while messages.len() < n {
+            match self.next().await {
+                Some(Item::Message(message)) => messages.push(message),
+                Some(Item::Heartbeat) => {}
+                other => panic!(
+                    "expected a message, got {other:?} after {} messages",
+                    messages.len()
+                ),
+            }
+        }
+        messages
+    }
+}
+
+fn parse_sse(frame: &str) -> Item {
+    let (mut id, mut event, mut data) = (None, None, Vec::new());
+    for line in frame.lines() {
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line
+            .split_once(':')
+            .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
+            .unwrap_or((line, ""));
+        match field {
+            "id" => id = Some(value.to_owned()),
+            "event" => event = Some(value.to_owned()),
+            "data" => data.push(value.to_owned()),
+            "retry" => {}
+            other => panic!("unexpected SSE field {other:?} in {frame:?}"),
+        }
+    }
+    let data = data.join("\n");
+    match event.as_deref() {
+        None if data.is_empty() && id.is_none() => Item::Heartbeat,
+        Some("message") => {
+            let message: Value = serde_json::from_str(&data).expect("SSE data is a message");
+            assert_eq!(
+                Some(message["stream_id"].as_str().expect("stream_id")),
+                id.as_deref(),
+                "SSE id is the stream ID"
+            );
+            Item::Message(message)
+        }
+        Some("end") => {
+            let end: Value = serde_json::from_str(&data).expect("SSE end data is JSON");
+            Item::End(End {
+                status: end["status"].as_str().expect("status").to_owned(),
+                stream_id: id.expect("the end has an id"),
+            })
+        }
+        other => panic!("unexpected SSE event {other:?}: {frame:?}"),
+    }
+}
+
+fn parse_ndjson(line: &str) -> Item {
+    if line.is_empty() {
+        return Item::Heartbeat;
+    }
+    let value: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("NDJSON line is not JSON ({e}): {line}"));
+    if value.get("event").and_then(Value::as_str) == Some("end") {
+        return Item::End(End {
+            status: value["status"].as_str().expect("status").to_owned(),
+            stream_id: value["stream_id"].as_str().expect("stream_id").to_owned(),
+        });
+    }
+    Item::Message(value)
+}
+
+/// The recorded Claude Code session, one message per line.
+pub fn session() -> Vec<Value> {
+    include_str!("../fixtures/claude-code-session.ndjson")
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("fixture line"))
+        .collect()
+}
+
+/// `n` small messages with ids `<prefix>-<i>`.
+pub fn messages(prefix: &str, n: usize) -> Vec<Value> {
+    (1..=n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("{prefix}-{i}"), "type": "AssistantMessage", "turn": i, "agent": "CLAUDE_CODE",
+                "model": "claude-sonnet-4-5-20250929", "payload": { "content": [{ "text": format!("message {i}") }] }
+            })
+        })
+        .collect()
+}
+
+/// A process id no other test uses.
+pub fn process_id() -> String {
+    format!("p-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The seqs of followed messages.
+pub fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| {
+            m["stream_id"]
+                .as_str()
+                .and_then(|s| s.strip_suffix("-0"))
+                .and_then(|s| s.parse().ok())
+                .expect("a message stream ID")
+        })
+        .collect()
+}
+
+/// Runs each listed `async fn name(app: TestApp)` once per backend: `memory::name` and
+/// `real::name`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::TestApp::spawn(crate::support::Backend::Memory).await).await
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::TestApp::spawn(crate::support::Backend::Real).await).await
+                }
+            )*
+        }
+    };
+}
