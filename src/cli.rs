@@ -24,7 +24,12 @@ pub struct Cli {
     pub command: Command,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `agent_stream=debug`.
-    #[arg(long, global = true, env = "AGENT_STREAM_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_STREAM_LOG",
+        default_value = "info,sqlx=warn"
+    )]
     pub log: String,
 }
 
@@ -111,7 +116,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.backend.database_url.is_some(),
+        args.backend.database_url().is_some(),
         "append writes to PostgreSQL directly: set DATABASE_URL (and REDIS_URL for live delivery). A server on the embedded in-memory store takes messages at POST /processes/{{id}}/messages instead"
     );
     let process = ProcessId::parse(&args.process)?;

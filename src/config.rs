@@ -86,9 +86,19 @@ pub struct ServeConfig {
 }
 
 impl BackendConfig {
+    /// The PostgreSQL URL; an empty one (`DATABASE_URL=`) counts as none.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|url| !url.is_empty())
+    }
+
+    /// The Redis URL; an empty one (`REDIS_URL=`) counts as none.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|url| !url.is_empty())
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.database_url.is_some() || self.redis_url.is_none(),
+            self.database_url().is_some() || self.redis_url().is_none(),
             "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
         );
         anyhow::ensure!(

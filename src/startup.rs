@@ -35,7 +35,7 @@ impl Backends {
     /// Connects what `config` names and applies the database migrations.
     pub async fn connect(config: &BackendConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        let Some(database_url) = config.database_url.as_deref() else {
+        let Some(database_url) = config.database_url() else {
             tracing::info!("no DATABASE_URL: running on the embedded in-memory store with in-process delivery (nothing survives a restart; set DATABASE_URL and REDIS_URL for production)");
             return Ok(Self::embedded(config.follower_buffer));
         };
@@ -47,7 +47,7 @@ impl Backends {
             )
         })?;
         tracing::info!(database = %redact(database_url), "PostgreSQL store ready (migrations applied)");
-        let feed: Arc<dyn LiveFeed> = match config.redis_url.as_deref() {
+        let feed: Arc<dyn LiveFeed> = match config.redis_url() {
             Some(redis_url) => {
                 let feed = RedisFeed::connect_lazy(RedisFeedConfig {
                     url: redis_url.to_owned(),

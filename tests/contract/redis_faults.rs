@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use crate::support::{messages, process_id, seqs, Backend, Format, TestApp};
 
+/// A stream entry as XRANGE returns it: its ID and its field-value pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
 async fn real() -> TestApp {
     TestApp::spawn(Backend::Real).await
 }
@@ -24,7 +27,7 @@ async fn each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows(
         key.starts_with("test-") && key.ends_with(&format!("process:{process}:stream")),
         "{key}"
     );
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = app
+    let entries: Vec<Entry> = app
         .redis()
         .run(redis::cmd("XRANGE").arg(&key).arg("-").arg("+"))
         .await;

@@ -502,7 +502,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::support::TestApp::spawn(crate::support::Backend::Memory).await).await
+                    super::$name($crate::support::TestApp::spawn($crate::support::Backend::Memory).await).await
                 }
             )*
         }
@@ -510,7 +510,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::support::TestApp::spawn(crate::support::Backend::Real).await).await
+                    super::$name($crate::support::TestApp::spawn($crate::support::Backend::Real).await).await
                 }
             )*
         }
