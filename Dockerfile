@@ -5,9 +5,6 @@
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# sqlx's compile-time checked queries (if any) must use the offline data in
-# .sqlx/; there is no database at build time.
-ENV SQLX_OFFLINE=true
 COPY . .
 # Cache mounts keep the registry and build artifacts between builds; the binary
 # is copied out of the cached target dir within the same step.
@@ -18,9 +15,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/agent-stream /usr/local/bin/agent-stream
 
 FROM debian:bookworm-slim
-# ca-certificates for TLS connections; curl only for the compose healthcheck.
+# curl only for the compose healthcheck.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin agent-stream
 COPY --from=builder /usr/local/bin/agent-stream /usr/local/bin/agent-stream
