@@ -31,6 +31,8 @@ pub struct TestApp {
     pub backend: Backend,
     /// Direct access to the test's Redis, to lose, trim or refuse entries.
     pub redis: Option<TestRedis>,
+    /// The real backends' configuration, for running the binary against them.
+    pub backend_config: Option<BackendConfig>,
     _stop: DropGuard,
 }
 
@@ -97,13 +99,13 @@ impl TestApp {
                     .get_multiplexed_async_connection()
                     .await
                     .expect("connect to REDIS_URL");
-                (
-                    backends,
-                    Some(TestRedis {
-                        connection,
-                        keys: Keys::new(prefix),
-                    }),
-                )
+                let redis = TestRedis {
+                    connection,
+                    keys: Keys::new(prefix),
+                };
+                let mut app = Self::spawn_on(backend, backends, Some(redis), tune).await;
+                app.backend_config = Some(backend_config);
+                return app;
             }
         };
         Self::spawn_on(backend, backends, redis, tune).await
@@ -133,6 +135,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             backend,
             redis,
+            backend_config: None,
             _stop: stop.drop_guard(),
         }
     }

@@ -31,8 +31,7 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects a pool to `database_url`. The pool connects lazily, so the service
-    /// starts (and says it is not ready) while PostgreSQL is still coming up.
+    /// Sets up a pool for `database_url`; connections are opened on first use.
     pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)

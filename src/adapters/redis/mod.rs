@@ -64,7 +64,7 @@ pub struct RedisFeed {
 
 impl RedisFeed {
     /// Sets up the feed without waiting for Redis: commands fail (and are logged) until
-    /// it answers, and the readers keep trying to connect.
+    /// it answers. Readers connect when first needed, and keep trying.
     pub fn connect_lazy(config: RedisFeedConfig) -> anyhow::Result<Self> {
         let client = redis::Client::open(config.url.as_str())
             .context("REDIS_URL is not a valid Redis URL (redis://host:port/db)")?;
@@ -78,11 +78,8 @@ impl RedisFeed {
         let health = Arc::new(Health::default());
         let stop = CancellationToken::new();
         let readers: Vec<_> = (0..config.readers.max(1))
-            .map(|_| Arc::new(Reader::new(client.clone())))
+            .map(|_| Arc::new(Reader::new(client.clone(), health.clone(), stop.clone())))
             .collect();
-        for reader in &readers {
-            tokio::spawn(reader.clone().run(health.clone(), stop.clone()));
-        }
         Ok(Self {
             commands,
             keys: Keys::new(config.prefix.clone()),

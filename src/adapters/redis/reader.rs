@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,11 +28,16 @@ use crate::ports::{FeedEvent, FeedSubscription};
 /// How long one `XREAD` blocks; the response timeout of its connection is longer.
 const BLOCK: Duration = Duration::from_secs(2);
 
-/// At most this many entries per `XREAD` reply, over all streams.
+/// At most this many entries per stream in one `XREAD` reply.
 const READ_COUNT: usize = 512;
 
 pub struct Reader {
     client: redis::Client,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    /// The reading task starts with the first watch: a writer-only process (such as
+    /// `agent-stream append`) never opens reader connections.
+    started: Once,
     watches: Mutex<HashMap<String, Watch>>,
     /// Bumped whenever a watch is added.
     generation: AtomicU64,
@@ -51,9 +56,12 @@ struct Watch {
 }
 
 impl Reader {
-    pub fn new(client: redis::Client) -> Self {
+    pub fn new(client: redis::Client, health: Arc<Health>, shutdown: CancellationToken) -> Self {
         Self {
             client,
+            health,
+            shutdown,
+            started: Once::new(),
             watches: Mutex::default(),
             generation: AtomicU64::new(0),
             read_generation: AtomicU64::new(0),
@@ -71,11 +79,14 @@ impl Reader {
     /// Subscribes to `key` from after seq `after`. Returns the generation the reader
     /// must reach before the new watch is read, when the watch is new.
     pub fn watch(
-        &self,
+        self: &Arc<Self>,
         key: String,
         after: u64,
         capacity: usize,
     ) -> (FeedSubscription, Option<u64>) {
+        self.started.call_once(|| {
+            tokio::spawn(self.clone().run());
+        });
         let mut watches = self.lock();
         if let Some(watch) = watches.get(&key).filter(|w| w.sender.receiver_count() > 0) {
             return (watch.sender.subscribe(), None);
@@ -133,7 +144,8 @@ impl Reader {
 
     /// Reads until `shutdown`. The connection is this task's alone: a blocking `XREAD`
     /// would stall any other command sent on it.
-    pub async fn run(self: Arc<Self>, health: Arc<Health>, shutdown: CancellationToken) {
+    async fn run(self: Arc<Self>) {
+        let (health, shutdown) = (&self.health, &self.shutdown);
         let mut connection = None;
         let mut backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
