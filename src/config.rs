@@ -83,6 +83,39 @@ pub struct ServeConfig {
     /// Messages per catch-up read from the store.
     #[arg(long, env = "AGENT_STREAM_CATCH_UP_PAGE", default_value_t = 200)]
     pub catch_up_page: usize,
+
+    /// Bytes per catch-up read from the store (at least one message is read): bounds
+    /// what a follower whose client stopped reading holds.
+    #[arg(long, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = 1 << 20)]
+    pub catch_up_page_bytes: usize,
+
+    /// How often a follower asks the store while the live feed (Redis) is down.
+    #[arg(long, env = "AGENT_STREAM_DEGRADED_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub degraded_poll: Duration,
+
+    /// Messages in one append request (an array), at most.
+    #[arg(long, env = "AGENT_STREAM_MAX_BATCH_MESSAGES", default_value_t = 1000)]
+    pub max_batch_messages: usize,
+
+    /// Follows open at once on this instance, at most; past it, a 503.
+    #[arg(long, env = "AGENT_STREAM_MAX_FOLLOWS", default_value_t = 10_000)]
+    pub max_follows: usize,
+
+    /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
+    #[arg(long, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Time a client has to send a request's headers; past it, the connection is closed.
+    #[arg(long, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (request line and headers), in bytes.
+    #[arg(long, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[arg(long, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 impl BackendConfig {
@@ -148,6 +181,31 @@ impl ServeConfig {
             (1..=10_000).contains(&self.catch_up_page),
             "--catch-up-page must be from 1 to 10000"
         );
+        anyhow::ensure!(
+            self.catch_up_page_bytes >= 1024,
+            "--catch-up-page-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.degraded_poll >= Duration::from_millis(10),
+            "--degraded-poll must be at least 10ms"
+        );
+        anyhow::ensure!(
+            self.max_batch_messages >= 1,
+            "--max-batch-messages must be at least 1"
+        );
+        anyhow::ensure!(self.max_follows >= 1, "--max-follows must be at least 1");
+        anyhow::ensure!(
+            self.request_timeout >= Duration::from_millis(100),
+            "--request-timeout must be at least 100ms"
+        );
+        anyhow::ensure!(
+            self.header_read_timeout >= Duration::from_millis(100),
+            "--header-read-timeout must be at least 100ms"
+        );
+        anyhow::ensure!(
+            (8192..=1 << 20).contains(&self.max_header_bytes),
+            "--max-header-bytes must be from 8192 to 1048576"
+        );
         Ok(())
     }
 
@@ -155,10 +213,18 @@ impl ServeConfig {
         HttpConfig {
             max_message_bytes: self.max_message_bytes,
             max_body_bytes: self.max_body_bytes,
+            max_batch_messages: self.max_batch_messages,
+            max_follows: self.max_follows,
+            request_timeout: self.request_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            shutdown_grace: self.shutdown_grace,
             heartbeat: self.heartbeat,
             follow: FollowConfig {
                 page_size: self.catch_up_page,
+                page_bytes: self.catch_up_page_bytes,
                 idle_poll: self.idle_poll,
+                degraded_poll: self.degraded_poll,
             },
         }
     }

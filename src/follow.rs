@@ -39,15 +39,21 @@ pub enum FollowEvent {
 pub struct FollowConfig {
     /// Messages per catch-up read from the store.
     pub page_size: usize,
+    /// Bytes per catch-up read (at least one message is read).
+    pub page_bytes: usize,
     /// How long the feed may be silent before the store is asked directly.
     pub idle_poll: Duration,
+    /// How often the store is asked while the feed is down.
+    pub degraded_poll: Duration,
 }
 
 impl Default for FollowConfig {
     fn default() -> Self {
         Self {
             page_size: 200,
+            page_bytes: 1 << 20,
             idle_poll: Duration::from_secs(1),
+            degraded_poll: Duration::from_millis(500),
         }
     }
 }

@@ -29,6 +29,18 @@ pub struct HttpConfig {
     pub max_message_bytes: usize,
     /// Largest request body (one message, or an array of them).
     pub max_body_bytes: usize,
+    /// Most messages in one append request.
+    pub max_batch_messages: usize,
+    /// Most follows open at once; past it, a 503.
+    pub max_follows: usize,
+    /// Time limit of a non-streaming call.
+    pub request_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long requests in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
@@ -39,6 +51,12 @@ impl Default for HttpConfig {
         Self {
             max_message_bytes: 1 << 20,
             max_body_bytes: 16 << 20,
+            max_batch_messages: 1000,
+            max_follows: 10_000,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
         }
