@@ -79,7 +79,7 @@ pub fn follow(
         last: cursor.after_seq(),
         pending: VecDeque::new(),
         mode: Mode::CatchUp,
-        next_check: Instant::now() + config.idle_poll,
+        heard_at: Instant::now(),
         config,
         shutdown,
     };
@@ -108,7 +108,8 @@ struct Follower {
     /// Messages read but not yet delivered, all above `last`, in order.
     pending: VecDeque<StoredMessage>,
     mode: Mode,
-    next_check: Instant,
+    /// When the store or the feed last told this follower something.
+    heard_at: Instant,
     config: FollowConfig,
     shutdown: CancellationToken,
 }
@@ -125,10 +126,12 @@ impl Follower {
             }
             match self.mode {
                 Mode::CatchUp => {
-                    let (store, process, after, limit) =
-                        (&self.store, &self.process, self.last, self.config.page_size);
-                    let page =
-                        retry(&self.shutdown, || store.read_after(process, after, limit)).await?;
+                    let (store, process, after) = (&self.store, &self.process, self.last);
+                    let (limit, max_bytes) = (self.config.page_size, self.config.page_bytes);
+                    let page = retry(&self.shutdown, || {
+                        store.read_after(process, after, limit, max_bytes)
+                    })
+                    .await?;
                     if page.len() < limit {
                         self.mode = Mode::Check;
                     }
@@ -137,7 +140,7 @@ impl Follower {
                 Mode::Check => {
                     let (store, process) = (&self.store, &self.process);
                     let info = retry(&self.shutdown, || store.process(process)).await??;
-                    self.next_check = Instant::now() + self.config.idle_poll;
+                    self.heard_at = Instant::now();
                     if info.last_seq > self.last {
                         self.mode = Mode::CatchUp;
                     } else if let Some(status) = info.status.finished() {
@@ -158,15 +161,21 @@ impl Follower {
 
     /// Waits for the feed's next useful event, or for the time to check the store.
     async fn wait_live(&mut self) -> Option<()> {
+        // While the feed is down, nothing comes from it: ask the store more often.
+        let quiet = if self.feed.is_live() {
+            self.config.idle_poll
+        } else {
+            self.config.degraded_poll
+        };
         let event = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             event = self.subscription.recv() => Some(event),
-            _ = tokio::time::sleep_until(self.next_check) => None,
+            _ = tokio::time::sleep_until(self.heard_at + quiet) => None,
         };
         match event {
             None => self.mode = Mode::Check,
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
-                self.next_check = Instant::now() + self.config.idle_poll;
+                self.heard_at = Instant::now();
                 self.pending.push_back(message);
             }
             Some(Ok(FeedEvent::Message(message))) if message.seq <= self.last => {}

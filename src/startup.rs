@@ -4,10 +4,17 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::health::{Health, TrackedStore};
 use crate::adapters::memory::{InProcessFeed, MemoryStore};
 use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
@@ -69,6 +76,14 @@ impl Backends {
                 Arc::new(InProcessFeed::new(config.follower_buffer))
             }
         };
+        let store = TrackedStore::new(
+            store,
+            Health::new(
+                "PostgreSQL",
+                "appends answer 503 and followers wait for it",
+                "appends and follows go on where they were",
+            ),
+        );
         Ok(Self {
             store: Arc::new(store),
             feed,
@@ -80,8 +95,13 @@ impl Backends {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; then open follows end and
-/// the server drains.
+/// Serves the API on `listener` until `shutdown` resolves. Then it stops accepting,
+/// ends open follows (their clients resume elsewhere from their last stream ID), and
+/// gives requests in flight `shutdown_grace` to finish.
+///
+/// The connection loop is hyper's own rather than `axum::serve`, for what axum does not
+/// expose: a time limit on reading a request's headers (so a client that sends them
+/// slowly cannot hold a connection) and a limit on their size.
 pub async fn serve(
     listener: TcpListener,
     backends: Backends,
@@ -89,15 +109,64 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop_follows = CancellationToken::new();
-    let state = AppState::new(backends.store, backends.feed, config, stop_follows.clone());
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop_follows.cancel();
-        })
-        .await
-        .context("the HTTP server failed")
+    let (grace, header_read_timeout, max_header_bytes) = (
+        config.shutdown_grace,
+        config.header_read_timeout,
+        config.max_header_bytes,
+    );
+    let app = router(AppState::new(
+        backends.store,
+        backends.feed,
+        config,
+        stop_follows.clone(),
+    ));
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    let connections = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait instead of spinning.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stop_follows.cancel();
+    tokio::select! {
+        _ = connections.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace ran out: closing the connections still open"),
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -13,4 +13,6 @@ pub enum DomainError {
     InvalidMessage(String),
     #[error("message is {size} bytes, over the limit of {limit} bytes")]
     MessageTooLarge { size: usize, limit: usize },
+    #[error("the array holds more than {limit} messages; send them in several requests")]
+    TooManyMessages { limit: usize },
 }

@@ -7,9 +7,12 @@
 //! insignificant whitespace, so that no number, key order or escape is ever rewritten.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -17,6 +20,41 @@ use super::{DomainError, StreamId};
 
 /// A writer's message id can be any string up to this size (UUIDs are 36).
 pub const MAX_MESSAGE_ID_BYTES: usize = 256;
+
+/// Reads a JSON array of at most `max` raw values, and stops at the first one past it
+/// rather than holding a huge array in memory.
+struct BoundedArray<'f> {
+    max: usize,
+    overflowed: &'f Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of at most {} messages", self.max)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&RawValue>()? {
+            if items.len() == self.max {
+                self.overflowed.set(true);
+                return Err(de::Error::custom("too many messages"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
 
 /// A message as a writer sends it, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +87,29 @@ struct WriterMessage {
 impl NewMessage {
     /// Parses a request body: one message object, or a JSON array of them in order.
     /// Returns the messages and whether the body was an array.
+    /// An array holds at most `max_messages`.
     pub fn parse_body(
         body: &[u8],
         max_message_bytes: usize,
+        max_messages: usize,
     ) -> Result<(Vec<Self>, bool), DomainError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-                DomainError::InvalidMessage(format!("body is not a JSON array of messages: {e}"))
+            let overflowed = Cell::new(false);
+            let mut deserializer = serde_json::Deserializer::from_slice(body);
+            let items = BoundedArray {
+                max: max_messages,
+                overflowed: &overflowed,
+            }
+            .deserialize(&mut deserializer)
+            .and_then(|items| deserializer.end().map(|()| items))
+            .map_err(|e| match overflowed.get() {
+                true => DomainError::TooManyMessages {
+                    limit: max_messages,
+                },
+                false => DomainError::InvalidMessage(format!(
+                    "body is not a JSON array of messages: {e}"
+                )),
             })?;
             if items.is_empty() {
                 return Err(DomainError::InvalidMessage(
@@ -226,7 +279,7 @@ mod tests {
     #[test]
     fn a_message_renders_with_the_existing_fields_first_and_the_payload_untouched() {
         let body = br#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e400}}"#;
-        let (messages, batch) = NewMessage::parse_body(body, LIMIT).unwrap();
+        let (messages, batch) = NewMessage::parse_body(body, LIMIT, 1000).unwrap();
         assert!(!batch);
         let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z")
             .unwrap()
@@ -249,7 +302,8 @@ mod tests {
 
     #[test]
     fn a_missing_id_is_generated_and_absent_fields_are_null() {
-        let (messages, _) = NewMessage::parse_body(br#"{"type":"T","payload":{}}"#, LIMIT).unwrap();
+        let (messages, _) =
+            NewMessage::parse_body(br#"{"type":"T","payload":{}}"#, LIMIT, 1000).unwrap();
         assert_eq!(messages[0].id.len(), 36);
         let json = messages[0].render(1, Utc::now()).json;
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
@@ -274,7 +328,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    NewMessage::parse_body(bad, LIMIT),
+                    NewMessage::parse_body(bad, LIMIT, 1000),
                     Err(DomainError::InvalidMessage(_))
                 ),
                 "{}",
@@ -287,13 +341,34 @@ mod tests {
     fn a_message_over_the_limit_is_too_large() {
         let body = format!(r#"{{"type":"T","payload":{{"x":"{}"}}}}"#, "y".repeat(100));
         assert!(matches!(
-            NewMessage::parse_body(body.as_bytes(), 50),
+            NewMessage::parse_body(body.as_bytes(), 50, 1000),
             Err(DomainError::MessageTooLarge { .. })
         ));
         let batch = format!("[{body}]");
         assert!(matches!(
-            NewMessage::parse_body(batch.as_bytes(), 50),
+            NewMessage::parse_body(batch.as_bytes(), 50, 1000),
             Err(DomainError::MessageTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn an_array_over_the_message_count_limit_is_refused_as_such() {
+        let one = r#"{"type":"T","payload":{}}"#;
+        let three = format!("[{one},{one},{one}]");
+        assert_eq!(
+            NewMessage::parse_body(three.as_bytes(), LIMIT, 3)
+                .unwrap()
+                .0
+                .len(),
+            3
+        );
+        assert_eq!(
+            NewMessage::parse_body(three.as_bytes(), LIMIT, 2),
+            Err(DomainError::TooManyMessages { limit: 2 })
+        );
+        assert!(matches!(
+            NewMessage::parse_body(b"[1, 2", LIMIT, 2),
+            Err(DomainError::InvalidMessage(_))
         ));
     }
 }

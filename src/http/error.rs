@@ -45,6 +45,13 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidCursor(_) => "invalid_cursor",
             DomainError::InvalidStatus(_) => "invalid_status",
             DomainError::InvalidMessage(_) => "invalid_message",
+            DomainError::TooManyMessages { .. } => {
+                return Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_messages",
+                    error.to_string(),
+                )
+            }
             DomainError::MessageTooLarge { .. } => {
                 return Self::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

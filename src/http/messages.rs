@@ -25,6 +25,11 @@ use crate::ports::StoreError;
 const DEFAULT_LIMIT: usize = 1000;
 /// …and may not exceed this.
 const MAX_LIMIT: usize = 10_000;
+/// The `retry:` hint of an SSE follow that the server's shutdown ended.
+const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+/// A snapshot page stops past this many bytes of messages (after its first message),
+/// whatever `limit` says: the client pages on with `after`.
+const SNAPSHOT_MAX_BYTES: usize = 16 << 20;
 
 #[derive(Serialize)]
 struct AppendedView<'a> {
@@ -38,7 +43,11 @@ pub async fn append(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, state.config.max_body_bytes).await?;
-    let (messages, is_batch) = NewMessage::parse_body(&body, state.config.max_message_bytes)?;
+    let (messages, is_batch) = NewMessage::parse_body(
+        &body,
+        state.config.max_message_bytes,
+        state.config.max_batch_messages,
+    )?;
     let outcome = state.writer.append(&process, &messages).await?;
     let status = if outcome.results.iter().any(|r| r.created) {
         StatusCode::CREATED
@@ -107,8 +116,8 @@ async fn respond(
             // The client has the end: 204 stops a browser's EventSource for good.
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Format::Sse => Ok(sse(&state, info, cursor)),
-        Format::Ndjson => Ok(ndjson(&state, info, cursor)),
+        Format::Sse => Ok(sse(&state, info, cursor)?),
+        Format::Ndjson => Ok(ndjson(&state, info, cursor)?),
     }
 }
 
@@ -120,7 +129,7 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     let messages = state
         .store
-        .read_after(process, cursor.after_seq(), limit)
+        .read_after(process, cursor.after_seq(), limit, SNAPSHOT_MAX_BYTES)
         .await?;
     let mut body =
         BytesMut::with_capacity(messages.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
@@ -142,12 +151,24 @@ async fn snapshot(
         .into_response())
 }
 
+/// The follow behind a streaming response. It holds one of the instance's follow
+/// slots for as long as the response lives.
 fn events(
     state: &AppState,
     info: ProcessInfo,
     cursor: Cursor,
-) -> impl Stream<Item = FollowEvent> + Send + 'static {
-    follow(
+) -> Result<impl Stream<Item = FollowEvent> + Send + 'static, ApiError> {
+    let slot = state.follows.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_follows",
+            format!(
+                "this instance already serves {} follows; retry later or on another instance",
+                state.config.max_follows
+            ),
+        )
+    })?;
+    let events = follow(
         state.store.clone(),
         state.feed.clone(),
         info.process_id,
@@ -155,11 +176,24 @@ fn events(
         info.last_seq,
         state.config.follow.clone(),
         state.shutdown.child_token(),
-    )
+    );
+    Ok(events.map(move |event| {
+        let _held_until_the_response_ends = &slot;
+        event
+    }))
 }
 
-fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
-    let stream = events(state, info, cursor).map(|event| {
+fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
+    let shutdown = state.shutdown.clone();
+    // A follow cut short by shutdown ends with a `retry:` hint: reconnect soon, and
+    // (with `Last-Event-ID`) exactly where it stopped, on another instance.
+    let retry_hint = futures::stream::once(async move {
+        shutdown
+            .is_cancelled()
+            .then(|| Event::default().retry(RECONNECT_AFTER_SHUTDOWN))
+    })
+    .filter_map(|event| async move { event.map(Ok::<_, Infallible>) });
+    let stream = events(state, info, cursor)?.map(|event| {
         Ok::<_, Infallible>(match event {
             FollowEvent::Message(message) => Event::default()
                 .id(message.stream_id().to_string())
@@ -171,15 +205,15 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
                 .data(serde_json::json!({ "status": status.as_str() }).to_string()),
         })
     });
-    let mut response = Sse::new(stream)
+    let mut response = Sse::new(stream.chain(retry_hint))
         .keep_alive(KeepAlive::new().interval(state.config.heartbeat))
         .into_response();
     no_buffering(response.headers_mut());
-    response
+    Ok(response)
 }
 
-fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
-    let lines = with_heartbeat(events(state, info, cursor), state.config.heartbeat).map(|event| {
+fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
+    let lines = with_heartbeat(events(state, info, cursor)?, state.config.heartbeat).map(|event| {
         Ok::<_, Infallible>(match event {
             Some(FollowEvent::Message(message)) => {
                 let mut line = BytesMut::with_capacity(message.json.len() + 1);
@@ -200,7 +234,7 @@ fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Response {
         HeaderValue::from_static("application/x-ndjson"),
     );
     no_buffering(response.headers_mut());
-    response
+    Ok(response)
 }
 
 /// Proxies must pass each event on as it comes.

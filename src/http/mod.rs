@@ -10,9 +10,13 @@ mod processes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
@@ -72,6 +76,8 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Cancelled when the server shuts down: open follows end.
     pub shutdown: CancellationToken,
+    /// One permit per open follow, `max_follows` in all.
+    pub follows: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -85,6 +91,7 @@ impl AppState {
             writer: Writer::new(store.clone(), feed.clone()),
             store,
             feed,
+            follows: Arc::new(Semaphore::new(config.max_follows)),
             config: Arc::new(config),
             shutdown,
         }
@@ -122,6 +129,22 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Bounds the time to a response's head: the whole of a non-streaming call, and the
+/// start of a follow (whose body then streams for as long as it needs).
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the call took longer than {limit:?} and was abandoned; retry it (appends are idempotent by message id)"),
+        )
+        .into_response(),
+    }
 }

@@ -50,6 +50,10 @@ pub trait LiveFeed: Send + Sync + 'static {
     /// Answers when the feed does, for readiness checks.
     async fn ping(&self) -> Result<(), FeedError>;
 
+    /// Whether the feed delivers as far as it knows; while it does not, readers ask the
+    /// store more often.
+    fn is_live(&self) -> bool;
+
     /// A short name for logs and readiness: `redis` or `in-process`.
     fn name(&self) -> &'static str;
 }

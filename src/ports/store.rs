@@ -73,12 +73,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The process, if known.
     async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError>;
 
-    /// At most `limit` messages with a seq above `after`, in seq order.
+    /// The messages with a seq above `after`, in seq order: at most `limit`, and past
+    /// the first, at most `max_bytes` of JSON in all, so a page's memory is bounded
+    /// whatever the messages' sizes.
     async fn read_after(
         &self,
         process: &ProcessId,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Answers when the store does, for readiness checks.

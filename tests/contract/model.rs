@@ -155,6 +155,10 @@ impl LiveFeed for ChaosFeed {
         Ok(())
     }
 
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "chaos"
     }

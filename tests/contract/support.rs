@@ -33,6 +33,7 @@ pub struct TestApp {
     pub redis: Option<TestRedis>,
     /// The real backends' configuration, for running the binary against them.
     pub backend_config: Option<BackendConfig>,
+    stop: CancellationToken,
     _stop: DropGuard,
 }
 
@@ -136,8 +137,14 @@ impl TestApp {
             backend,
             redis,
             backend_config: None,
+            stop: stop.clone(),
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Shuts the server down as SIGTERM would.
+    pub fn shut_down(&self) {
+        self.stop.cancel();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -303,6 +310,8 @@ pub enum Item {
     Message(Value),
     End(End),
     Heartbeat,
+    /// An SSE `retry:` hint (milliseconds), alone in its frame.
+    Retry(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,8 +384,8 @@ impl Follow {
                     assert_eq!(self.next().await, None, "nothing may follow the end event");
                     return (messages, end);
                 }
-                None => panic!(
-                    "the follow closed without an end event after {} messages",
+                other @ (Some(Item::Retry(_)) | None) => panic!(
+                    "the follow closed without an end event after {} messages ({other:?})",
                     messages.len()
                 ),
             }
@@ -401,6 +410,7 @@ impl Follow {
 }
 
 fn parse_sse(frame: &str) -> Item {
+    let mut retry = None;
     let (mut id, mut event, mut data) = (None, None, Vec::new());
     for line in frame.lines() {
         if line.starts_with(':') {
@@ -414,13 +424,16 @@ fn parse_sse(frame: &str) -> Item {
             "id" => id = Some(value.to_owned()),
             "event" => event = Some(value.to_owned()),
             "data" => data.push(value.to_owned()),
-            "retry" => {}
+            "retry" => retry = Some(value.parse().expect("retry is a number of milliseconds")),
             other => panic!("unexpected SSE field {other:?} in {frame:?}"),
         }
     }
     let data = data.join("\n");
     match event.as_deref() {
-        None if data.is_empty() && id.is_none() => Item::Heartbeat,
+        None if data.is_empty() && id.is_none() => match retry {
+            Some(retry) => Item::Retry(retry),
+            None => Item::Heartbeat,
+        },
         Some("message") => {
             let message: Value = serde_json::from_str(&data).expect("SSE data is a message");
             assert_eq!(

@@ -100,6 +100,10 @@ impl LiveFeed for InProcessFeed {
         Ok(())
     }
 
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "in-process"
     }

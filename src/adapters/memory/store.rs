@@ -143,6 +143,7 @@ impl MessageStore for MemoryStore {
         process: &ProcessId,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let processes = self.lock();
         let Some(state) = processes.get(process) else {
@@ -151,9 +152,15 @@ impl MessageStore for MemoryStore {
         let start = usize::try_from(after)
             .unwrap_or(usize::MAX)
             .min(state.messages.len());
+        let mut bytes = 0;
         Ok(state.messages[start..]
             .iter()
             .take(limit)
+            .take_while(|message| {
+                let first = bytes == 0;
+                bytes += message.json.len();
+                first || bytes <= max_bytes
+            })
             .cloned()
             .collect())
     }

@@ -222,11 +222,13 @@ impl MessageStore for PostgresStore {
         process: &ProcessId,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rows = sqlx::query(sql::READ_AFTER)
             .bind(process.as_str())
             .bind(to_i64(after))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;

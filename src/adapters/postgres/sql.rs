@@ -38,9 +38,17 @@ pub const FINISH: &str = "\
     WHERE process_id = $1 AND status = 'running' \
     RETURNING process_id, status, last_seq, created_at, finished_at";
 
-/// A page of a process's messages after a seq: the keyset read of catch-up.
+/// A page of a process's messages after a seq, the keyset read of catch-up: at most
+/// `$3` rows, and past the first, at most `$4` bytes of JSON. The byte count runs over
+/// the `$3` rows only, so a page never scans more of the history than its rows.
 pub const READ_AFTER: &str = "\
-    SELECT seq, body FROM messages \
-    WHERE process_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+    SELECT seq, body FROM ( \
+        SELECT seq, body, sum(octet_length(body)) OVER (ORDER BY seq) AS upto FROM ( \
+            SELECT seq, body FROM messages \
+            WHERE process_id = $1 AND seq > $2 ORDER BY seq LIMIT $3 \
+        ) AS page \
+    ) AS sized \
+    WHERE upto <= $4 OR upto = octet_length(body) \
+    ORDER BY seq";
 
 pub const PING: &str = "SELECT 1";

@@ -17,7 +17,6 @@
 //! Commands go over one multiplexed, self-reconnecting connection; blocking reads go
 //! over the readers' own connections ([`reader`]).
 
-mod health;
 pub mod keys;
 mod reader;
 
@@ -30,11 +29,15 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::adapters::health::Health;
 use crate::domain::{ProcessId, StoredMessage, StreamId};
 use crate::ports::{FeedError, FeedSubscription, LiveFeed};
-use health::Health;
 use keys::{Keys, END_FIELD, MESSAGE_FIELD};
 use reader::Reader;
+
+/// While Redis is down, writes skip it, trying again after this long: an append must
+/// not wait on a dead Redis every time.
+const RETRY_WHILE_DOWN: Duration = Duration::from_millis(500);
 
 /// How the feed uses Redis.
 #[derive(Debug, Clone)]
@@ -75,7 +78,11 @@ impl RedisFeed {
             .set_max_delay(Duration::from_secs(1));
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .context("setting up the Redis connection failed")?;
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(
+            "Redis",
+            "appends still succeed and followers poll PostgreSQL until it answers",
+            "live delivery is back on Redis Streams",
+        ));
         let stop = CancellationToken::new();
         let readers: Vec<_> = (0..config.readers.max(1))
             .map(|_| Arc::new(Reader::new(client.clone(), health.clone(), stop.clone())))
@@ -96,6 +103,10 @@ impl RedisFeed {
     }
 
     async fn run(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), FeedError> {
+        if !self.health.should_try(RETRY_WHILE_DOWN) {
+            metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+            return Err(FeedError(anyhow::anyhow!("{what} skipped: Redis is down")));
+        }
         let mut commands = self.commands.clone();
         match pipe.query_async::<()>(&mut commands).await {
             Ok(()) => {
@@ -186,8 +197,20 @@ impl LiveFeed for RedisFeed {
     async fn ping(&self) -> Result<(), FeedError> {
         let mut commands = self.commands.clone();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut commands).await;
-        pong.map(|_| ())
-            .map_err(|e| FeedError(anyhow::Error::new(e).context("PING")))
+        match pong {
+            Ok(_) => {
+                self.health.mark_up();
+                Ok(())
+            }
+            Err(error) => {
+                self.health.mark_down("PING", &error);
+                Err(FeedError(anyhow::Error::new(error).context("PING")))
+            }
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.health.is_up()
     }
 
     fn name(&self) -> &'static str {

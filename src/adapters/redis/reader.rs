@@ -20,8 +20,8 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::health::Health;
 use super::keys::{END_FIELD, MESSAGE_FIELD};
+use crate::adapters::health::Health;
 use crate::domain::{StoredMessage, StreamId};
 use crate::ports::{FeedEvent, FeedSubscription};
 

@@ -1,0 +1,166 @@
+//! [`Health`]: whether a backing service answers, as last seen, and [`TrackedStore`],
+//! a store that keeps one. An outage is logged once
+//! when it starts and once when it ends, not once per failed call, and callers can
+//! skip a service that is down instead of waiting on it every time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, StoredMessage};
+use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
+
+#[derive(Debug)]
+pub struct Health {
+    up: AtomicBool,
+    /// When it was last seen failing, in milliseconds since `epoch`.
+    failed_at: AtomicU64,
+    /// What the log says when it goes down, and when it comes back.
+    down_effect: &'static str,
+    up_effect: &'static str,
+    service: &'static str,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Health {
+    pub fn new(service: &'static str, down_effect: &'static str, up_effect: &'static str) -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            failed_at: AtomicU64::new(0),
+            down_effect,
+            up_effect,
+            service,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether to call the service now: always while it is up; while it is down, once
+    /// `retry_after` has passed since it last failed, so a dead service costs one
+    /// failed call per interval instead of a timeout per request.
+    pub fn should_try(&self, retry_after: Duration) -> bool {
+        self.is_up()
+            || now_ms().saturating_sub(self.failed_at.load(Ordering::Relaxed))
+                >= retry_after.as_millis() as u64
+    }
+
+    pub fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                service = self.service,
+                "{} answers again: {}",
+                self.service,
+                self.up_effect
+            );
+        }
+    }
+
+    pub fn mark_down(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.failed_at.store(now_ms(), Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(service = self.service, %error, "{} failed ({what}): {}", self.service, self.down_effect);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_down_service_is_tried_again_only_after_the_interval() {
+        let health = Health::new("test", "down", "up");
+        assert!(health.should_try(Duration::from_secs(60)));
+        health.mark_down("a call", &"refused");
+        assert!(!health.is_up());
+        assert!(!health.should_try(Duration::from_secs(60)));
+        assert!(health.should_try(Duration::ZERO));
+        health.mark_up();
+        assert!(health.should_try(Duration::from_secs(60)));
+    }
+}
+
+/// A store that reports to a [`Health`]: an outage of the store behind it is logged
+/// once when it starts and once when it ends.
+pub struct TrackedStore<S> {
+    inner: S,
+    health: Health,
+}
+
+impl<S: MessageStore> TrackedStore<S> {
+    pub fn new(inner: S, health: Health) -> Self {
+        Self { inner, health }
+    }
+
+    fn observe<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Err(StoreError::Unavailable(error)) => {
+                self.health.mark_down(what, &format!("{error:#}"))
+            }
+            _ => self.health.mark_up(),
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl<S: MessageStore> MessageStore for TrackedStore<S> {
+    async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
+        self.observe("register", self.inner.register(process).await)
+    }
+
+    async fn append(
+        &self,
+        process: &ProcessId,
+        messages: &[NewMessage],
+    ) -> Result<AppendOutcome, StoreError> {
+        self.observe("append", self.inner.append(process, messages).await)
+    }
+
+    async fn finish(
+        &self,
+        process: &ProcessId,
+        status: &FinishStatus,
+    ) -> Result<ProcessInfo, StoreError> {
+        self.observe("finish", self.inner.finish(process, status).await)
+    }
+
+    async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
+        self.observe("read a process", self.inner.process(process).await)
+    }
+
+    async fn read_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.observe(
+            "read messages",
+            self.inner
+                .read_after(process, after, limit, max_bytes)
+                .await,
+        )
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.observe("ping", self.inner.ping().await)
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
