@@ -75,23 +75,6 @@ impl Health {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_down_service_is_tried_again_only_after_the_interval() {
-        let health = Health::new("test", "down", "up");
-        assert!(health.should_try(Duration::from_secs(60)));
-        health.mark_down("a call", &"refused");
-        assert!(!health.is_up());
-        assert!(!health.should_try(Duration::from_secs(60)));
-        assert!(health.should_try(Duration::ZERO));
-        health.mark_up();
-        assert!(health.should_try(Duration::from_secs(60)));
-    }
-}
-
 /// A store that reports to a [`Health`]: an outage of the store behind it is logged
 /// once when it starts and once when it ends.
 pub struct TrackedStore<S> {
@@ -162,5 +145,22 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_down_service_is_tried_again_only_after_the_interval() {
+        let health = Health::new("test", "down", "up");
+        assert!(health.should_try(Duration::from_secs(60)));
+        health.mark_down("a call", &"refused");
+        assert!(!health.is_up());
+        assert!(!health.should_try(Duration::from_secs(60)));
+        assert!(health.should_try(Duration::ZERO));
+        health.mark_up();
+        assert!(health.should_try(Duration::from_secs(60)));
     }
 }

@@ -155,7 +155,7 @@ impl Reader {
                     Ok(conn) => connection.insert(conn),
                     Err(error) => {
                         health.mark_down("connecting a stream reader", &error);
-                        self.pause(&mut backoff, &shutdown).await;
+                        self.pause(&mut backoff, shutdown).await;
                         continue;
                     }
                 },
@@ -193,7 +193,7 @@ impl Reader {
                     health.mark_down("reading streams", &error);
                     connection = None;
                     self.client_id.store(-1, Ordering::SeqCst);
-                    self.pause(&mut backoff, &shutdown).await;
+                    self.pause(&mut backoff, shutdown).await;
                 }
             }
         }
