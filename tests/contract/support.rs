@@ -33,6 +33,8 @@ pub struct TestApp {
     pub redis: Option<TestRedis>,
     /// The real backends' configuration, for running the binary against them.
     pub backend_config: Option<BackendConfig>,
+    backends: Backends,
+    config: HttpConfig,
     stop: CancellationToken,
     _stop: DropGuard,
 }
@@ -46,6 +48,25 @@ fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: the real-backend tests need PostgreSQL and Redis. Run the suite with `bash .ci/test`, which starts both, or set DATABASE_URL and REDIS_URL")
     })
+}
+
+/// Serves `backends` on a fresh port; the token stops it.
+async fn start_server(backends: &Backends, config: &HttpConfig) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(startup::serve(
+        listener,
+        backends.clone(),
+        config.clone(),
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+    ));
+    (base, stop)
 }
 
 /// A fresh database on the server of DATABASE_URL, with its URL.
@@ -122,24 +143,28 @@ impl TestApp {
         let mut config = HttpConfig::default();
         config.follow.idle_poll = Duration::from_millis(200);
         tune(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        let stop = CancellationToken::new();
-        tokio::spawn(startup::serve(listener, backends, config, {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        }));
+        let (base, stop) = start_server(&backends, &config).await;
         Self {
             base,
             http: reqwest::Client::new(),
             backend,
             redis,
             backend_config: None,
+            backends,
+            config,
             stop: stop.clone(),
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Shuts the server down as SIGTERM would, and starts a new one on the same
+    /// backends (on another port: `base` follows it).
+    pub async fn restart(&mut self) {
+        self.stop.cancel();
+        let (base, stop) = start_server(&self.backends, &self.config).await;
+        self.base = base;
+        self.stop = stop.clone();
+        self._stop = stop.drop_guard();
     }
 
     /// Shuts the server down as SIGTERM would.
@@ -242,6 +267,22 @@ impl TestApp {
     }
 
     pub async fn follow_request(&self, format: Format, request: reqwest::RequestBuilder) -> Follow {
+        match self.try_follow_request(format, request).await {
+            Ok(follow) => follow,
+            Err(refused) => panic!(
+                "follow refused: {} {}",
+                refused.status(),
+                refused.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Opens a follow, or returns the response that refused it.
+    pub async fn try_follow_request(
+        &self,
+        format: Format,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Follow, reqwest::Response> {
         let request = match format {
             Format::Sse => request.header("accept", "text/event-stream"),
             Format::Ndjson => request.header("accept", "application/x-ndjson"),
@@ -250,17 +291,14 @@ impl TestApp {
             .await
             .expect("follow answers in time")
             .expect("GET follow");
-        assert_eq!(
-            response.status(),
-            200,
-            "follow refused: {}",
-            response.text().await.unwrap_or_default()
-        );
-        Follow {
+        if response.status() != 200 {
+            return Err(response);
+        }
+        Ok(Follow {
             format,
             body: response.bytes_stream().boxed(),
             buffer: Vec::new(),
-        }
+        })
     }
 
     /// Follows from `after` until the end event; returns everything before the end
