@@ -208,7 +208,8 @@ async fn retry<'a, T>(
         match call().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), retry_in = ?backoff, "a follower could not read the store");
+                // The store's outage itself is logged once, where it is tracked.
+                tracing::debug!(error = format!("{:#}", anyhow::Error::new(error)), retry_in = ?backoff, "a follower could not read the store");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}

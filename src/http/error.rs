@@ -79,7 +79,8 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "status_conflict", error.to_string())
             }
             StoreError::Unavailable(ref source) => {
-                tracing::error!(error = format!("{source:#}"), "store unavailable");
+                // The outage is logged once, when it starts, by the store's health.
+                tracing::debug!(error = format!("{source:#}"), "store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
