@@ -157,4 +157,102 @@ mod tests {
         assert!(!Cursor(StreamId::message(5)).has_seen_end(5));
         assert_eq!(StreamId::end(5).to_string(), "5-1");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Strings that look like cursors: digits, dashes, signs, dots, spaces, letters.
+        fn cursor_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[0-9]{0,22}",
+                "[0-9]{1,22}-[0-9]{0,22}",
+                "[0-9 +.x-]{0,12}",
+                "[ \t]{0,2}[0-9]{1,4}(-[0-9]{1,4})?[ \t]{0,2}",
+            ]
+        }
+
+        /// The documented grammar: `<seq>` or `<seq>-<n>`, each 1 to 20 ASCII digits,
+        /// `seq` at most 9223372036854775807 and `n` a u64.
+        fn accepted_by_grammar(raw: &str) -> Option<StreamId> {
+            let number = |part: &str| {
+                (!part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| part.parse::<u128>().ok())
+                    .flatten()
+            };
+            let (seq, n) = match raw.split_once('-') {
+                Some((seq, n)) => (number(seq)?, number(n)?),
+                None => (number(raw)?, 0),
+            };
+            (seq <= u128::from(StreamId::MAX_SEQ) && n <= u128::from(u64::MAX)).then(|| StreamId {
+                seq: seq as u64,
+                n: n as u64,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_stream_id_is_accepted_exactly_when_it_follows_the_grammar(raw in cursor_like()) {
+                // Invariant: StreamId::parse never panics, and accepts exactly `<seq>[-<n>]`.
+                let parsed = StreamId::parse(&raw);
+                prop_assert_eq!(parsed.as_ref().ok().copied(), accepted_by_grammar(&raw), "{:?}", raw);
+                if let Err(error) = parsed {
+                    prop_assert!(matches!(error, DomainError::InvalidCursor(_)));
+                }
+            }
+
+            #[test]
+            fn every_stream_id_round_trips_through_its_text(seq in 0..=StreamId::MAX_SEQ, n in any::<u64>()) {
+                // Invariant: StreamId::parse(&id.to_string()) == id for any valid id, and a bare seq is `<seq>-0`.
+                let id = StreamId { seq, n };
+                prop_assert_eq!(StreamId::parse(&id.to_string()), Ok(id));
+                prop_assert_eq!(StreamId::parse(&seq.to_string()), Ok(StreamId::message(seq)));
+            }
+
+            #[test]
+            fn seqs_above_the_bigint_range_are_refused(seq in (StreamId::MAX_SEQ + 1)..=u64::MAX, n in any::<u64>()) {
+                // Invariant: no seq above i64::MAX is ever a position, bare or with an `n`.
+                prop_assert!(StreamId::parse(&seq.to_string()).is_err());
+                let with_n = format!("{seq}-{n}");
+                prop_assert!(StreamId::parse(&with_n).is_err());
+            }
+
+            #[test]
+            fn a_refusal_message_stays_small_whatever_was_sent(raw in ".{0,400}") {
+                // Invariant: the error quotes at most 64 characters of the input.
+                if let Err(DomainError::InvalidCursor(quoted)) = StreamId::parse(&raw) {
+                    prop_assert!(quoted.chars().count() <= 64);
+                    prop_assert!(raw.starts_with(&quoted));
+                }
+            }
+
+            #[test]
+            fn the_cursor_is_the_parameter_else_the_header_else_the_start(
+                after in proptest::option::of(cursor_like()),
+                header in proptest::option::of(cursor_like()),
+            ) {
+                // Invariant: Cursor::from_request never panics; it reads `after` if given, else the header, trimmed; empty is the start.
+                let cursor = Cursor::from_request(after.as_deref(), header.as_deref());
+                let chosen = after.as_deref().or(header.as_deref()).map(str::trim);
+                match chosen {
+                    None | Some("") => prop_assert_eq!(&cursor, &Ok(Cursor::START)),
+                    Some(raw) => prop_assert_eq!(&cursor, &StreamId::parse(raw).map(Cursor)),
+                }
+                if let Ok(cursor) = cursor {
+                    prop_assert!(cursor.after_seq() <= StreamId::MAX_SEQ);
+                }
+            }
+
+            #[test]
+            fn the_end_id_is_seen_exactly_from_itself_onwards(last in 0..StreamId::MAX_SEQ, seq in 0..=StreamId::MAX_SEQ, n in 0u64..4) {
+                // Invariant: a cursor has seen the end of `last` iff it sorts at or after `<last>-1`.
+                let cursor = Cursor(StreamId { seq, n });
+                prop_assert_eq!(cursor.has_seen_end(last), seq > last || (seq == last && n >= 1));
+            }
+        }
+    }
 }
