@@ -172,4 +172,84 @@ mod tests {
             "succeeded"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn allowed(c: char) -> bool {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        }
+
+        /// Strings near the rule: allowed characters of about the right length, with now
+        /// and then one character from anywhere.
+        fn id_like(max: usize) -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{0,{}}}", max + 3))
+                    .unwrap(),
+                (
+                    proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{max}}}")).unwrap(),
+                    any::<char>(),
+                    any::<prop::sample::Index>(),
+                )
+                    .prop_map(|(id, c, at)| {
+                        let mut chars: Vec<char> = id.chars().collect();
+                        chars.insert(at.index(chars.len() + 1), c);
+                        chars.into_iter().collect()
+                    }),
+                Just("running".to_owned()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_process_id_is_accepted_exactly_when_it_is_1_to_128_allowed_characters(raw in id_like(ProcessId::MAX_LEN)) {
+                // Invariant: ProcessId::parse never panics, accepts iff 1..=128 chars of `A-Z a-z 0-9 . _ -`, and keeps the text as is.
+                let expected = (1..=128).contains(&raw.chars().count()) && raw.chars().all(allowed);
+                match ProcessId::parse(&raw) {
+                    Ok(id) => {
+                        prop_assert!(expected, "{:?} was accepted", raw);
+                        prop_assert_eq!(id.as_str(), raw.as_str());
+                        prop_assert_eq!(id.to_string(), raw.clone());
+                        prop_assert_eq!(ProcessId::parse(id.as_str()), Ok(id.clone()));
+                    }
+                    Err(error) => {
+                        prop_assert!(!expected, "{:?} was refused", raw);
+                        prop_assert_eq!(error, DomainError::InvalidProcessId);
+                    }
+                }
+            }
+
+            #[test]
+            fn no_accepted_process_id_can_reach_outside_its_redis_key(raw in id_like(ProcessId::MAX_LEN)) {
+                // Invariant: an accepted id holds no `:`, `*`, `{`, `}`, `[`, `?`, `/`, whitespace or control character.
+                if let Ok(id) = ProcessId::parse(&raw) {
+                    let special = |c: char| ":*{}[]?/\\".contains(c) || c.is_whitespace() || c.is_control();
+                    prop_assert!(!id.as_str().chars().any(special), "{:?}", id);
+                }
+            }
+
+            #[test]
+            fn a_finish_status_is_accepted_exactly_when_it_is_1_to_64_allowed_characters_other_than_running(raw in id_like(64)) {
+                // Invariant: FinishStatus::parse never panics, accepts iff 1..=64 chars of `A-Z a-z 0-9 . _ -` and not `running`, and keeps the text.
+                let expected = (1..=64).contains(&raw.chars().count()) && raw.chars().all(allowed) && raw != "running";
+                match FinishStatus::parse(&raw) {
+                    Ok(status) => {
+                        prop_assert!(expected, "{:?} was accepted", raw);
+                        prop_assert_eq!(status.as_str(), raw.as_str());
+                        let stored = ProcessStatus::from_stored(status.as_str());
+                        prop_assert_eq!(stored.finished(), Some(&status));
+                    }
+                    Err(error) => {
+                        prop_assert!(!expected, "{:?} was refused", raw);
+                        prop_assert!(matches!(error, DomainError::InvalidStatus(_)));
+                    }
+                }
+            }
+        }
+    }
 }
