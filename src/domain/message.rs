@@ -371,4 +371,353 @@ mod tests {
             Err(DomainError::InvalidMessage(_))
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde::Serialize;
+        use serde_json::{json, Map, Value};
+
+        use super::*;
+
+        /// Strings that are hard on a JSON scanner: quotes, backslashes, whitespace,
+        /// brackets, control and non-ASCII characters.
+        fn tricky_string() -> BoxedStrategy<String> {
+            prop_oneof![
+                any::<String>(),
+                "[ \t\r\n\"\\\\{}\\[\\]:,/\u{0}\u{1f}\u{7f}\u{85}\u{2028}é😀a-]{0,12}",
+            ]
+            .boxed()
+        }
+
+        fn json_value() -> BoxedStrategy<Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                    .map(Value::Number)),
+                tricky_string().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(tricky_string(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+            .boxed()
+        }
+
+        fn json_object() -> BoxedStrategy<Value> {
+            prop::collection::btree_map(tricky_string(), json_value(), 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+                .boxed()
+        }
+
+        /// How a writer may lay its JSON out.
+        #[derive(Debug, Clone, Copy)]
+        enum Layout {
+            Compact,
+            Pretty(&'static str),
+        }
+
+        fn layout() -> impl Strategy<Value = Layout> {
+            prop_oneof![
+                Just(Layout::Compact),
+                Just(Layout::Pretty("  ")),
+                Just(Layout::Pretty("\t")),
+                Just(Layout::Pretty("\r\n \t")),
+            ]
+        }
+
+        fn write(value: &Value, layout: Layout) -> String {
+            match layout {
+                Layout::Compact => serde_json::to_string(value).unwrap(),
+                Layout::Pretty(indent) => {
+                    let mut out = Vec::new();
+                    let formatter =
+                        serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+                    let mut serializer =
+                        serde_json::Serializer::with_formatter(&mut out, formatter);
+                    value.serialize(&mut serializer).unwrap();
+                    String::from_utf8(out).unwrap()
+                }
+            }
+        }
+
+        /// A writer's id as the contract allows it: 1 to 256 bytes without control characters.
+        fn valid_id() -> BoxedStrategy<String> {
+            prop_oneof![
+                "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                any::<String>().prop_filter("1 to 256 bytes, no control character", |id| {
+                    !id.is_empty()
+                        && id.len() <= MAX_MESSAGE_ID_BYTES
+                        && !id.chars().any(char::is_control)
+                }),
+                "x{250,256}",
+            ]
+            .boxed()
+        }
+
+        /// A valid message: `type` and `payload`, and any of `id`, `turn`, `agent`, `model`.
+        fn valid_message() -> BoxedStrategy<Value> {
+            (
+                proptest::option::of(valid_id()),
+                tricky_string(),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(tricky_string()),
+                proptest::option::of(tricky_string()),
+                json_object(),
+            )
+                .prop_map(|(id, kind, turn, agent, model, payload)| {
+                    let mut message = Map::new();
+                    if let Some(id) = id {
+                        message.insert("id".into(), id.into());
+                    }
+                    message.insert("type".into(), kind.into());
+                    if let Some(turn) = turn {
+                        message.insert("turn".into(), turn.into());
+                    }
+                    for (field, value) in [("agent", agent), ("model", model)] {
+                        if let Some(value) = value {
+                            message.insert(field.into(), value.into());
+                        }
+                    }
+                    message.insert("payload".into(), payload);
+                    Value::Object(message)
+                })
+                .boxed()
+        }
+
+        /// A valid message with at most one field removed, replaced or added.
+        fn near_valid_message() -> BoxedStrategy<Value> {
+            let field = prop_oneof![
+                Just("id"),
+                Just("type"),
+                Just("turn"),
+                Just("agent"),
+                Just("model"),
+                Just("payload"),
+                Just("extra"),
+            ];
+            let mutated_value = prop_oneof![
+                json_value(),
+                Just(json!("")),
+                Just(json!(null)),
+                Just(json!(1.5)),
+                Just(json!(u64::MAX)),
+                Just(json!("x".repeat(257))),
+                Just(json!("a\u{1}b")),
+                Just(json!([1])),
+            ];
+            prop_oneof![
+                1 => valid_message(),
+                2 => (valid_message(), field.clone()).prop_map(|(mut message, field)| {
+                    message.as_object_mut().unwrap().remove(field);
+                    message
+                }),
+                4 => (valid_message(), field, mutated_value).prop_map(|(mut message, field, value)| {
+                    message.as_object_mut().unwrap().insert(field.into(), value);
+                    message
+                }),
+            ]
+            .boxed()
+        }
+
+        /// The contract's rule for one message, restated from the README's error table.
+        fn is_valid_message(value: &Value) -> bool {
+            let Some(message) = value.as_object() else {
+                return false;
+            };
+            let optional_string = |field: &str| {
+                matches!(
+                    message.get(field),
+                    None | Some(Value::Null | Value::String(_))
+                )
+            };
+            let id_ok = match message.get("id") {
+                None | Some(Value::Null) => true,
+                Some(Value::String(id)) => {
+                    !id.is_empty()
+                        && id.len() <= MAX_MESSAGE_ID_BYTES
+                        && !id.chars().any(char::is_control)
+                }
+                Some(_) => false,
+            };
+            let turn_ok = match message.get("turn") {
+                None | Some(Value::Null) => true,
+                Some(Value::Number(n)) => n.as_i64().is_some(),
+                Some(_) => false,
+            };
+            message.get("type").is_some_and(Value::is_string)
+                && message.get("payload").is_some_and(Value::is_object)
+                && id_ok
+                && turn_ok
+                && optional_string("agent")
+                && optional_string("model")
+        }
+
+        fn is_valid_body(value: &Value) -> bool {
+            match value {
+                Value::Array(items) => !items.is_empty() && items.iter().all(is_valid_message),
+                other => is_valid_message(other),
+            }
+        }
+
+        fn any_body() -> BoxedStrategy<Value> {
+            prop_oneof![
+                2 => json_value(),
+                4 => near_valid_message(),
+                2 => prop::collection::vec(near_valid_message(), 0..4).prop_map(Value::Array),
+                1 => prop::collection::vec(valid_message(), 1..4).prop_map(Value::Array),
+            ]
+            .boxed()
+        }
+
+        /// Checks one accepted message against the JSON it came from.
+        /// `sent` is the generated JSON; `reparsed`, the same as serde_json reads its text.
+        fn check_accepted(
+            parsed: &NewMessage,
+            sent: &Value,
+            reparsed: &Value,
+        ) -> Result<(), TestCaseError> {
+            match sent.get("id").and_then(Value::as_str) {
+                Some(id) => prop_assert_eq!(&parsed.id, id),
+                None => prop_assert!(uuid::Uuid::parse_str(&parsed.id).is_ok(), "{:?}", parsed.id),
+            }
+            prop_assert_eq!(Some(parsed.kind.as_str()), sent["type"].as_str());
+            prop_assert_eq!(parsed.turn, sent["turn"].as_i64());
+            prop_assert_eq!(parsed.agent.as_deref(), sent["agent"].as_str());
+            prop_assert_eq!(parsed.model.as_deref(), sent["model"].as_str());
+            let compact = serde_json::to_string(&sent["payload"]).unwrap();
+            prop_assert_eq!(
+                &parsed.payload,
+                &compact,
+                "the payload is kept as sent, but for whitespace"
+            );
+            let payload: Value = serde_json::from_str(&parsed.payload).unwrap();
+            prop_assert_eq!(&payload, &reparsed["payload"]);
+            prop_assert!(!parsed.payload.contains('\n'));
+
+            let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            let stored = parsed.render(42, created);
+            prop_assert!(!stored.json.contains(&b'\n'), "the wire JSON is one line");
+            let rendered: Value = serde_json::from_slice(&stored.json).unwrap();
+            prop_assert_eq!(&rendered["id"], &json!(parsed.id));
+            prop_assert_eq!(&rendered["type"], &sent["type"]);
+            prop_assert_eq!(rendered["turn"].as_i64(), parsed.turn);
+            prop_assert_eq!(&rendered["payload"], &reparsed["payload"]);
+            prop_assert_eq!(&rendered["stream_id"], &json!("42-0"));
+            prop_assert_eq!(
+                &rendered["created_at"],
+                &json!("2026-11-27T10:15:03.123456Z")
+            );
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn minifying_any_json_keeps_its_value_and_puts_it_on_one_line(value in json_value(), layout in layout()) {
+                // Invariant: minify_json of any serialised Value parses to the same Value, holds no newline, CR or tab, and is idempotent.
+                let text = write(&value, layout);
+                let minified = minify_json(&text);
+                let reparsed: Value = serde_json::from_str(&minified).unwrap();
+                prop_assert_eq!(&reparsed, &serde_json::from_str::<Value>(&text).unwrap());
+                prop_assert!(!minified.contains(['\n', '\r', '\t']), "{:?}", minified);
+                prop_assert_eq!(minify_json(&minified), minified.clone());
+                let compact = serde_json::to_string(&value).unwrap();
+                prop_assert_eq!(minified.as_ref(), compact.as_str(), "minified is serde's compact form");
+            }
+
+            #[test]
+            fn parsing_arbitrary_bytes_never_panics_and_refuses_as_a_client_error(body in prop_oneof![
+                any::<Vec<u8>>(),
+                any::<String>().prop_map(String::into_bytes),
+                (any_body(), any::<Vec<u8>>(), any::<prop::sample::Index>()).prop_map(|(value, noise, at)| {
+                    // Valid-looking JSON with arbitrary bytes spliced in.
+                    let mut bytes = serde_json::to_vec(&value).unwrap();
+                    let at = at.index(bytes.len() + 1);
+                    bytes.splice(at..at, noise);
+                    bytes
+                }),
+                (any_body(), any::<prop::sample::Index>()).prop_map(|(value, at)| {
+                    // Valid-looking JSON cut short.
+                    let bytes = serde_json::to_vec(&value).unwrap();
+                    bytes[..at.index(bytes.len() + 1)].to_vec()
+                }),
+            ]) {
+                // Invariant: NewMessage::parse_body never panics; what it refuses is InvalidMessage, MessageTooLarge or TooManyMessages.
+                match NewMessage::parse_body(&body, 256, 1000) {
+                    Ok((messages, _)) => prop_assert!(!messages.is_empty()),
+                    Err(error) => prop_assert!(
+                        matches!(error, DomainError::InvalidMessage(_) | DomainError::MessageTooLarge { .. } | DomainError::TooManyMessages { .. }),
+                        "{:?}", error
+                    ),
+                }
+            }
+
+            #[test]
+            fn a_body_is_accepted_exactly_when_every_message_follows_the_contract(body in any_body(), layout in layout()) {
+                // Invariant: parse_body accepts iff the body is a valid message or a non-empty array of them, and accepted ones keep every field.
+                let text = write(&body, layout);
+                // Values are compared with the text as parsed again: serde_json's float
+                // parsing may differ from the generated f64 in its last digit.
+                let reparsed: Value = serde_json::from_str(&text).unwrap();
+                match NewMessage::parse_body(text.as_bytes(), LIMIT, 1000) {
+                    Ok((messages, batch)) => {
+                        prop_assert!(is_valid_body(&body), "accepted: {}", text);
+                        prop_assert_eq!(batch, body.is_array());
+                        let items = |body: &Value| match body {
+                            Value::Array(items) => items.clone(),
+                            one => vec![one.clone()],
+                        };
+                        let (sent, reparsed) = (items(&body), items(&reparsed));
+                        prop_assert_eq!(messages.len(), sent.len());
+                        for ((parsed, sent), reparsed) in messages.iter().zip(&sent).zip(&reparsed) {
+                            check_accepted(parsed, sent, reparsed)?;
+                        }
+                    }
+                    Err(error) => {
+                        prop_assert!(!is_valid_body(&body), "refused ({:?}): {}", error, text);
+                        prop_assert!(matches!(error, DomainError::InvalidMessage(_)), "{:?}", error);
+                    }
+                }
+            }
+
+            #[test]
+            fn an_array_is_refused_as_too_many_exactly_when_it_holds_more_than_the_limit(items in prop::collection::vec(valid_message(), 1..8), max in 1usize..6, layout in layout()) {
+                // Invariant: an array of n valid messages is accepted whole iff n <= the limit, else it is TooManyMessages.
+                let text = write(&Value::Array(items.clone()), layout);
+                match NewMessage::parse_body(text.as_bytes(), LIMIT, max) {
+                    Ok((messages, true)) => {
+                        prop_assert!(items.len() <= max);
+                        prop_assert_eq!(messages.len(), items.len());
+                    }
+                    other => {
+                        prop_assert!(items.len() > max, "{:?}", other);
+                        prop_assert_eq!(other, Err(DomainError::TooManyMessages { limit: max }));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_message_is_too_large_exactly_when_its_json_is_over_the_limit(message in valid_message(), layout in layout(), batch in any::<bool>(), slack in 0usize..3) {
+                // Invariant: a message of s bytes (as sent, surrounding whitespace aside) passes a limit of s and is a 413 under it, alone or in an array.
+                let text = write(&message, layout);
+                let size = text.trim().len();
+                let body = if batch { format!("[ {text} ]") } else { format!(" {text}\n") };
+                prop_assert!(NewMessage::parse_body(body.as_bytes(), size + slack, 1).is_ok());
+                let under = size - 1 - slack.min(size - 1);
+                prop_assert_eq!(
+                    NewMessage::parse_body(body.as_bytes(), under, 1),
+                    Err(DomainError::MessageTooLarge { size, limit: under })
+                );
+            }
+        }
+    }
 }
