@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod follow;
+mod fuzz;
 mod limits;
 mod model;
 mod processes;
