@@ -20,6 +20,7 @@ use crate::support::{messages, process_id, Backend, TestApp, WAIT};
 /// The server's limits in these tests, small so that random bodies cross them.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 const MAX_BODY_BYTES: usize = 16 * 1024;
+const MAX_BATCH_MESSAGES: usize = 3;
 
 /// The README's error table: every code a 4xx may carry, with its status.
 const ERROR_CODES: &[(&str, u16)] = &[
@@ -37,6 +38,7 @@ const ERROR_CODES: &[(&str, u16)] = &[
     ("status_conflict", 409),
     ("message_too_large", 413),
     ("body_too_large", 413),
+    ("too_many_messages", 413),
 ];
 
 /// Which process a case's path names.
@@ -690,6 +692,7 @@ fn check(backend: Backend, cases: u32) {
         let app = TestApp::spawn_with(backend, |config| {
             config.max_message_bytes = MAX_MESSAGE_BYTES;
             config.max_body_bytes = MAX_BODY_BYTES;
+            config.max_batch_messages = MAX_BATCH_MESSAGES;
             config.heartbeat = Duration::from_secs(1);
         })
         .await;
