@@ -186,9 +186,11 @@ mod tests {
                 Some((seq, n)) => (number(seq)?, number(n)?),
                 None => (number(raw)?, 0),
             };
-            (seq <= u128::from(StreamId::MAX_SEQ) && n <= u128::from(u64::MAX)).then(|| StreamId {
-                seq: seq as u64,
-                n: n as u64,
+            Some(StreamId {
+                seq: u64::try_from(seq)
+                    .ok()
+                    .filter(|seq| *seq <= StreamId::MAX_SEQ)?,
+                n: u64::try_from(n).ok()?,
             })
         }
 
