@@ -19,7 +19,7 @@ use crate::adapters::memory::{InProcessFeed, MemoryStore};
 use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
 use crate::config::{redact, BackendConfig};
-use crate::http::{router, AppState, HttpConfig};
+use crate::http::{router, AppState, HttpConfig, MAX_HEADER_FIELDS};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
 
@@ -101,7 +101,8 @@ impl Backends {
 ///
 /// The connection loop is hyper's own rather than `axum::serve`, for what axum does not
 /// expose: a time limit on reading a request's headers (so a client that sends them
-/// slowly cannot hold a connection) and a limit on their size.
+/// slowly cannot hold a connection) and hard limits on their size and count, set at
+/// twice (ten times for the count) the limits the router answers in JSON.
 pub async fn serve(
     listener: TcpListener,
     backends: Backends,
@@ -126,11 +127,14 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes);
+        .max_buf_size(max_header_bytes.saturating_mul(2))
+        .max_headers(MAX_HEADER_FIELDS * 10);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

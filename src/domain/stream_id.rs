@@ -53,10 +53,18 @@ impl StreamId {
 
 /// Only ASCII digits: `u64::from_str` would also take a leading `+`.
 fn parse_decimal(raw: &str) -> Option<u64> {
-    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    raw.parse().ok()
+    // Leading zeros are fine (`007` is 7); what remains must fit a u64.
+    let significant = raw.trim_start_matches('0');
+    if significant.len() > 20 {
+        return None;
+    }
+    significant
+        .parse()
+        .ok()
+        .or(significant.is_empty().then_some(0))
 }
 
 /// Keeps error messages small whatever a client sends.
@@ -78,13 +86,16 @@ impl Cursor {
     pub const START: Cursor = Cursor(StreamId::ZERO);
 
     /// Reads the cursor of a request. `after` (the query parameter) wins over
-    /// `last_event_id` (the header); none, or an empty value, means from the beginning.
+    /// `last_event_id` (the header); an empty value counts as not given, and none
+    /// means from the beginning.
     pub fn from_request(
         after: Option<&str>,
         last_event_id: Option<&str>,
     ) -> Result<Self, DomainError> {
-        match after.or(last_event_id).map(str::trim) {
-            None | Some("") => Ok(Self::START),
+        let after = after.filter(|value| !value.is_empty());
+        let last_event_id = last_event_id.filter(|value| !value.is_empty());
+        match after.or(last_event_id) {
+            None => Ok(Self::START),
             Some(raw) => StreamId::parse(raw).map(Self),
         }
     }
@@ -119,6 +130,14 @@ mod tests {
 
     #[test]
     fn malformed_cursors_are_refused() {
+        assert_eq!(
+            StreamId::parse("007-01").unwrap(),
+            StreamId { seq: 7, n: 1 }
+        );
+        assert_eq!(
+            StreamId::parse("000000000000000000000000042").unwrap(),
+            StreamId::message(42)
+        );
         for bad in [
             "",
             "-",
@@ -147,6 +166,13 @@ mod tests {
             9
         );
         assert_eq!(Cursor::from_request(None, None).unwrap(), Cursor::START);
+        assert_eq!(
+            Cursor::from_request(Some(""), Some("9-0"))
+                .unwrap()
+                .after_seq(),
+            9,
+            "an empty after is not given"
+        );
     }
 
     #[test]
@@ -174,13 +200,22 @@ mod tests {
             ]
         }
 
-        /// The documented grammar: `<seq>` or `<seq>-<n>`, each 1 to 20 ASCII digits,
+        /// The documented grammar: `<seq>` or `<seq>-<n>`, each one or more ASCII digits,
         /// `seq` at most 9223372036854775807 and `n` a u64.
         fn accepted_by_grammar(raw: &str) -> Option<StreamId> {
             let number = |part: &str| {
-                (!part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| part.parse::<u128>().ok())
-                    .flatten()
+                let significant = part.trim_start_matches('0');
+                (!part.is_empty()
+                    && significant.len() <= 20
+                    && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| {
+                    if significant.is_empty() {
+                        Some(0)
+                    } else {
+                        significant.parse::<u128>().ok()
+                    }
+                })
+                .flatten()
             };
             let (seq, n) = match raw.split_once('-') {
                 Some((seq, n)) => (number(seq)?, number(n)?),
@@ -237,11 +272,12 @@ mod tests {
                 after in proptest::option::of(cursor_like()),
                 header in proptest::option::of(cursor_like()),
             ) {
-                // Invariant: Cursor::from_request never panics; it reads `after` if given, else the header, trimmed; empty is the start.
+                // Invariant: Cursor::from_request never panics; it reads `after` if given (non-empty), else the header, else the start.
                 let cursor = Cursor::from_request(after.as_deref(), header.as_deref());
-                let chosen = after.as_deref().or(header.as_deref()).map(str::trim);
-                match chosen {
-                    None | Some("") => prop_assert_eq!(&cursor, &Ok(Cursor::START)),
+                let given = |value: Option<String>| value.filter(|value| !value.is_empty());
+                let chosen = given(after).or(given(header));
+                match chosen.as_deref() {
+                    None => prop_assert_eq!(&cursor, &Ok(Cursor::START)),
                     Some(raw) => prop_assert_eq!(&cursor, &StreamId::parse(raw).map(Cursor)),
                 }
                 if let Ok(cursor) = cursor {

@@ -130,6 +130,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -147,4 +148,30 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
         )
         .into_response(),
     }
+}
+
+/// Most header fields a request may carry.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// Refuses a request head over `max_header_bytes` or `MAX_HEADER_FIELDS` with the
+/// contract's JSON error. (The connection layer lets heads through up to twice that, and
+/// answers a bare 431 only past it.)
+async fn head_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let size = request.method().as_str().len()
+        + request.uri().to_string().len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let limit = state.config.max_header_bytes;
+    if size > limit || headers.len() > MAX_HEADER_FIELDS {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request head is over {limit} bytes or {MAX_HEADER_FIELDS} fields"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

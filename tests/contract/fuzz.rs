@@ -819,9 +819,10 @@ async fn a_request_head_over_the_header_limit_gets_a_json_error_too() {
 }
 
 /// Requests no well-behaved client sends (reqwest refuses to), written on the socket.
+/// They are not HTTP, so no route sees them: the connection layer answers a bare 400
+/// and closes the connection (as the README says), and the server serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hyper answers malformed HTTP itself, with an empty 400, before the router; see the fuzz report"]
-async fn malformed_http_gets_a_json_400_too() {
+async fn malformed_http_gets_a_400_and_a_closed_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let app = TestApp::spawn(Backend::Memory).await;
@@ -847,34 +848,25 @@ async fn malformed_http_gets_a_json_400_too() {
             b"POST /processes/p1/messages HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{}",
         ),
     ];
-    let mut failures = Vec::new();
     for (what, request) in requests {
         let mut socket = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
             .await
             .unwrap();
         socket.write_all(request).await.unwrap();
         let mut answer = Vec::new();
-        // The parser's refusals close the connection; the router's keep it open.
-        let _ = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut answer)).await;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+        assert!(closed.is_ok(), "{what}: the connection is closed");
         let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let content_type = head.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        });
-        if let Err(why) = json_error_or_why(status, content_type.as_deref(), body.as_bytes()) {
-            failures.push(format!("{what}: {why}"));
-        }
+        assert!(text.starts_with("HTTP/1.1 400"), "{what}: {text}");
     }
-    assert!(
-        failures.is_empty(),
-        "every error is JSON, but:\n{}",
-        failures.join("\n")
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
     );
 }

@@ -186,14 +186,21 @@ async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
     let app = TestApp::spawn_with(Backend::Memory, |config| config.max_header_bytes = 8192).await;
-    let response = app
-        .http
-        .get(app.url("/healthz"))
-        .header("x-padding", "z".repeat(20_000))
-        .send()
-        .await
-        .unwrap();
+    let padded = |bytes: usize| {
+        app.http
+            .get(app.url("/healthz"))
+            .header("x-padding", "z".repeat(bytes))
+    };
+    let response = padded(10_000).send().await.unwrap();
     assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    let past_the_hard_limit = padded(20_000).send().await.unwrap();
+    assert_eq!(
+        past_the_hard_limit.status(),
+        431,
+        "past twice the limit the connection layer answers, bare"
+    );
     assert_eq!(
         app.http
             .get(app.url("/healthz"))
