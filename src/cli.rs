@@ -73,9 +73,11 @@ pub struct AppendArgs {
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -126,6 +128,10 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
         .map(FinishStatus::parse)
         .transpose()?;
     let writer = Backends::connect(&args.backend).await?.writer();
+    writer
+        .register(&process)
+        .await
+        .context("could not register the process")?;
     let input: Box<dyn AsyncBufRead + Unpin + Send> =
         match args.file.as_ref().filter(|f| f.as_os_str() != "-") {
             Some(path) => Box::new(BufReader::new(

@@ -94,3 +94,33 @@ async fn append_stops_at_a_bad_line_and_names_it() {
         "lines before the bad one are stored, none after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_of_nothing_registers_and_finishes_the_process() {
+    let app = TestApp::spawn(Backend::Real).await;
+    let config = app.backend_config.clone().expect("real backends");
+    let process = process_id();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-stream"))
+        .args([
+            "append",
+            "--process",
+            &process,
+            "--finish",
+            "cancelled",
+            "-",
+        ])
+        .env("DATABASE_URL", config.database_url.as_deref().unwrap())
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown: Value = app.get_process(&process).await.json().await.unwrap();
+    assert_eq!(shown["status"], "cancelled");
+    assert_eq!(shown["message_count"], 0);
+}
