@@ -1,0 +1,19 @@
+//! Fault drills (issue 3, "Reliability"): real `redis-server`, PostgreSQL and
+//! agent-stream processes are killed, stopped and restarted around live followers and
+//! appenders, and every follower must still receive exactly the messages after its
+//! cursor, in order, each once, then the end.
+//!
+//! Each drill starts its OWN PostgreSQL cluster, Redis and server on free ports (see
+//! `instances.rs`); the shared servers of `.ci/test` are never touched. The binaries
+//! come from AGENT_STREAM_TEST_PG_BINDIR (else `pg_config --bindir`) and
+//! AGENT_STREAM_TEST_REDIS_SERVER (else `redis-server` on PATH); as root, PostgreSQL
+//! runs as AGENT_STREAM_TEST_PG_USER (else `postgres`). A drill that cannot find them
+//! fails; it is never skipped. Drills run one at a time.
+
+mod client;
+mod instances;
+mod rig;
+
+mod postgres_drills;
+mod redis_drills;
+mod server_drills;
