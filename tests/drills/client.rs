@@ -308,6 +308,8 @@ pub struct AppenderConfig {
 /// A writer appending message after message to one process, in the background.
 pub struct Appender {
     log: Arc<Mutex<Vec<AppendRecord>>>,
+    /// When the append in progress (not yet answered) was first sent.
+    pending: Arc<Mutex<Option<Instant>>>,
     stop: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -315,9 +317,10 @@ pub struct Appender {
 impl Appender {
     pub fn spawn(api: Api, process: String, tag: String, config: AppenderConfig) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let pending = Arc::new(Mutex::new(None));
         let stop = CancellationToken::new();
         let handle = tokio::spawn({
-            let (log, stop) = (log.clone(), stop.clone());
+            let (log, stop, pending) = (log.clone(), stop.clone(), pending.clone());
             async move {
                 let mut ticks = tokio::time::interval(config.interval);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,6 +331,7 @@ impl Appender {
                     }
                     let body = message(&tag, n);
                     let sent = Instant::now();
+                    *pending.lock().unwrap() = Some(sent);
                     let mut failures = Vec::new();
                     let (outcome, answered) = loop {
                         match api.append(&process, &body).await {
@@ -348,7 +352,9 @@ impl Appender {
                             }
                         }
                     };
-                    log.lock().unwrap().push(AppendRecord {
+                    let mut log = log.lock().unwrap();
+                    *pending.lock().unwrap() = None;
+                    log.push(AppendRecord {
                         n,
                         id: body["id"].as_str().unwrap_or_default().to_owned(),
                         sent,
@@ -359,7 +365,17 @@ impl Appender {
                 }
             }
         });
-        Self { log, stop, handle }
+        Self {
+            log,
+            pending,
+            stop,
+            handle,
+        }
+    }
+
+    /// When the append in progress was sent, if one is waiting for its answer.
+    pub fn pending_since(&self) -> Option<Instant> {
+        *self.pending.lock().unwrap()
     }
 
     pub fn records(&self) -> Vec<AppendRecord> {
