@@ -34,8 +34,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use client::{
-    process_id, verify_exact, Api, Appender, AppenderConfig, Attempt, Follower, FollowSpec,
-    FollowState, Format, Outcome,
+    process_id, verify_exact, Api, Appender, AppenderConfig, Attempt, FollowSpec, FollowState,
+    Follower, Format, Outcome,
 };
 use instances::{Postgres, Redis, Server};
 
@@ -213,7 +213,11 @@ async fn drill(fault: Fault) -> Row {
         followers.iter().all(|f| f.connections() >= 1)
     })
     .await;
-    assert!(connected, "{}: the followers did not all connect", fault.key());
+    assert!(
+        connected,
+        "{}: the followers did not all connect",
+        fault.key()
+    );
     let sse = followers
         .iter()
         .filter(|f| f.spec.format == Format::Sse)
@@ -250,7 +254,10 @@ async fn drill(fault: Fault) -> Row {
             }
             if fault == Fault::ServerSigterm {
                 let exit = server.wait_exit(Duration::from_secs(20));
-                assert!(exit.is_some(), "the server did not exit within 20 s of SIGTERM");
+                assert!(
+                    exit.is_some(),
+                    "the server did not exit within 20 s of SIGTERM"
+                );
             }
             tokio::time::sleep_until((fault_start + FAULT_FOR).into()).await;
             match fault {
@@ -302,7 +309,8 @@ async fn drill(fault: Fault) -> Row {
         .iter()
         .filter_map(|r| r.outcome.seq().map(|seq| (seq, r.answered)))
         .collect();
-    let (mut before, mut during, mut after) = (Worst::default(), Worst::default(), Worst::default());
+    let (mut before, mut during, mut after) =
+        (Worst::default(), Worst::default(), Worst::default());
     for state in &states {
         for received in &state.received {
             let Some(&answered_at) = answered.get(&received.seq) else {

@@ -146,7 +146,10 @@ impl Api {
     ) -> Attempt {
         let text = body.to_string().into_bytes();
         let (first, second) = text.split_at(text.len() / 2);
-        let (first, second) = (bytes::Bytes::copy_from_slice(first), bytes::Bytes::copy_from_slice(second));
+        let (first, second) = (
+            bytes::Bytes::copy_from_slice(first),
+            bytes::Bytes::copy_from_slice(second),
+        );
         let chunks = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
             futures::stream::once(async move {
                 let _ = release.await;
@@ -200,7 +203,11 @@ impl Api {
             ))))
             .await;
             match attempt {
-                Attempt::Answered { status: 200, body: Value::Array(page), .. } => {
+                Attempt::Answered {
+                    status: 200,
+                    body: Value::Array(page),
+                    ..
+                } => {
                     if page.is_empty() {
                         return Ok(all);
                     }
@@ -335,12 +342,24 @@ impl Appender {
                     let mut failures = Vec::new();
                     let (outcome, answered) = loop {
                         match api.append(&process, &body).await {
-                            Attempt::Answered { status, body, retry_after, at } => {
+                            Attempt::Answered {
+                                status,
+                                body,
+                                retry_after,
+                                at,
+                            } => {
                                 let seq = body["stream_id"].as_str().and_then(seq_of);
                                 break match (status, seq) {
                                     (201, Some(seq)) => (Outcome::Created { seq }, at),
                                     (200, Some(seq)) => (Outcome::AlreadyStored { seq }, at),
-                                    _ => (Outcome::Refused { status, retry_after, body }, at),
+                                    _ => (
+                                        Outcome::Refused {
+                                            status,
+                                            retry_after,
+                                            body,
+                                        },
+                                        at,
+                                    ),
                                 };
                             }
                             Attempt::Failed { error, at } => {
@@ -510,7 +529,11 @@ impl Follower {
     pub fn spawn(http: reqwest::Client, spec: FollowSpec) -> Self {
         let state = Arc::new(Mutex::new(FollowState::default()));
         let handle = tokio::spawn(run_follower(http, spec.clone(), state.clone()));
-        Self { spec, state, handle }
+        Self {
+            spec,
+            state,
+            handle,
+        }
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -631,7 +654,9 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
     let mut last_seq = spec.after;
     loop {
         if tokio::time::Instant::now() >= deadline {
-            violation(format!("no end event by the deadline (last seq {last_seq})"));
+            violation(format!(
+                "no end event by the deadline (last seq {last_seq})"
+            ));
             return;
         }
         let path = match spec.format {
@@ -658,7 +683,11 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
         let response = match tokio::time::timeout_at(deadline, request.send()).await {
             Err(_) => continue, // the deadline check above reports it
             Ok(Err(error)) => {
-                state.lock().unwrap().refusals.push(format!("connect: {error}"));
+                state
+                    .lock()
+                    .unwrap()
+                    .refusals
+                    .push(format!("connect: {error}"));
                 if !spec.reconnect {
                     violation(format!("could not open the follow: {error}"));
                     return;
@@ -669,7 +698,11 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
             Ok(Ok(response)) if response.status() != 200 => {
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
-                state.lock().unwrap().refusals.push(format!("{status}: {body}"));
+                state
+                    .lock()
+                    .unwrap()
+                    .refusals
+                    .push(format!("{status}: {body}"));
                 if !spec.reconnect {
                     violation(format!("the follow was refused: {status} {body}"));
                     return;
@@ -687,7 +720,9 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
         let broke = loop {
             let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
                 Err(_) => {
-                    violation(format!("no end event by the deadline (last seq {last_seq})"));
+                    violation(format!(
+                        "no end event by the deadline (last seq {last_seq})"
+                    ));
                     return;
                 }
                 Ok(chunk) => chunk,
@@ -795,7 +830,11 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
         if !spec.reconnect {
             violation(format!(
                 "the follow was dropped after seq {last_seq} ({})",
-                error.unwrap_or_else(|| if clean { "the response ended".into() } else { "error".into() })
+                error.unwrap_or_else(|| if clean {
+                    "the response ended".into()
+                } else {
+                    "error".into()
+                })
             ));
             return;
         }
@@ -819,7 +858,12 @@ pub fn verify_exact(
     }
     let expected: Vec<&Value> = stored
         .iter()
-        .filter(|m| m["stream_id"].as_str().and_then(seq_of).is_some_and(|s| s > after))
+        .filter(|m| {
+            m["stream_id"]
+                .as_str()
+                .and_then(seq_of)
+                .is_some_and(|s| s > after)
+        })
         .collect();
     let expected_seqs: Vec<u64> = expected
         .iter()
@@ -844,7 +888,10 @@ pub fn verify_exact(
     } else {
         for (got, want) in state.received.iter().zip(&expected) {
             if got.id != want["id"].as_str().unwrap_or_default() {
-                problems.push(format!("seq {} has id {:?}, stored {:?}", got.seq, got.id, want["id"]));
+                problems.push(format!(
+                    "seq {} has id {:?}, stored {:?}",
+                    got.seq, got.id, want["id"]
+                ));
                 break;
             }
             if let Some(value) = &got.value {
@@ -896,11 +943,14 @@ pub fn verify_appends(records: &[AppendRecord], stored: &[Value]) -> Result<(), 
     for record in records {
         let stored_at = by_id.get(record.id.as_str()).copied();
         match (&record.outcome, stored_at) {
-            (Outcome::Created { seq } | Outcome::AlreadyStored { seq }, Some(at)) if *seq == at => {}
-            (Outcome::Created { seq } | Outcome::AlreadyStored { seq }, got) => problems.push(format!(
-                "{} was answered with seq {seq} but is stored at {got:?}",
-                record.id
-            )),
+            (Outcome::Created { seq } | Outcome::AlreadyStored { seq }, Some(at)) if *seq == at => {
+            }
+            (Outcome::Created { seq } | Outcome::AlreadyStored { seq }, got) => {
+                problems.push(format!(
+                    "{} was answered with seq {seq} but is stored at {got:?}",
+                    record.id
+                ))
+            }
             (Outcome::Refused { status, .. }, Some(at)) => problems.push(format!(
                 "{} was refused ({status}) but is stored at seq {at}",
                 record.id

@@ -40,8 +40,7 @@ impl TempDir {
             "agent-stream-drill-{label}-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         // Readable by the unprivileged user PostgreSQL runs as.
         run_quiet(Command::new("chmod").arg("755").arg(&path), "chmod 755");
         Self { path }
@@ -138,7 +137,10 @@ fn wait_until(
         }
         if let Some(child) = child.as_deref_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("{what}: the process exited ({status}) before it was ready\n{}", describe());
+                panic!(
+                    "{what}: the process exited ({status}) before it was ready\n{}",
+                    describe()
+                );
             }
         }
         if Instant::now() > deadline {
@@ -154,7 +156,9 @@ fn raw_exchange(port: u16, request: &[u8]) -> Option<String> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
     stream.write_all(request).ok()?;
     let mut answer = Vec::new();
     let mut buffer = [0u8; 1024];
@@ -455,7 +459,11 @@ impl Postgres {
     /// The last resort: SIGKILL the postmaster named in postmaster.pid.
     fn kill_postmaster(&self) {
         if let Ok(pidfile) = fs::read_to_string(self.data().join("postmaster.pid")) {
-            if let Some(pid) = pidfile.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+            if let Some(pid) = pidfile
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+            {
                 send_signal(pid, "-KILL");
             }
         }
@@ -655,7 +663,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- agent-stream {} log (tail) ---\n{}", self.port, self.log());
+            eprintln!(
+                "--- agent-stream {} log (tail) ---\n{}",
+                self.port,
+                self.log()
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -28,7 +28,9 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
     );
     followers.extend(rig.followers_from(5, false));
     assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= 10).await,
+        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
+            >= 10)
+        .await,
         "the cursor followers must be live: {}",
         Rig::received_summary(&followers)
     );
@@ -67,7 +69,12 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
         .collect();
     let pending = appender
         .pending_since()
-        .map(|since| format!("; one sent {:?} after the stop still waits for its answer", since.saturating_duration_since(stopped_at)))
+        .map(|since| {
+            format!(
+                "; one sent {:?} after the stop still waits for its answer",
+                since.saturating_duration_since(stopped_at)
+            )
+        })
         .unwrap_or_default();
     checks.check(
         !during.is_empty()
@@ -94,13 +101,18 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
         "the service recovers without a restart: appends are answered 201 again",
     );
     checks.check_result(
-        rig.api.wait_readyz(200, None, Duration::from_secs(10)).await,
+        rig.api
+            .wait_readyz(200, None, Duration::from_secs(10))
+            .await,
         "/readyz is 200 again after PostgreSQL is back",
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(10), || Rig::min_received(&followers) >= after).await,
+        wait_for(Duration::from_secs(10), || {
+            Rig::min_received(&followers) >= after
+        })
+        .await,
         format!(
             "open follows continue after PostgreSQL is back (up to seq {after}): {}",
             Rig::received_summary(&followers)
@@ -151,6 +163,7 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
             }
         }
     }
-    rig.finish_and_verify(&mut checks, followers, &records).await;
+    rig.finish_and_verify(&mut checks, followers, &records)
+        .await;
     checks.finish();
 }

@@ -6,12 +6,20 @@ use std::time::{Duration, Instant};
 use crate::client::{wait_for, Outcome};
 use crate::rig::{serial, Checks, Rig};
 
+/// `--idle-poll` of these drills: far above `--degraded-poll` (500 ms).
+const IDLE_POLL: &str = "5s";
+/// The longest an append may take to reach every follower while Redis is down:
+/// the degraded poll and then some.
+const DEGRADED_DELAY: Duration = Duration::from_millis(2000);
+
 /// Drill 1: Redis SIGKILLed mid-stream, restarted (empty) ~2 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
     let _serial = serial();
     let mut checks = Checks::new("redis killed mid-stream");
-    let mut rig = Rig::start("redis-kill", true, &[]);
+    // A long idle poll, so that only the degraded poll (500 ms by default) can explain
+    // delivery while Redis is down.
+    let mut rig = Rig::start("redis-kill", true, &["--idle-poll", IDLE_POLL]);
     rig.register().await;
     let mut followers = rig.followers(false);
     let appender = rig.appender(false);
@@ -66,14 +74,27 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
 
     rig.redis.launch();
     let restarted_at = Instant::now();
+    let outage_delay = |records: &[crate::client::AppendRecord],
+                        states: &[crate::client::FollowState]| {
+        let during: Vec<_> = records
+            .iter()
+            .filter(|r| r.answered >= killed_at && r.answered < restarted_at)
+            .collect();
+        (during.len(), worst_delay(&during, states))
+    };
     checks.check_result(
-        rig.api.wait_readyz(200, None, Duration::from_secs(10)).await,
+        rig.api
+            .wait_readyz(200, None, Duration::from_secs(10))
+            .await,
         "/readyz is 200 again after Redis is back",
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= after).await,
+        wait_for(Duration::from_secs(5), || {
+            Rig::min_received(&followers) >= after
+        })
+        .await,
         format!(
             "followers receive after Redis is back (up to seq {after}): {}",
             Rig::received_summary(&followers)
@@ -84,7 +105,14 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
     let not_created: Vec<_> = records
         .iter()
         .filter(|r| !matches!(r.outcome, Outcome::Created { .. }))
-        .map(|r| format!("{} sent {:?} after the kill: {:?}", r.id, r.sent.saturating_duration_since(killed_at), r.outcome))
+        .map(|r| {
+            format!(
+                "{} sent {:?} after the kill: {:?}",
+                r.id,
+                r.sent.saturating_duration_since(killed_at),
+                r.outcome
+            )
+        })
         .collect();
     checks.check(
         not_created.is_empty(),
@@ -94,7 +122,19 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
         "{} appends after Redis came back",
         records.iter().filter(|r| r.sent >= restarted_at).count()
     ));
-    rig.finish_and_verify(&mut checks, followers, &records).await;
+    let states = rig
+        .finish_and_verify(&mut checks, followers, &records)
+        .await;
+    let (during, worst) = outage_delay(&records, &states);
+    checks.note(format!(
+        "worst delivery delay of the {during} appends answered while Redis was down: {worst:?}"
+    ));
+    checks.check(
+        worst <= DEGRADED_DELAY,
+        format!(
+            "while Redis is down, followers poll PostgreSQL every --degraded-poll (500 ms; --idle-poll is {IDLE_POLL}): every message arrives within {DEGRADED_DELAY:?} of its 201, worst {worst:?}"
+        ),
+    );
     checks.finish();
 }
 
@@ -103,7 +143,7 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
 async fn redis_down_at_start_then_started_delivery_stays_exact() {
     let _serial = serial();
     let mut checks = Checks::new("redis down at start");
-    let mut rig = Rig::start("redis-late", false, &[]);
+    let mut rig = Rig::start("redis-late", false, &["--idle-poll", IDLE_POLL]);
     checks.check_result(
         rig.api
             .wait_readyz(503, Some("redis"), Duration::from_secs(5))
@@ -129,7 +169,10 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
     followers.extend(rig.followers_from(5, false));
     let during = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= during).await,
+        wait_for(Duration::from_secs(5), || {
+            Rig::min_received(&followers) >= during
+        })
+        .await,
         format!(
             "every follower catches up without Redis (to seq {during}): {}",
             Rig::received_summary(&followers)
@@ -140,13 +183,18 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
     let started_at = Instant::now();
     checks.note(format!("Redis started at seq {}", appender.max_seq()));
     checks.check_result(
-        rig.api.wait_readyz(200, None, Duration::from_secs(10)).await,
+        rig.api
+            .wait_readyz(200, None, Duration::from_secs(10))
+            .await,
         "/readyz is 200 once Redis is started",
     );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= after).await,
+        wait_for(Duration::from_secs(5), || {
+            Rig::min_received(&followers) >= after
+        })
+        .await,
         format!(
             "followers receive after Redis started (up to seq {after}): {}",
             Rig::received_summary(&followers)
@@ -168,7 +216,21 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
         .iter()
         .filter(|r| r.sent >= started_at + Duration::from_millis(1000))
         .collect();
-    let states = rig.finish_and_verify(&mut checks, followers, &records).await;
+    let states = rig
+        .finish_and_verify(&mut checks, followers, &records)
+        .await;
+    let before_redis: Vec<_> = records.iter().filter(|r| r.answered < started_at).collect();
+    let worst_without = worst_delay(&before_redis, &states);
+    checks.note(format!(
+        "worst delivery delay of the {} appends answered before Redis started: {worst_without:?}",
+        before_redis.len()
+    ));
+    checks.check(
+        worst_without <= DEGRADED_DELAY,
+        format!(
+            "without Redis, followers poll PostgreSQL every --degraded-poll (500 ms; --idle-poll is {IDLE_POLL}): every message arrives within {DEGRADED_DELAY:?} of its 201, worst {worst_without:?}"
+        ),
+    );
     let worst = worst_delay(&late, &states);
     checks.note(format!(
         "worst delivery delay from 1 s after Redis started: {worst:?} over {} appends",
@@ -184,8 +246,11 @@ pub fn worst_delay(
 ) -> Duration {
     let mut worst = Duration::ZERO;
     for state in states {
-        let at: std::collections::HashMap<&str, Instant> =
-            state.received.iter().map(|r| (r.id.as_str(), r.at)).collect();
+        let at: std::collections::HashMap<&str, Instant> = state
+            .received
+            .iter()
+            .map(|r| (r.id.as_str(), r.at))
+            .collect();
         for record in records {
             if let Some(received) = at.get(record.id.as_str()) {
                 worst = worst.max(received.saturating_duration_since(record.answered));

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client::{
-    process_id, verify_appends, verify_exact, AppendRecord, Api, Appender, AppenderConfig,
-    Attempt, Follower, FollowSpec, FollowState, Format,
+    process_id, verify_appends, verify_exact, Api, AppendRecord, Appender, AppenderConfig, Attempt,
+    FollowSpec, FollowState, Follower, Format,
 };
 use crate::instances::{Postgres, Redis, Server};
 
@@ -124,10 +124,15 @@ impl Rig {
 
     /// Four followers from the beginning, of every format.
     pub fn followers(&self, reconnect: bool) -> Vec<Follower> {
-        [Format::Sse, Format::Ndjson, Format::NdjsonStream, Format::Sse]
-            .into_iter()
-            .map(|format| self.follower(format, 0, reconnect))
-            .collect()
+        [
+            Format::Sse,
+            Format::Ndjson,
+            Format::NdjsonStream,
+            Format::Sse,
+        ]
+        .into_iter()
+        .map(|format| self.follower(format, 0, reconnect))
+        .collect()
     }
 
     /// Two followers from a cursor: SSE (`Last-Event-ID`) and NDJSON (`?after=`).

@@ -28,7 +28,9 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
     );
     followers.extend(rig.followers_from(5, true));
     assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= 10).await,
+        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
+            >= 10)
+        .await,
         "the cursor followers must be live: {}",
         Rig::received_summary(&followers)
     );
@@ -50,7 +52,10 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(10), || Rig::min_received(&followers) >= after).await,
+        wait_for(Duration::from_secs(10), || {
+            Rig::min_received(&followers) >= after
+        })
+        .await,
         format!(
             "followers resume after the restart (up to seq {after}): {}",
             Rig::received_summary(&followers)
@@ -69,15 +74,19 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
 
     let records = appender.stop().await;
     checks.check(
-        records
-            .iter()
-            .all(|r| matches!(r.outcome, Outcome::Created { .. } | Outcome::AlreadyStored { .. })),
+        records.iter().all(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Created { .. } | Outcome::AlreadyStored { .. }
+            )
+        }),
         format!(
             "every append ends stored (201, or 200 when a retry finds it): {}",
             crate::rig::outcome_summary(&records)
         ),
     );
-    rig.finish_and_verify(&mut checks, followers, &records).await;
+    rig.finish_and_verify(&mut checks, followers, &records)
+        .await;
     checks.finish();
 }
 
@@ -103,7 +112,9 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     );
     followers.extend(rig.followers_from(5, true));
     assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers) >= 10).await,
+        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
+            >= 10)
+        .await,
         "the cursor followers must be live: {}",
         Rig::received_summary(&followers)
     );
@@ -116,7 +127,10 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
         let (api, process, body) = (rig.api.clone(), rig.process.clone(), slow_body.clone());
         async move {
             let sent = Instant::now();
-            (sent, api.append_in_two_halves(&process, &body, released).await)
+            (
+                sent,
+                api.append_in_two_halves(&process, &body, released).await,
+            )
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -128,7 +142,9 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     let _ = release.send(());
 
     let ended = wait_for(Duration::from_secs(5), || {
-        followers.iter().all(|f| f.with_state(|s| !s.breaks.is_empty()))
+        followers
+            .iter()
+            .all(|f| f.with_state(|s| !s.breaks.is_empty()))
     })
     .await;
     checks.check(
@@ -137,7 +153,11 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
             "every open follow ends within 5 s of SIGTERM: {}",
             followers
                 .iter()
-                .map(|f| format!("{} {} break(s)", f.spec.format.name(), f.with_state(|s| s.breaks.len())))
+                .map(|f| format!(
+                    "{} {} break(s)",
+                    f.spec.format.name(),
+                    f.with_state(|s| s.breaks.len())
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -174,9 +194,13 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
         .await
         .expect("the in-flight append is answered (or fails) within 20 s")
         .expect("the in-flight append task");
-    checks.note(format!("the append in flight at SIGTERM got {slow_attempt:?}"));
+    checks.note(format!(
+        "the append in flight at SIGTERM got {slow_attempt:?}"
+    ));
     let slow_outcome = match &slow_attempt {
-        Attempt::Answered { status: 201, body, .. } => body["stream_id"]
+        Attempt::Answered {
+            status: 201, body, ..
+        } => body["stream_id"]
             .as_str()
             .and_then(crate::client::seq_of)
             .map(|seq| Outcome::Created { seq }),
@@ -211,7 +235,10 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = appender.max_seq();
     checks.check(
-        wait_for(Duration::from_secs(10), || Rig::min_received(&followers) >= after).await,
+        wait_for(Duration::from_secs(10), || {
+            Rig::min_received(&followers) >= after
+        })
+        .await,
         format!(
             "followers resume on the restarted server (up to seq {after}): {}",
             Rig::received_summary(&followers)
@@ -224,9 +251,12 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
         crate::rig::outcome_summary(&records)
     ));
     checks.check(
-        records
-            .iter()
-            .all(|r| matches!(r.outcome, Outcome::Created { .. } | Outcome::AlreadyStored { .. })),
+        records.iter().all(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Created { .. } | Outcome::AlreadyStored { .. }
+            )
+        }),
         format!(
             "every append ends stored (201, or 200 when a retry finds it): {}",
             crate::rig::outcome_summary(&records)
@@ -253,6 +283,7 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
         }),
         failures: Vec::new(),
     });
-    rig.finish_and_verify(&mut checks, followers, &records).await;
+    rig.finish_and_verify(&mut checks, followers, &records)
+        .await;
     checks.finish();
 }
