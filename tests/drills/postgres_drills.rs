@@ -11,7 +11,7 @@ use crate::rig::{error_code, serial, Checks, Rig};
 /// ~2 s later (or once an append has been refused, if that takes longer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut checks = Checks::new("postgres stopped mid-stream");
     let mut rig = Rig::start("pg-stop", true, &[]);
     rig.register().await;

@@ -15,7 +15,7 @@ const DEGRADED_DELAY: Duration = Duration::from_millis(2000);
 /// Drill 1: Redis SIGKILLed mid-stream, restarted (empty) ~2 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut checks = Checks::new("redis killed mid-stream");
     // A long idle poll, so that only the degraded poll (500 ms by default) can explain
     // delivery while Redis is down.
@@ -141,7 +141,7 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
 /// Drill 2: Redis down when the service starts, started mid-test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_then_started_delivery_stays_exact() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut checks = Checks::new("redis down at start");
     let mut rig = Rig::start("redis-late", false, &["--idle-poll", IDLE_POLL]);
     checks.check_result(

@@ -2,7 +2,6 @@
 //! on top of them, a process, followers and an appender; and [`Checks`], which collects
 //! every failed expectation of a drill so that one run reports them all.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,9 +14,10 @@ use crate::instances::{Postgres, Redis, Server};
 
 /// The drills run one at a time: each starts a PostgreSQL, a Redis and a server, and
 /// their timing assertions should not depend on how many others share the CPU.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// (A tokio mutex: it is held across awaits, and a failed drill does not poison it.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Failed expectations of one drill, reported together at the end.

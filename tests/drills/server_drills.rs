@@ -10,7 +10,7 @@ use crate::rig::{error_code, serial, Checks, Rig};
 /// Drill 4: kill -9 mid-stream, restarted on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut checks = Checks::new("server kill -9");
     let mut rig = Rig::start("kill9", true, &[]);
     rig.register().await;
@@ -95,7 +95,7 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
 /// port clients resume exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut checks = Checks::new("server SIGTERM");
     let mut rig = Rig::start("sigterm", true, &[]);
     rig.register().await;
