@@ -397,7 +397,7 @@ fn print_table(rows: &[Row]) {
     );
     println!();
     println!(
-        "One process; {FOLLOWERS} followers from the start; one writer at ~{APPENDS_PER_SECOND} appends/s (one at a time) for {} s; the fault {} s in, for ~{} s (Redis down at start: the first {} s). All on 127.0.0.1, {cpus} CPUs shared by the server, PostgreSQL, Redis and the clients; server built in release with default flags. {}; {}. Delay: from the append's 201 to a follower's receipt, grouped by when the 201 came (before, during, after the fault).",
+        "One process; {FOLLOWERS} followers from the start; one writer at ~{APPENDS_PER_SECOND} appends/s (one at a time) for {} s; the fault {} s in, for ~{} s (Redis down at start: the first {} s). All on 127.0.0.1, {cpus} CPUs shared by the server, PostgreSQL, Redis and the clients; server built in release with default flags. {}; {}. Delay: from the append's 201 to a follower's receipt, grouped by when the 201 came (before, during, after the fault). The writer waits for each answer before the next append, so a fault that holds or refuses appends lowers the rate answered.",
         RUN.as_secs(),
         FAULT_AT.as_secs_f64(),
         FAULT_FOR.as_secs(),
@@ -415,12 +415,13 @@ fn print_table(rows: &[Row]) {
             format!("{}–{}", row.delivered_min, row.delivered_max)
         };
         println!(
-            "| {} | {:.1} s | {} followers ({} SSE, {} NDJSON), {:.0} appends/s | {} / {} / {} / {} | {} / {} | {} | {} | {}/{} | {} | {} | {} | {} | {:.1} MiB |",
+            "| {} | {:.1} s | {} followers ({} SSE, {} NDJSON), {} appends/s offered, {:.0}/s answered | {} / {} / {} / {} | {} / {} | {} | {} | {}/{} | {} | {} | {} | {} | {:.1} MiB |",
             row.fault.name(),
             row.fault_lasted.as_secs_f64(),
             row.sse + row.ndjson,
             row.sse,
             row.ndjson,
+            APPENDS_PER_SECOND,
             row.appends_per_second,
             row.created,
             row.already_stored,
