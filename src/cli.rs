@@ -1,6 +1,7 @@
 //! The command line: `serve`, `migrate`, `append` and `demo`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -86,7 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => {
-            PostgresStore::connect_lazy(&database_url, 2)?
+            PostgresStore::connect_lazy(&database_url, 2, Duration::from_secs(10))?
                 .migrate()
                 .await
                 .with_context(|| {

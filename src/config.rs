@@ -40,6 +40,11 @@ pub struct BackendConfig {
     #[arg(long, env = "AGENT_STREAM_REDIS_READERS", default_value_t = 4)]
     pub redis_readers: usize,
 
+    /// How long a call waits for a PostgreSQL connection before it answers 503 (this
+    /// is also how long it takes to notice that PostgreSQL went away).
+    #[arg(long, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub database_timeout: Duration,
+
     /// PostgreSQL connections in the pool.
     #[arg(
         long,
@@ -141,6 +146,10 @@ impl BackendConfig {
         anyhow::ensure!(
             (1..=15).contains(&self.redis_readers),
             "--redis-readers must be from 1 to 15 (each holds one Redis connection)"
+        );
+        anyhow::ensure!(
+            self.database_timeout >= Duration::from_millis(100),
+            "--database-timeout must be at least 100ms"
         );
         anyhow::ensure!(
             self.database_max_connections >= 2,

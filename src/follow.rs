@@ -161,18 +161,21 @@ impl Follower {
 
     /// Waits for the feed's next useful event, or for the time to check the store.
     async fn wait_live(&mut self) -> Option<()> {
-        // While the feed is down, nothing comes from it: ask the store more often.
+        // While the feed is down, nothing comes from it: ask the store more often. The
+        // feed can go down during the wait, so look again at least that often.
         let quiet = if self.feed.is_live() {
             self.config.idle_poll
         } else {
             self.config.degraded_poll
         };
+        let wake = (self.heard_at + quiet).min(Instant::now() + self.config.degraded_poll);
         let event = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             event = self.subscription.recv() => Some(event),
-            _ = tokio::time::sleep_until(self.heard_at + quiet) => None,
+            _ = tokio::time::sleep_until(wake) => None,
         };
         match event {
+            None if Instant::now() < self.heard_at + quiet && self.feed.is_live() => {}
             None => self.mode = Mode::Check,
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
                 self.heard_at = Instant::now();

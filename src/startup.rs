@@ -46,7 +46,11 @@ impl Backends {
             tracing::info!("no DATABASE_URL: running on the embedded in-memory store with in-process delivery (nothing survives a restart; set DATABASE_URL and REDIS_URL for production)");
             return Ok(Self::embedded(config.follower_buffer));
         };
-        let store = PostgresStore::connect_lazy(database_url, config.database_max_connections)?;
+        let store = PostgresStore::connect_lazy(
+            database_url,
+            config.database_max_connections,
+            config.database_timeout,
+        )?;
         store.migrate().await.with_context(|| {
             format!(
                 "could not prepare PostgreSQL at {}: is it running and reachable?",

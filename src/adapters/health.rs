@@ -23,6 +23,10 @@ pub struct Health {
     service: &'static str,
 }
 
+/// While a service is down, one call per this interval goes through to see whether it
+/// is back; the others fail (or skip it) at once.
+pub const RETRY_WHILE_DOWN: Duration = Duration::from_millis(500);
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -48,12 +52,20 @@ impl Health {
     }
 
     /// Whether to call the service now: always while it is up; while it is down, once
-    /// `retry_after` has passed since it last failed, so a dead service costs one
-    /// failed call per interval instead of a timeout per request.
+    /// per `retry_after` (the caller that gets `true` is the probe, and the interval
+    /// starts again), so a dead service costs one call per interval instead of a
+    /// timeout per request.
     pub fn should_try(&self, retry_after: Duration) -> bool {
-        self.is_up()
-            || now_ms().saturating_sub(self.failed_at.load(Ordering::Relaxed))
-                >= retry_after.as_millis() as u64
+        if self.is_up() {
+            return true;
+        }
+        let failed_at = self.failed_at.load(Ordering::Relaxed);
+        let now = now_ms();
+        now.saturating_sub(failed_at) >= retry_after.as_millis() as u64
+            && self
+                .failed_at
+                .compare_exchange(failed_at, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn mark_up(&self) {
@@ -76,7 +88,9 @@ impl Health {
 }
 
 /// A store that reports to a [`Health`]: an outage of the store behind it is logged
-/// once when it starts and once when it ends.
+/// once when it starts and once when it ends, and while it lasts calls fail at once
+/// (503 for appends; followers back off and retry) but for one probe per interval.
+/// `ping` always goes through, so `/readyz` tells the truth.
 pub struct TrackedStore<S> {
     inner: S,
     health: Health,
@@ -85,6 +99,18 @@ pub struct TrackedStore<S> {
 impl<S: MessageStore> TrackedStore<S> {
     pub fn new(inner: S, health: Health) -> Self {
         Self { inner, health }
+    }
+
+    /// Fails at once while the store is known down, but for one probe per interval.
+    fn admit(&self) -> Result<(), StoreError> {
+        if self.health.should_try(RETRY_WHILE_DOWN) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(anyhow::anyhow!(
+                "{} is down",
+                self.health.service
+            )))
+        }
     }
 
     fn observe<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -101,6 +127,7 @@ impl<S: MessageStore> TrackedStore<S> {
 #[async_trait]
 impl<S: MessageStore> MessageStore for TrackedStore<S> {
     async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
+        self.admit()?;
         self.observe("register", self.inner.register(process).await)
     }
 
@@ -109,6 +136,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         process: &ProcessId,
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
+        self.admit()?;
         self.observe("append", self.inner.append(process, messages).await)
     }
 
@@ -117,10 +145,12 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         process: &ProcessId,
         status: &FinishStatus,
     ) -> Result<ProcessInfo, StoreError> {
+        self.admit()?;
         self.observe("finish", self.inner.finish(process, status).await)
     }
 
     async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
+        self.admit()?;
         self.observe("read a process", self.inner.process(process).await)
     }
 
@@ -131,6 +161,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.admit()?;
         self.observe(
             "read messages",
             self.inner

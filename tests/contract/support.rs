@@ -110,6 +110,7 @@ impl TestApp {
                     stream_maxlen: 1000,
                     finished_stream_ttl: Duration::from_secs(3600),
                     redis_readers: 2,
+                    database_timeout: Duration::from_secs(1),
                     database_max_connections: 8,
                     follower_buffer: 256,
                 };

@@ -32,10 +32,15 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Sets up a pool for `database_url`; connections are opened on first use.
-    pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// `acquire_timeout` bounds how long a call waits for a connection.
+    pub fn connect_lazy(
+        database_url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy(database_url)
             .context("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)")?;
         Ok(Self { pool })

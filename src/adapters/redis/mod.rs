@@ -29,15 +29,11 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::adapters::health::Health;
+use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::domain::{ProcessId, StoredMessage, StreamId};
 use crate::ports::{FeedError, FeedSubscription, LiveFeed};
 use keys::{Keys, END_FIELD, MESSAGE_FIELD};
 use reader::Reader;
-
-/// While Redis is down, writes skip it, trying again after this long: an append must
-/// not wait on a dead Redis every time.
-const RETRY_WHILE_DOWN: Duration = Duration::from_millis(500);
 
 /// How the feed uses Redis.
 #[derive(Debug, Clone)]
@@ -102,28 +98,19 @@ impl RedisFeed {
         &self.keys
     }
 
-    async fn run(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), FeedError> {
-        if !self.health.should_try(RETRY_WHILE_DOWN) {
-            metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
-            return Err(FeedError(anyhow::anyhow!("{what} skipped: Redis is down")));
+    /// Sends a write. While Redis is down, appends do not wait on it: the write is
+    /// skipped, but for one per interval that goes out in the background as a probe,
+    /// whose answer tells whether Redis is back.
+    async fn run(&self, what: &'static str, pipe: redis::Pipeline) -> Result<(), FeedError> {
+        if self.health.is_up() {
+            return send(self.commands.clone(), &self.health, what, &pipe).await;
         }
-        let mut commands = self.commands.clone();
-        match pipe.query_async::<()>(&mut commands).await {
-            Ok(()) => {
-                self.health.mark_up();
-                Ok(())
-            }
-            Err(error) => {
-                metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
-                // A server error (such as a refused ID) means Redis answers.
-                if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
-                    self.health.mark_down(what, &error);
-                }
-                Err(FeedError(
-                    anyhow::Error::new(error).context(what.to_owned()),
-                ))
-            }
+        if self.health.should_try(RETRY_WHILE_DOWN) {
+            let (commands, health) = (self.commands.clone(), self.health.clone());
+            tokio::spawn(async move { send(commands, &health, what, &pipe).await });
         }
+        metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+        Err(FeedError(anyhow::anyhow!("{what} skipped: Redis is down")))
     }
 
     fn xadd(&self, pipe: &mut redis::Pipeline, key: &str, id: StreamId, field: &str, value: &[u8]) {
@@ -157,7 +144,7 @@ impl LiveFeed for RedisFeed {
                 &message.json,
             );
         }
-        self.run("XADD", &pipe).await
+        self.run("XADD", pipe).await
     }
 
     async fn publish_end(
@@ -181,7 +168,7 @@ impl LiveFeed for RedisFeed {
             .arg(&key)
             .arg(self.config.finished_ttl.as_secs().max(1))
             .ignore();
-        self.run("XADD end marker and EXPIRE", &pipe).await
+        self.run("XADD end marker and EXPIRE", pipe).await
     }
 
     fn subscribe(&self, process: &ProcessId, after: u64) -> FeedSubscription {
@@ -215,6 +202,30 @@ impl LiveFeed for RedisFeed {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+}
+
+async fn send(
+    mut commands: ConnectionManager,
+    health: &Health,
+    what: &str,
+    pipe: &redis::Pipeline,
+) -> Result<(), FeedError> {
+    match pipe.query_async::<()>(&mut commands).await {
+        Ok(()) => {
+            health.mark_up();
+            Ok(())
+        }
+        Err(error) => {
+            metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+            // A server error (such as a refused ID) means Redis answers.
+            if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                health.mark_down(what, &error);
+            }
+            Err(FeedError(
+                anyhow::Error::new(error).context(what.to_owned()),
+            ))
+        }
     }
 }
 
