@@ -217,7 +217,8 @@ async fn retry<'a, T>(
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Capped at a second: when the store is back, followers go on within it.
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{END_FIELD, MESSAGE_FIELD};
-use crate::adapters::health::Health;
+use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::domain::{StoredMessage, StreamId};
 use crate::ports::{FeedEvent, FeedSubscription};
 
@@ -204,7 +204,8 @@ impl Reader {
             _ = tokio::time::sleep(*backoff) => {}
             _ = shutdown.cancelled() => {}
         }
-        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        // Capped low: once Redis is back, followers should be off polling quickly.
+        *backoff = (*backoff * 2).min(RETRY_WHILE_DOWN);
     }
 
     /// Turns entries into events for their watchers. Entries this service did not
