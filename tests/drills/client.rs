@@ -322,7 +322,20 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// Appends [`message`]`(tag, n)` for n = 1, 2, 3, …
     pub fn spawn(api: Api, process: String, tag: String, config: AppenderConfig) -> Self {
+        Self::spawn_with(api, process, tag, config, message)
+    }
+
+    /// Appends `make(tag, n)` for n = 1, 2, 3, … (each with a distinct `id`, as
+    /// [`message`] does).
+    pub fn spawn_with(
+        api: Api,
+        process: String,
+        tag: String,
+        config: AppenderConfig,
+        make: fn(&str, usize) -> Value,
+    ) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let pending = Arc::new(Mutex::new(None));
         let stop = CancellationToken::new();
@@ -336,7 +349,7 @@ impl Appender {
                         _ = stop.cancelled() => break,
                         _ = ticks.tick() => {}
                     }
-                    let body = message(&tag, n);
+                    let body = make(&tag, n);
                     let sent = Instant::now();
                     *pending.lock().unwrap() = Some(sent);
                     let mut failures = Vec::new();

@@ -611,6 +611,11 @@ impl Server {
         self.peak_rss_kib
     }
 
+    /// Its resident memory now (VmRSS), in kB; `None` while it is not running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid().and_then(vm_rss_kib)
+    }
+
     /// The highest VmHWM seen over every run of the server, in kB.
     pub fn peak_rss_kib(&mut self) -> u64 {
         self.sample_memory()
@@ -678,10 +683,20 @@ impl Drop for Server {
 
 /// VmHWM (peak resident set) of a process, in kB.
 pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// VmRSS (resident set now) of a process, in kB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of /proc/<pid>/status, e.g. `VmRSS:`.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|line| line.starts_with("VmHWM:"))
+        .find(|line| line.starts_with(field))
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|kib| kib.parse().ok())
 }
