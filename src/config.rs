@@ -118,6 +118,16 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
 
+    /// A connection whose writes stay blocked this long (its client stopped reading) is
+    /// closed; the client resumes from its cursor when it reconnects.
+    #[arg(long, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Bytes a connection may hold in the kernel not yet sent (Linux
+    /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
+    #[arg(long, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = 128 * 1024)]
+    pub tcp_unsent_bytes: u32,
+
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -215,6 +225,14 @@ impl ServeConfig {
             (8192..=1 << 20).contains(&self.max_header_bytes),
             "--max-header-bytes must be from 8192 to 1048576"
         );
+        anyhow::ensure!(
+            self.write_timeout >= Duration::from_millis(100),
+            "--write-timeout must be at least 100ms"
+        );
+        anyhow::ensure!(
+            self.tcp_unsent_bytes >= 16 * 1024,
+            "--tcp-unsent-bytes must be at least 16384"
+        );
         Ok(())
     }
 
@@ -228,6 +246,8 @@ impl ServeConfig {
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             shutdown_grace: self.shutdown_grace,
+            write_timeout: self.write_timeout,
+            tcp_unsent_bytes: self.tcp_unsent_bytes,
             heartbeat: self.heartbeat,
             follow: FollowConfig {
                 page_size: self.catch_up_page,

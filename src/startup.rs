@@ -19,7 +19,7 @@ use crate::adapters::memory::{InProcessFeed, MemoryStore};
 use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
 use crate::config::{redact, BackendConfig};
-use crate::http::{router, AppState, HttpConfig, MAX_HEADER_FIELDS};
+use crate::http::{router, AppState, HttpConfig, WriteTimeout, MAX_HEADER_FIELDS};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
 
@@ -119,6 +119,7 @@ pub async fn serve(
         config.header_read_timeout,
         config.max_header_bytes,
     );
+    let (write_timeout, tcp_unsent_bytes) = (config.write_timeout, config.tcp_unsent_bytes);
     let app = router(AppState::new(
         backends.store,
         backends.feed,
@@ -155,11 +156,10 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream, tcp_unsent_bytes);
+        let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app.clone()),
-            )
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -175,6 +175,18 @@ pub async fn serve(
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace ran out: closing the connections still open"),
     }
     Ok(())
+}
+
+/// Keeps at most `bytes` of a connection's unsent data in the kernel: without it, the
+/// send buffer of a client that stopped reading grows to `tcp_wmem`'s maximum (4 MiB
+/// on a default Linux), for every such client.
+fn limit_unsent(stream: &tokio::net::TcpStream, bytes: u32) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes) {
+        tracing::debug!(%error, "could not set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, bytes);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

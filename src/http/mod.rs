@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod messages;
 mod processes;
+mod write_timeout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use write_timeout::WriteTimeout;
 
 use crate::follow::FollowConfig;
 use crate::ports::{LiveFeed, MessageStore};
@@ -45,6 +47,10 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a connection's writes may stay blocked before it is closed.
+    pub write_timeout: Duration,
+    /// Unsent bytes a connection may hold in the kernel (Linux).
+    pub tcp_unsent_bytes: u32,
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
@@ -61,6 +67,8 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            tcp_unsent_bytes: 128 * 1024,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
         }

@@ -240,3 +240,46 @@ async fn a_body_sent_too_slowly_is_cut_off_by_the_request_timeout() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    for backend in BACKENDS {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.write_timeout = Duration::from_millis(500);
+            config.tcp_unsent_bytes = 16 * 1024;
+        })
+        .await;
+        let process = process_id();
+        app.put_process(&process).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let address = app.base.trim_start_matches("http://").parse().unwrap();
+        let mut stalled = socket.connect(address).await.unwrap();
+        let request = format!("GET /processes/{process}/messages HTTP/1.1\r\nHost: test\r\n\r\n");
+        stalled.write_all(request.as_bytes()).await.unwrap();
+
+        let text = "z".repeat(8 * 1024);
+        for batch in 0..20 {
+            let batch: Vec<Value> = (0..10)
+                .map(|i| serde_json::json!({ "id": format!("{batch}-{i}"), "type": "T", "payload": { "text": text } }))
+                .collect();
+            app.append_batch(&process, &batch).await;
+        }
+        // Long enough for the server's writes to block, then to time out.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut received = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut received)).await;
+        assert!(
+            read.is_ok(),
+            "{backend:?}: the connection of a client that stopped reading is never closed"
+        );
+        let text = String::from_utf8_lossy(&received);
+        let delivered = text.matches("\"stream_id\":\"").count();
+        assert!(
+            delivered < 200,
+            "{backend:?}: it was cut short, not served to the end ({delivered})"
+        );
+        assert!(!text.contains("\"event\":\"end\""));
+    }
+}
