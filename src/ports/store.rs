@@ -1,8 +1,13 @@
 //! The store port: durable, ordered messages per process, and each process's status.
 
-use async_trait::async_trait;
+use std::collections::HashMap;
 
-use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, StoredMessage, StreamId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+};
 
 /// Why a store call did not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,49 @@ pub struct Appended {
 pub struct AppendOutcome {
     pub results: Vec<Appended>,
     pub stored: Vec<StoredMessage>,
+}
+
+impl AppendOutcome {
+    /// Plans an append, the same for every store: a message whose id the process
+    /// already has (`stored_seq`) keeps its seq; each new one takes the next seq after
+    /// `last_seq` and is rendered with `created_at` (an id repeated within the batch is
+    /// stored once). A finished process refuses the append if any message is new; a
+    /// pure retry of stored messages is answered as it was.
+    pub fn plan(
+        process: &ProcessId,
+        status: &ProcessStatus,
+        messages: &[NewMessage],
+        last_seq: u64,
+        created_at: DateTime<Utc>,
+        stored_seq: impl Fn(&str) -> Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let mut new_seqs: HashMap<&str, u64> = HashMap::new();
+        let mut outcome = Self::default();
+        for message in messages {
+            let id = message.id.as_str();
+            let (seq, created) = match stored_seq(id).or_else(|| new_seqs.get(id).copied()) {
+                Some(seq) => (seq, false),
+                None => {
+                    let seq = last_seq + new_seqs.len() as u64 + 1;
+                    new_seqs.insert(id, seq);
+                    outcome.stored.push(message.render(seq, created_at));
+                    (seq, true)
+                }
+            };
+            outcome.results.push(Appended {
+                id: message.id.clone(),
+                stream_id: StreamId::message(seq),
+                created,
+            });
+        }
+        match status.finished() {
+            Some(status) if !outcome.stored.is_empty() => Err(StoreError::Finished {
+                process: process.clone(),
+                status: status.clone(),
+            }),
+            _ => Ok(outcome),
+        }
+    }
 }
 
 #[async_trait]

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage,
 };
-use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -72,40 +72,24 @@ impl MessageStore for MemoryStore {
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
         let mut processes = self.lock();
-        let existing = processes.get(process);
-        let is_known = |id: &str| existing.is_some_and(|p| p.seq_by_id.contains_key(id));
-        if let Some(status) = existing.and_then(|p| p.info.status.finished()) {
-            if !messages.iter().all(|m| is_known(&m.id)) {
-                return Err(StoreError::Finished {
-                    process: process.clone(),
-                    status: status.clone(),
-                });
-            }
-        }
         let state = processes
             .entry(process.clone())
             .or_insert_with(|| Process::new(process.clone()));
-        let created_at = Utc::now();
-        let mut outcome = AppendOutcome::default();
-        for message in messages {
-            let (seq, created) = match state.seq_by_id.get(&message.id) {
-                Some(&seq) => (seq, false),
-                None => {
-                    let seq = state.info.last_seq + 1;
-                    let stored = message.render(seq, created_at);
-                    state.messages.push(stored.clone());
-                    state.seq_by_id.insert(message.id.clone(), seq);
-                    state.info.last_seq = seq;
-                    outcome.stored.push(stored);
-                    (seq, true)
-                }
-            };
-            outcome.results.push(Appended {
-                id: message.id.clone(),
-                stream_id: StreamId::message(seq),
-                created,
-            });
+        let outcome = AppendOutcome::plan(
+            process,
+            &state.info.status,
+            messages,
+            state.info.last_seq,
+            Utc::now(),
+            |id| state.seq_by_id.get(id).copied(),
+        )?;
+        for appended in outcome.results.iter().filter(|appended| appended.created) {
+            state
+                .seq_by_id
+                .insert(appended.id.clone(), appended.stream_id.seq);
         }
+        state.messages.extend(outcome.stored.iter().cloned());
+        state.info.last_seq += outcome.stored.len() as u64;
         Ok(outcome)
     }
 

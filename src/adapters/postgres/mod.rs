@@ -19,9 +19,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage,
 };
-use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -115,11 +115,11 @@ impl MessageStore for PostgresStore {
             .await
             .map_err(unavailable)?;
         let status = ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(unavailable)?);
-        let mut last_seq = to_seq(locked.try_get(1).map_err(unavailable)?);
+        let last_seq = to_seq(locked.try_get(1).map_err(unavailable)?);
         let created_at: DateTime<Utc> = locked.try_get(2).map_err(unavailable)?;
 
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let mut seq_by_id: HashMap<String, u64> = sqlx::query(sql::SELECT_EXISTING_IDS)
+        let stored_seqs: HashMap<String, u64> = sqlx::query(sql::SELECT_EXISTING_IDS)
             .bind(process.as_str())
             .bind(&ids)
             .fetch_all(&mut *tx)
@@ -129,34 +129,14 @@ impl MessageStore for PostgresStore {
             .map(|row| Ok((row.try_get::<String, _>(0)?, to_seq(row.try_get(1)?))))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(unavailable)?;
-
-        let mut outcome = AppendOutcome::default();
-        for message in messages {
-            let (seq, created) = match seq_by_id.get(&message.id) {
-                Some(&seq) => (seq, false),
-                None => {
-                    last_seq += 1;
-                    seq_by_id.insert(message.id.clone(), last_seq);
-                    outcome.stored.push(message.render(last_seq, created_at));
-                    (last_seq, true)
-                }
-            };
-            outcome.results.push(Appended {
-                id: message.id.clone(),
-                stream_id: StreamId::message(seq),
-                created,
-            });
-        }
-        if outcome.stored.is_empty() {
+        let outcome =
+            AppendOutcome::plan(process, &status, messages, last_seq, created_at, |id| {
+                stored_seqs.get(id).copied()
+            })?;
+        let Some(last_seq) = outcome.stored.last().map(|message| message.seq) else {
             // Every message was already stored: an idempotent retry, even after finish.
             return Ok(outcome);
-        }
-        if let Some(status) = status.finished() {
-            return Err(StoreError::Finished {
-                process: process.clone(),
-                status: status.clone(),
-            });
-        }
+        };
 
         let seqs: Vec<i64> = outcome.stored.iter().map(|m| to_i64(m.seq)).collect();
         let new_ids: Vec<&str> = outcome
