@@ -10,9 +10,14 @@
 //! publish never happened and a feed that is down. A reader that falls behind its
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
 //! in pages, so memory stays bounded however slowly it reads.
+//!
+//! Those idle looks are shared: [`Followers`] keeps each process's status as last read,
+//! and an idle follower reuses it while it is younger than the follower's interval, so a
+//! quiet process costs about one status query per interval however many follow it.
+//! Looks that decide something at once (after a catch-up, on an end marker) read fresh.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -21,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Cursor, FinishStatus, ProcessId, StoredMessage, StreamId};
+use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
 use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreError};
 
 /// What one follower sees.
@@ -58,49 +63,105 @@ impl Default for FollowConfig {
     }
 }
 
-/// Follows `process` from `cursor`. `known_last_seq` is the process's last seq as the
-/// caller last saw it: the feed is joined there, and the store fills in the rest.
-/// The stream ends after the end event, or when `shutdown` is cancelled.
-pub fn follow(
+/// What every follow on an instance shares: the ports, the configuration, the cache of
+/// process statuses, and the instance's shutdown.
+pub struct Followers {
     store: Arc<dyn MessageStore>,
     feed: Arc<dyn LiveFeed>,
-    process: ProcessId,
-    cursor: Cursor,
-    known_last_seq: u64,
     config: FollowConfig,
+    statuses: StatusCache,
     shutdown: CancellationToken,
-) -> impl Stream<Item = FollowEvent> + Send + 'static {
-    let subscription = feed.subscribe(&process, known_last_seq.max(cursor.after_seq()));
-    let follower = Follower {
-        store,
-        feed,
-        process,
-        subscription,
-        last: cursor.after_seq(),
-        pending: VecDeque::new(),
-        mode: Mode::CatchUp,
-        heard_at: Instant::now(),
-        config,
-        shutdown,
-    };
-    futures::stream::unfold(follower, |mut follower| async move {
-        follower.next().await.map(|event| (event, follower))
-    })
+}
+
+impl Followers {
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        feed: Arc<dyn LiveFeed>,
+        config: FollowConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            feed,
+            config,
+            statuses: StatusCache::default(),
+            shutdown,
+        })
+    }
+
+    /// Follows `process` from `cursor`. `known_last_seq` is the process's last seq as
+    /// the caller last saw it: the feed is joined there, and the store fills in the
+    /// rest. The stream ends after the end event, or when the instance shuts down.
+    pub fn follow(
+        self: &Arc<Self>,
+        process: ProcessId,
+        cursor: Cursor,
+        known_last_seq: u64,
+    ) -> impl Stream<Item = FollowEvent> + Send + 'static {
+        let subscription = self
+            .feed
+            .subscribe(&process, known_last_seq.max(cursor.after_seq()));
+        let follower = Follower {
+            shared: self.clone(),
+            process,
+            subscription,
+            last: cursor.after_seq(),
+            pending: VecDeque::new(),
+            mode: Mode::CatchUp,
+            heard_at: Instant::now(),
+            shutdown: self.shutdown.child_token(),
+        };
+        futures::stream::unfold(follower, |mut follower| async move {
+            follower.next().await.map(|event| (event, follower))
+        })
+    }
+}
+
+/// Each process's status as a follower last read it.
+#[derive(Default)]
+struct StatusCache {
+    entries: Mutex<HashMap<ProcessId, (Instant, ProcessInfo)>>,
+}
+
+impl StatusCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, (Instant, ProcessInfo)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The status read at most `max_age` ago, if there is one.
+    fn get(&self, process: &ProcessId, max_age: Duration) -> Option<ProcessInfo> {
+        let entries = self.lock();
+        let (read_at, info) = entries.get(process)?;
+        (read_at.elapsed() < max_age).then(|| info.clone())
+    }
+
+    /// Keeps a fresh read; entries older than `max_age` go whenever the map doubles.
+    fn put(&self, info: &ProcessInfo, max_age: Duration) {
+        let mut entries = self.lock();
+        if entries.len() >= 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, (read_at, _)| read_at.elapsed() < max_age);
+        }
+        entries.insert(info.process_id.clone(), (Instant::now(), info.clone()));
+    }
 }
 
 enum Mode {
     /// Reading pages from the store until a short page.
     CatchUp,
-    /// Asking the store how far the process goes and whether it is finished.
-    Check,
+    /// Asking the store how far the process goes and whether it is finished; `fresh`
+    /// when the answer decides something at once, else a shared recent read will do.
+    Check {
+        fresh: bool,
+    },
     /// Waiting on the feed.
     Live,
     Done,
 }
 
 struct Follower {
-    store: Arc<dyn MessageStore>,
-    feed: Arc<dyn LiveFeed>,
+    shared: Arc<Followers>,
     process: ProcessId,
     subscription: FeedSubscription,
     /// The seq of the last message delivered (or the cursor's).
@@ -110,7 +171,6 @@ struct Follower {
     mode: Mode,
     /// When the store or the feed last told this follower something.
     heard_at: Instant,
-    config: FollowConfig,
     shutdown: CancellationToken,
 }
 
@@ -126,20 +186,20 @@ impl Follower {
             }
             match self.mode {
                 Mode::CatchUp => {
-                    let (store, process, after) = (&self.store, &self.process, self.last);
-                    let (limit, max_bytes) = (self.config.page_size, self.config.page_bytes);
+                    let (store, process, after) = (&self.shared.store, &self.process, self.last);
+                    let config = &self.shared.config;
+                    let (limit, max_bytes) = (config.page_size, config.page_bytes);
                     let page = retry(&self.shutdown, || {
                         store.read_after(process, after, limit, max_bytes)
                     })
                     .await?;
                     if page.len() < limit {
-                        self.mode = Mode::Check;
+                        self.mode = Mode::Check { fresh: true };
                     }
                     self.pending.extend(page);
                 }
-                Mode::Check => {
-                    let (store, process) = (&self.store, &self.process);
-                    let info = retry(&self.shutdown, || store.process(process)).await??;
+                Mode::Check { fresh } => {
+                    let info = self.status(fresh).await?;
                     self.heard_at = Instant::now();
                     if info.last_seq > self.last {
                         self.mode = Mode::CatchUp;
@@ -159,24 +219,46 @@ impl Follower {
         }
     }
 
+    /// The process's status: read from the store when `fresh`, else a read shared with
+    /// the process's other followers if it is recent enough. `None` on shutdown, or if
+    /// the process is gone.
+    async fn status(&self, fresh: bool) -> Option<ProcessInfo> {
+        let max_age = self.quiet();
+        if !fresh {
+            if let Some(info) = self.shared.statuses.get(&self.process, max_age) {
+                return Some(info);
+            }
+        }
+        let (store, process) = (&self.shared.store, &self.process);
+        let info = retry(&self.shutdown, || store.process(process)).await??;
+        self.shared.statuses.put(&info, max_age);
+        Some(info)
+    }
+
+    /// How long the feed may stay silent before the store is asked. While the feed is
+    /// down, nothing comes from it: ask the store more often.
+    fn quiet(&self) -> Duration {
+        let config = &self.shared.config;
+        if self.shared.feed.is_live() {
+            config.idle_poll
+        } else {
+            config.degraded_poll
+        }
+    }
+
     /// Waits for the feed's next useful event, or for the time to check the store.
     async fn wait_live(&mut self) -> Option<()> {
-        // While the feed is down, nothing comes from it: ask the store more often. The
-        // feed can go down during the wait, so look again at least that often.
-        let quiet = if self.feed.is_live() {
-            self.config.idle_poll
-        } else {
-            self.config.degraded_poll
-        };
-        let wake = (self.heard_at + quiet).min(Instant::now() + self.config.degraded_poll);
+        // The feed can go down during the wait: look again at least that often.
+        let quiet = self.quiet();
+        let wake = (self.heard_at + quiet).min(Instant::now() + self.shared.config.degraded_poll);
         let event = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             event = self.subscription.recv() => Some(event),
             _ = tokio::time::sleep_until(wake) => None,
         };
         match event {
-            None if Instant::now() < self.heard_at + quiet && self.feed.is_live() => {}
-            None => self.mode = Mode::Check,
+            None if Instant::now() < self.heard_at + quiet && self.shared.feed.is_live() => {}
+            None => self.mode = Mode::Check { fresh: false },
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
                 self.heard_at = Instant::now();
                 self.pending.push_back(message);
@@ -190,10 +272,10 @@ impl Follower {
                 tracing::debug!(process = %self.process, missed, "follower fell behind its feed buffer: catching up from the store");
                 self.mode = Mode::CatchUp;
             }
-            Some(Ok(FeedEvent::End { .. })) => self.mode = Mode::Check,
+            Some(Ok(FeedEvent::End { .. })) => self.mode = Mode::Check { fresh: true },
             Some(Err(RecvError::Closed)) => {
-                self.subscription = self.feed.subscribe(&self.process, self.last);
-                self.mode = Mode::Check;
+                self.subscription = self.shared.feed.subscribe(&self.process, self.last);
+                self.mode = Mode::Check { fresh: true };
             }
         }
         Some(())

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
 use super::AppState;
 use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
-use crate::follow::{follow, FollowEvent};
+use crate::follow::FollowEvent;
 use crate::ports::StoreError;
 
 /// Snapshot pages: `limit` defaults to this…
@@ -168,15 +168,9 @@ fn events(
             ),
         )
     })?;
-    let events = follow(
-        state.store.clone(),
-        state.feed.clone(),
-        info.process_id,
-        cursor,
-        info.last_seq,
-        state.config.follow.clone(),
-        state.shutdown.child_token(),
-    );
+    let events = state
+        .followers
+        .follow(info.process_id, cursor, info.last_seq);
     Ok(events.map(move |event| {
         let _held_until_the_response_ends = &slot;
         event

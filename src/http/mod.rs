@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
 
-use crate::follow::FollowConfig;
+use crate::follow::{FollowConfig, Followers};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
 
@@ -86,6 +86,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open follow, `max_follows` in all.
     pub follows: Arc<Semaphore>,
+    pub followers: Arc<Followers>,
 }
 
 impl AppState {
@@ -97,6 +98,12 @@ impl AppState {
     ) -> Self {
         Self {
             writer: Writer::new(store.clone(), feed.clone()),
+            followers: Followers::new(
+                store.clone(),
+                feed.clone(),
+                config.follow.clone(),
+                shutdown.clone(),
+            ),
             store,
             feed,
             follows: Arc::new(Semaphore::new(config.max_follows)),
