@@ -402,6 +402,21 @@ impl Env {
         .unwrap_or_default()
     }
 
+    /// The statements that took most execution time since the last reset: calls,
+    /// mean ms, statement.
+    async fn top_by_time(&self, n: i64) -> Vec<(i64, f64, String)> {
+        if !self.stats {
+            return Vec::new();
+        }
+        sqlx::query_as::<_, (i64, f64, String)>(
+            "SELECT calls, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%' ORDER BY total_exec_time DESC LIMIT $1",
+        )
+        .bind(n)
+        .fetch_all(&self.db)
+        .await
+        .unwrap_or_default()
+    }
+
     async fn reset_statements(&self) {
         if self.stats {
             let _ = sqlx::query("SELECT pg_stat_statements_reset()")
@@ -635,10 +650,12 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head
         }
         reserve(buf);
         if stream.read_buf(buf).await? == 0 {
-            return Err(io_error("connection closed before the response head"));
+            return Err(io_error(CLOSED_BEFORE_HEAD));
         }
     }
 }
+
+const CLOSED_BEFORE_HEAD: &str = "connection closed before the response head";
 
 fn reserve(buf: &mut Vec<u8>) {
     if buf.capacity() - buf.len() < 2048 {
@@ -720,8 +737,12 @@ impl Chunked {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection for plain calls.
+/// One keep-alive HTTP/1.1 connection for plain calls. The server closes a keep-alive
+/// connection that stays idle past `--header-read-timeout`: a call that finds it closed
+/// before any answer is sent again once on a new connection (appends carry ids, so a
+/// resend stores nothing twice).
 struct Conn {
+    port: u16,
     stream: TcpStream,
     buf: Vec<u8>,
 }
@@ -740,15 +761,28 @@ async fn connect(port: u16) -> io::Result<TcpStream> {
 impl Conn {
     async fn open(port: u16) -> io::Result<Self> {
         Ok(Self {
+            port,
             stream: connect(port).await?,
             buf: Vec::with_capacity(4096),
         })
     }
 
     async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body))
+        let answer = tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body))
             .await
-            .map_err(|_| io_error(format!("{method} {path}: no answer in {CALL_TIMEOUT:?}")))?
+            .map_err(|_| io_error(format!("{method} {path}: no answer in {CALL_TIMEOUT:?}")))?;
+        match answer {
+            Err(e) if e.to_string().contains(CLOSED_BEFORE_HEAD) => {
+                self.stream = connect(self.port).await?;
+                self.buf.clear();
+                tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body))
+                    .await
+                    .map_err(|_| {
+                        io_error(format!("{method} {path}: no answer in {CALL_TIMEOUT:?}"))
+                    })?
+            }
+            answer => answer,
+        }
     }
 
     async fn exchange(
@@ -806,7 +840,7 @@ impl Conn {
             .call("POST", &format!("/processes/{process}/messages"), body)
             .await
             .map_err(|e| format!("append to {process}: {e}"))?;
-        if status != 201 {
+        if status != 201 && status != 200 {
             return Err(format!(
                 "append to {process}: {status} {}",
                 String::from_utf8_lossy(&answer)
@@ -1752,6 +1786,7 @@ async fn fanout(report: &mut Report) {
         };
     let connect_time = connect_started.elapsed();
     let (pg_connected, cpu_connected) = (env.pg_counts().await, env.cpu());
+    let connected_rss = env.server.rss_kib().unwrap_or(0);
     report.note(
         scenario,
         format!(
@@ -1816,7 +1851,7 @@ async fn fanout(report: &mut Report) {
         let port = env.port;
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::open(port).await.expect("connect");
-            let mut records: Vec<(usize, u64, Instant)> = Vec::new();
+            let mut records: Vec<(usize, u64, Instant, Instant)> = Vec::new();
             let mut answered = Vec::new();
             let mut failures = Vec::new();
             let mut worst_lag = Duration::ZERO;
@@ -1832,7 +1867,7 @@ async fn fanout(report: &mut Report) {
                 {
                     Ok(seq) => {
                         answered.push(sent.elapsed());
-                        records.push((process, seq, sent));
+                        records.push((process, seq, sent, Instant::now()));
                     }
                     Err(e) => {
                         failures.push(e);
@@ -1846,13 +1881,15 @@ async fn fanout(report: &mut Report) {
         }));
     }
     let mut sent: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); FANOUT_PROCESSES];
+    let mut answered_at: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); FANOUT_PROCESSES];
     let mut answered = Vec::new();
     let mut failures = Vec::new();
     let mut worst_lag = Duration::ZERO;
     for worker in workers {
         let (records, times, errors, lag) = worker.await.expect("append worker");
-        for (process, seq, at) in records {
+        for (process, seq, at, answer) in records {
             sent[process].insert(seq, at);
+            answered_at[process].insert(seq, answer);
         }
         answered.extend(times);
         failures.extend(errors);
@@ -1908,6 +1945,7 @@ async fn fanout(report: &mut Report) {
     let mut exact = 0;
     let (mut lost, mut doubled) = (0u64, 0u64);
     let mut delays = Vec::with_capacity(expected as usize);
+    let mut after_answer = Vec::with_capacity(expected as usize);
     for state in &states {
         let last = last_seq[state.process];
         if sent[state.process].len() as u64 != last {
@@ -1934,9 +1972,14 @@ async fn fanout(report: &mut Report) {
             if let Some(sent) = sent[state.process].get(&u64::from(seq)) {
                 delays.push(at.duration_since(*sent));
             }
+            if let Some(answer) = answered_at[state.process].get(&u64::from(seq)) {
+                // Zero when the message came before the 201.
+                after_answer.push(at.saturating_duration_since(*answer));
+            }
         }
     }
     delays.sort();
+    after_answer.sort();
     answered.sort();
     let stored: u64 = last_seq.iter().sum();
     let (p50, p99) = (quantile(&delays, 0.5), quantile(&delays, 0.99));
@@ -2001,14 +2044,19 @@ async fn fanout(report: &mut Report) {
     report.note(
         scenario,
         format!(
-            "{stored} messages stored, {} appends failed; append answered in p50 {} / p99 {} / max {}; worst lag of the append schedule {}; delivery max {}; server RSS {} under load",
+            "{stored} messages stored, {} appends failed; append answered in p50 {} / p99 {} / max {}; worst lag of the append schedule {}; delivery max {}; counted from the append's 201 instead (0 when the message came first): p50 {} / p99 {}; server RSS {} with every follow open before the first append (idle {}), {} under load; the bench's own peak RSS with its {FANOUT_FOLLOWERS} lean clients {}",
             failures.len(),
             ms(quantile(&answered, 0.5)),
             ms(quantile(&answered, 0.99)),
             ms(answered.last().copied().unwrap_or_default()),
             ms(worst_lag),
             ms(delays.last().copied().unwrap_or_default()),
+            ms(quantile(&after_answer, 0.5)),
+            ms(quantile(&after_answer, 0.99)),
+            mib(connected_rss),
+            mib(idle_rss),
             mib(rss_during),
+            mib(instances::vm_hwm_kib(std::process::id()).unwrap_or(0)),
         ),
     );
     let (statements, xacts) = pg_start.rates(&pg_end);
@@ -2468,12 +2516,13 @@ async fn raw_throughput(env: &Env, tag: &str, size: usize, run: Duration) -> f64
 
 async fn throughput(report: &mut Report) {
     let scenario = Scenario::Throughput;
-    let env = Env::start(false, &[]).await;
+    let env = Env::start(true, &[]).await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Warm both paths (connections, prepared statements, caches).
     let _ = http_throughput(env.port, &format!("warm-{run}"), 1, THROUGHPUT_WARMUP).await;
     let _ = raw_throughput(&env, &format!("rawwarm-{run}"), 1, THROUGHPUT_WARMUP).await;
     for (size, label) in [(1, "single"), (BATCH, "batched")] {
+        env.reset_statements().await;
         let cpu = env.cpu();
         let ours = match http_throughput(env.port, &format!("{label}-{run}"), size, THROUGHPUT_RUN)
             .await
@@ -2485,8 +2534,11 @@ async fn throughput(report: &mut Report) {
             }
         };
         let cpu_ours = env.cpu();
+        let top_ours = env.top_by_time(5).await;
+        env.reset_statements().await;
         let raw = raw_throughput(&env, &format!("raw{label}-{run}"), size, THROUGHPUT_RUN).await;
         let cpu_raw = env.cpu();
+        let top_raw = env.top_by_time(2).await;
         let r = ratio(ours, raw);
         let (figure, target, met) = if size == 1 {
             (
@@ -2514,12 +2566,20 @@ async fn throughput(report: &mut Report) {
             target,
             met,
         );
+        let describe = |top: &[(i64, f64, String)]| {
+            top.iter()
+                .map(|(calls, mean, query)| format!("`{query}` {calls} × {mean:.3} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         report.note(
             scenario,
             format!(
-                "{label}: agent-stream phase {}; raw phase {}",
+                "{label}: agent-stream phase {}; its statements by execution time (BEGIN and COMMIT not counted): {}; raw phase {}; its statements: {}",
                 cpu.describe(&cpu_ours),
-                cpu_ours.describe(&cpu_raw)
+                describe(&top_ours),
+                cpu_ours.describe(&cpu_raw),
+                describe(&top_raw)
             ),
         );
     }
