@@ -77,7 +77,7 @@ const FANOUT_FOLLOWERS: usize = 10_000;
 const FANOUT_PROCESSES: usize = 1000;
 const FANOUT_RATE: u64 = 1000;
 const FANOUT_RUN: Duration = Duration::from_secs(20);
-/// Append workers; each owns the processes `p` with `p % FANOUT_WORKERS == w`.
+/// Connections that register and finish the processes.
 const FANOUT_WORKERS: usize = 40;
 // --- catch-up ---
 const CATCHUP_SHORT: u64 = 10_000;
@@ -429,7 +429,11 @@ impl Env {
         CpuSnapshot {
             at: Instant::now(),
             server: self.server.pid().and_then(cpu_ticks).unwrap_or(0),
-            postgres: self.pg.postmaster_pid().map(tree_cpu_ticks).unwrap_or(0),
+            postgres: self
+                .pg
+                .postmaster_pid()
+                .map(tree_cpu_ticks)
+                .unwrap_or_default(),
             redis: self.redis.pid().and_then(cpu_ticks).unwrap_or(0),
             bench: cpu_ticks(std::process::id()).unwrap_or(0),
         }
@@ -481,9 +485,11 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU ticks of a process and its children (PostgreSQL's postmaster and backends).
-fn tree_cpu_ticks(root: u32) -> u64 {
-    let mut total = cpu_ticks(root).unwrap_or(0);
+/// CPU ticks of a process and of each of its children (PostgreSQL's postmaster and
+/// backends), by pid.
+fn tree_cpu_ticks(root: u32) -> HashMap<u32, u64> {
+    let mut total = HashMap::new();
+    total.insert(root, cpu_ticks(root).unwrap_or(0));
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return total;
     };
@@ -503,17 +509,18 @@ fn tree_cpu_ticks(root: u32) -> u64 {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(root) {
-            total += cpu_ticks(pid).unwrap_or(0);
+            total.insert(pid, cpu_ticks(pid).unwrap_or(0));
         }
     }
     total
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CpuSnapshot {
     at: Instant,
     server: u64,
-    postgres: u64,
+    /// By pid: a backend that exits in between loses its share, never goes negative.
+    postgres: HashMap<u32, u64>,
     redis: u64,
     bench: u64,
 }
@@ -526,7 +533,12 @@ impl CpuSnapshot {
         format!(
             "CPU (% of one core; 2 cores in all): agent-stream {:.0}%, PostgreSQL {:.0}%, Redis {:.0}%, bench clients {:.0}%",
             pct(self.server, later.server),
-            pct(self.postgres, later.postgres),
+            later
+                .postgres
+                .iter()
+                .map(|(pid, ticks)| ticks.saturating_sub(self.postgres.get(pid).copied().unwrap_or(0)))
+                .sum::<u64>() as f64
+                / seconds,
             pct(self.redis, later.redis),
             pct(self.bench, later.bench),
         )
@@ -1771,6 +1783,7 @@ async fn fanout(report: &mut Report) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = env.server.rss_kib().unwrap_or(0);
     let idle_redis = env.server_redis_clients().await;
+    connections_only(&env, report).await;
 
     let tally = Arc::new(Tally::default());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
@@ -1814,7 +1827,8 @@ async fn fanout(report: &mut Report) {
         ),
     );
 
-    // The load: append k at k ms to process k % 1000, by worker k % 40.
+    // The load: one writer per process, as each agent writes its own, on its own
+    // connection, one append at a time: process p's appends at p ms, p ms + 1 s, …
     env.reset_statements().await;
     let (pg_start, cpu_start) = (env.pg_counts().await, env.cpu());
     let total = FANOUT_RATE * FANOUT_RUN.as_secs();
@@ -1846,25 +1860,20 @@ async fn fanout(report: &mut Report) {
         }
     });
     let mut workers = Vec::new();
-    for w in 0..FANOUT_WORKERS {
-        let names = names.clone();
-        let port = env.port;
+    for (process, name) in names.iter().enumerate() {
+        let (name, port) = (name.clone(), env.port);
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::open(port).await.expect("connect");
             let mut records: Vec<(usize, u64, Instant, Instant)> = Vec::new();
             let mut answered = Vec::new();
             let mut failures = Vec::new();
             let mut worst_lag = Duration::ZERO;
-            for k in (w as u64..total).step_by(FANOUT_WORKERS) {
+            for k in (process as u64..total).step_by(FANOUT_PROCESSES) {
                 let at = started + Duration::from_millis(k * 1000 / FANOUT_RATE);
                 tokio::time::sleep_until(at).await;
                 worst_lag = worst_lag.max(at.elapsed());
-                let process = (k % FANOUT_PROCESSES as u64) as usize;
                 let sent = Instant::now();
-                match conn
-                    .append(&names[process], message("f", k).as_bytes())
-                    .await
-                {
+                match conn.append(&name, message("f", k).as_bytes()).await {
                     Ok(seq) => {
                         answered.push(sent.elapsed());
                         records.push((process, seq, sent, Instant::now()));
@@ -1907,8 +1916,16 @@ async fn fanout(report: &mut Report) {
         .wait_delivered(expected, Duration::from_secs(10))
         .await;
     monitor.abort();
-    for failure in failures.iter().take(5) {
-        report.problem(scenario, failure.clone());
+    // Refused appends are a figure of their own (the writer was told; nothing lost).
+    let mut refusals: HashMap<String, usize> = HashMap::new();
+    for failure in &failures {
+        let kind = failure
+            .split_once(": ")
+            .map_or(failure.as_str(), |(_, rest)| rest)
+            .chars()
+            .take(60)
+            .collect::<String>();
+        *refusals.entry(kind).or_default() += 1;
     }
 
     // Finish every process; each follower must have exactly its messages, then the end.
@@ -2041,10 +2058,36 @@ async fn fanout(report: &mut Report) {
         "0 / 0",
         Some(lost == 0 && doubled == 0 && exact == states.len()),
     );
+    let offered = answered.len() + failures.len();
+    report.row(
+        scenario,
+        "appends refused or unanswered (one writer per process, each waits for its answer)",
+        format!("{} of {offered}", failures.len()),
+        "–",
+        None,
+        "0",
+        Some(failures.is_empty()),
+    );
+    if !refusals.is_empty() {
+        let mut kinds: Vec<(String, usize)> = refusals.into_iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        report.note(
+            scenario,
+            format!(
+                "appends refused: {}",
+                kinds
+                    .iter()
+                    .take(3)
+                    .map(|(kind, n)| format!("{n} × `{kind}…`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
     report.note(
         scenario,
         format!(
-            "{stored} messages stored, {} appends failed; append answered in p50 {} / p99 {} / max {}; worst lag of the append schedule {}; delivery max {}; counted from the append's 201 instead (0 when the message came first): p50 {} / p99 {}; server RSS {} with every follow open before the first append (idle {}), {} under load; the bench's own peak RSS with its {FANOUT_FOLLOWERS} lean clients {}",
+            "{stored} messages stored, {} appends failed (one writer per process, each waiting for its answer before its next append); append answered in p50 {} / p99 {} / max {}; worst lag of the append schedule {}; delivery max {}; counted from the append's 201 instead (0 when the message came first): p50 {} / p99 {}; server RSS {} with every follow open before the first append (idle {}), {} under load; the bench's own peak RSS with its {FANOUT_FOLLOWERS} lean clients {}",
             failures.len(),
             ms(quantile(&answered, 0.5)),
             ms(quantile(&answered, 0.99)),
@@ -2084,6 +2127,67 @@ async fn fanout(report: &mut Report) {
         ),
     );
     drop(env);
+}
+
+/// What 10,000 plain keep-alive connections (one `GET /healthz` each, then idle) cost
+/// a second, fresh server on the same backends: the HTTP layer's share of a follow's
+/// memory.
+async fn connections_only(env: &Env, report: &mut Report) {
+    let server = Server::start(
+        &env.pg.url(),
+        Some(&env.redis.url()),
+        &["--max-follows", "20000"],
+    );
+    let port = server.port();
+    let pid = server.pid().expect("the server runs");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = instances::vm_rss_kib(pid).unwrap_or(0);
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(FANOUT_FOLLOWERS);
+    for batch in 0..FANOUT_FOLLOWERS / CONNECT_BATCH {
+        let mut tasks = Vec::new();
+        for _ in 0..CONNECT_BATCH {
+            tasks.push(tokio::spawn(async move {
+                let mut conn = Conn::open(port).await.ok()?;
+                match conn.call("GET", "/healthz", b"").await {
+                    Ok((200, _)) => Some(conn),
+                    _ => None,
+                }
+            }));
+        }
+        for task in tasks {
+            if let Ok(Some(conn)) = task.await {
+                conns.push(conn);
+            }
+        }
+        // The server closes idle keep-alive connections after --header-read-timeout
+        // (10 s): measure well before.
+        if started.elapsed() > Duration::from_secs(7) {
+            report.note(
+                Scenario::Fanout,
+                format!(
+                    "(plain connections: stopped at {} of {FANOUT_FOLLOWERS} after 7 s)",
+                    (batch + 1) * CONNECT_BATCH
+                ),
+            );
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open = instances::vm_rss_kib(pid).unwrap_or(0);
+    let count = conns.len().max(1) as u64;
+    report.note(
+        Scenario::Fanout,
+        format!(
+            "{} plain keep-alive HTTP connections (one `GET /healthz` each, then idle) on a second, fresh server: RSS {} → {} ({:.1} KiB per connection)",
+            conns.len(),
+            mib(idle),
+            mib(open),
+            open.saturating_sub(idle) as f64 / count as f64
+        ),
+    );
+    drop(conns);
+    drop(server);
 }
 
 fn describe_top(top: &[(i64, String)], seconds: f64) -> String {
@@ -2901,8 +3005,11 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned());
     format!(
-        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel}; {}; {}; agent-stream release build; the server, PostgreSQL (fsync off, synchronous_commit on), Redis and the bench's clients all share the machine, on 127.0.0.1",
+        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel} (load average {load} at the end); {}; {}; agent-stream release build; the server, PostgreSQL (fsync off, synchronous_commit on), Redis and the bench's clients all share the machine, on 127.0.0.1",
         version(&Postgres::bindir().join("postgres")),
         version(&Redis::binary()),
     )
