@@ -1096,8 +1096,9 @@ async fn follow_sse_inner(
 
 /// Handles one SSE frame; true when it was a message.
 fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) -> bool {
-    let (mut id, mut event, mut data): (Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) =
-        (None, None, None);
+    let mut id: Option<&[u8]> = None;
+    let mut event: Option<&[u8]> = None;
+    let mut data: Option<&[u8]> = None;
     for line in frame.split(|b| *b == b'\n') {
         if line.is_empty() || line.starts_with(b":") {
             continue;
@@ -1152,7 +1153,7 @@ fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) -> boo
             tag.extend_from_slice(b"\"stream_id\":\"");
             tag.extend_from_slice(id);
             tag.push(b'"');
-            if !data.is_some_and(|d| find(d, &tag).is_some()) {
+            if data.is_none_or(|d| find(d, &tag).is_none()) {
                 out.problems
                     .push(format!("the data of {seq}-0 does not carry its stream_id"));
             }
@@ -1263,7 +1264,7 @@ fn thousands(n: f64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -2070,7 +2071,7 @@ async fn fanout(report: &mut Report) {
     );
     if !refusals.is_empty() {
         let mut kinds: Vec<(String, usize)> = refusals.into_iter().collect();
-        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        kinds.sort_by_key(|kind| std::cmp::Reverse(kind.1));
         report.note(
             scenario,
             format!(
@@ -2905,7 +2906,7 @@ async fn polling(report: &mut Report) {
     tally
         .wait_delivered(expected, Duration::from_secs(10))
         .await;
-    let mut last = vec![0; POLL_PROCESSES];
+    let mut last = [0; POLL_PROCESSES];
     for (p, name) in sse_names.iter().enumerate() {
         last[p] = conn.finish(name).await.expect("finish");
     }
