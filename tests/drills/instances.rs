@@ -235,6 +235,11 @@ impl Redis {
         self.child.is_some()
     }
 
+    /// The pid of the running `redis-server`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
@@ -336,6 +341,12 @@ impl Postgres {
 
     /// initdb into a fresh directory, then start.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Postgres::start`], with `settings` (lines of `postgresql.conf`, such as
+    /// `shared_preload_libraries = 'pg_stat_statements'`) added to the drills' own.
+    pub fn start_with(settings: &str) -> Self {
         let user = is_root().then(|| {
             env_nonempty("AGENT_STREAM_TEST_PG_USER").unwrap_or_else(|| "postgres".to_owned())
         });
@@ -361,15 +372,15 @@ impl Postgres {
                 .args(["--no-locale", "-E", "UTF8"]),
             "initdb",
         );
-        let settings = format!(
-            "\n# agent-stream fault drill\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\nmax_connections = 100\nshared_buffers = 32MB\n",
+        let conf = format!(
+            "\n# agent-stream fault drill\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\nmax_connections = 100\nshared_buffers = 32MB\n{settings}\n",
             pg.port,
             pg.dir.path().display()
         );
         fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
-            .and_then(|mut file| file.write_all(settings.as_bytes()))
+            .and_then(|mut file| file.write_all(conf.as_bytes()))
             .expect("write postgresql.conf");
         let mut pg = pg;
         pg.launch();
@@ -410,6 +421,12 @@ impl Postgres {
 
     pub fn is_running(&self) -> bool {
         self.running
+    }
+
+    /// The postmaster's pid (its backends are its children), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pidfile = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        pidfile.lines().next()?.trim().parse().ok()
     }
 
     /// Starts (or restarts) the cluster on its port and waits until it accepts
