@@ -78,6 +78,11 @@ impl From<StoreError> for ApiError {
             StoreError::StatusConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "status_conflict", error.to_string())
             }
+            StoreError::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                "every connection to the message store is busy; nothing was stored; retry later",
+            ),
             StoreError::Unavailable(ref source) => {
                 // The outage is logged once, when it starts, by the store's health.
                 tracing::debug!(error = format!("{source:#}"), "store unavailable");

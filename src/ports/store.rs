@@ -27,6 +27,10 @@ pub enum StoreError {
     /// The backing store did not answer or failed: nothing was stored.
     #[error("the store is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The store answers, but every connection stayed busy past the wait limit: an
+    /// overload, not an outage. Nothing was stored.
+    #[error("the store is busy")]
+    Busy,
 }
 
 /// Whether `register` created the process or found it.

@@ -57,6 +57,18 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Tells an overload from an outage. sqlx reports both as `PoolTimedOut`: when every
+    /// connection exists and is in use, the store is busy; when connections are missing
+    /// (the pool could not open them), it is unavailable.
+    fn failed(&self, error: sqlx::Error) -> StoreError {
+        let saturated = self.pool.size() >= self.pool.options().get_max_connections()
+            && self.pool.num_idle() == 0;
+        match error {
+            sqlx::Error::PoolTimedOut if saturated => StoreError::Busy,
+            error => unavailable(error),
+        }
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -91,7 +103,7 @@ impl MessageStore for PostgresStore {
             .bind(process.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if let Some(row) = created {
             return Ok(Registration::Created(process_info(&row)?));
         }
@@ -108,15 +120,16 @@ impl MessageStore for PostgresStore {
         process: &ProcessId,
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
         let locked = sqlx::query(sql::LOCK_FOR_APPEND)
             .bind(process.as_str())
             .fetch_one(&mut *tx)
             .await
-            .map_err(unavailable)?;
-        let status = ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(unavailable)?);
-        let last_seq = to_seq(locked.try_get(1).map_err(unavailable)?);
-        let created_at: DateTime<Utc> = locked.try_get(2).map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
+        let status =
+            ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(|e| self.failed(e))?);
+        let last_seq = to_seq(locked.try_get(1).map_err(|e| self.failed(e))?);
+        let created_at: DateTime<Utc> = locked.try_get(2).map_err(|e| self.failed(e))?;
 
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         let stored_seqs: HashMap<String, u64> = sqlx::query(sql::SELECT_EXISTING_IDS)
@@ -124,11 +137,11 @@ impl MessageStore for PostgresStore {
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await
-            .map_err(unavailable)?
+            .map_err(|e| self.failed(e))?
             .iter()
             .map(|row| Ok((row.try_get::<String, _>(0)?, to_seq(row.try_get(1)?))))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         let outcome =
             AppendOutcome::plan(process, &status, messages, last_seq, created_at, |id| {
                 stored_seqs.get(id).copied()
@@ -158,8 +171,8 @@ impl MessageStore for PostgresStore {
             .bind(to_i64(last_seq))
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
+        tx.commit().await.map_err(|e| self.failed(e))?;
         Ok(outcome)
     }
 
@@ -173,7 +186,7 @@ impl MessageStore for PostgresStore {
             .bind(status.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if let Some(row) = finished {
             return process_info(&row);
         }
@@ -198,7 +211,7 @@ impl MessageStore for PostgresStore {
             .bind(process.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         row.as_ref().map(process_info).transpose()
     }
 
@@ -216,7 +229,7 @@ impl MessageStore for PostgresStore {
             .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         rows.iter()
             .map(|row| {
                 Ok(StoredMessage {
@@ -225,14 +238,14 @@ impl MessageStore for PostgresStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query(sql::PING)
             .execute(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
