@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
@@ -146,7 +147,9 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
-        .layer(TraceLayer::new_for_http())
+        // A 503 during an outage is expected, and the outage is logged once where it is
+        // tracked: per-request failures stay at debug.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(state)
 }
 

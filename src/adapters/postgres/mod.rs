@@ -58,12 +58,13 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Tells an overload from an outage. sqlx reports both as `PoolTimedOut`: when every
-    /// connection exists and is in use, the store is busy; when connections are missing
-    /// (the pool could not open them), it is unavailable.
+    /// Tells an overload from an outage. sqlx reports both as `PoolTimedOut`: when the
+    /// pool holds all its connections, they were all busy; when some are missing (the
+    /// pool could not open them, or closed them as broken), the server is unavailable.
+    /// Idle connections are not counted: by the time the error is seen, one may just
+    /// have been released.
     fn failed(&self, error: sqlx::Error) -> StoreError {
-        let saturated = self.pool.size() >= self.pool.options().get_max_connections()
-            && self.pool.num_idle() == 0;
+        let saturated = self.pool.size() >= self.pool.options().get_max_connections();
         match error {
             sqlx::Error::PoolTimedOut if saturated => StoreError::Busy,
             error => unavailable(error),
