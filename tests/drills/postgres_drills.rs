@@ -15,25 +15,7 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
     let mut checks = Checks::new("postgres stopped mid-stream");
     let mut rig = Rig::start("pg-stop", true, &[]);
     rig.register().await;
-    let mut followers = rig.followers(false);
-    let appender = rig.appender(false);
-
-    assert!(
-        wait_for(Duration::from_secs(10), || appender.max_seq() >= 10
-            && Rig::min_received(&followers) >= 5)
-        .await,
-        "before the fault, followers must be live: appended {}, received {}",
-        appender.max_seq(),
-        Rig::received_summary(&followers)
-    );
-    followers.extend(rig.followers_from(5, false));
-    assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
-            >= 10)
-        .await,
-        "the cursor followers must be live: {}",
-        Rig::received_summary(&followers)
-    );
+    let (followers, appender) = rig.go_live(false, 10, 5).await;
 
     // Appends sent while pg_ctl stops the server may be stored or refused; from
     // `stopped_at` on, PostgreSQL is gone and every append must be refused.

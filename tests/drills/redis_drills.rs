@@ -21,18 +21,7 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
     // delivery while Redis is down.
     let mut rig = Rig::start("redis-kill", true, &["--idle-poll", IDLE_POLL]);
     rig.register().await;
-    let mut followers = rig.followers(false);
-    let appender = rig.appender(false);
-
-    assert!(
-        wait_for(Duration::from_secs(10), || appender.max_seq() >= 10
-            && Rig::min_received(&followers) >= 5)
-        .await,
-        "before the fault, followers must be live: appended {}, received {}",
-        appender.max_seq(),
-        Rig::received_summary(&followers)
-    );
-    followers.extend(rig.followers_from(5, false));
+    let (followers, appender) = rig.go_live(false, 10, 5).await;
     checks.check_result(
         rig.api.wait_readyz(200, None, Duration::from_secs(5)).await,
         "/readyz is 200 before the fault",

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client::{
-    process_id, verify_appends, verify_exact, Api, AppendRecord, Appender, AppenderConfig, Attempt,
-    FollowSpec, FollowState, Follower, Format,
+    process_id, verify_appends, verify_exact, wait_for, Api, AppendRecord, Appender,
+    AppenderConfig, Attempt, FollowSpec, FollowState, Follower, Format,
 };
 use crate::instances::{Postgres, Redis, Server};
 
@@ -203,6 +203,37 @@ impl Rig {
             states.push(state);
         }
         states
+    }
+
+    /// Starts the followers (from the start) and the appender, waits until they are
+    /// live (`appended` appended, `received` received by every follower), then adds
+    /// followers from seq 5 and waits until they are live too. `resume`: followers
+    /// reconnect and the appender resends, as clients of a server that may die do.
+    pub async fn go_live(
+        &self,
+        resume: bool,
+        appended: u64,
+        received: u64,
+    ) -> (Vec<Follower>, Appender) {
+        let mut followers = self.followers(resume);
+        let appender = self.appender(resume);
+        assert!(
+            wait_for(Duration::from_secs(10), || appender.max_seq() >= appended
+                && Rig::min_received(&followers) >= received)
+            .await,
+            "before the fault, followers must be live: appended {}, received {}",
+            appender.max_seq(),
+            Rig::received_summary(&followers)
+        );
+        followers.extend(self.followers_from(5, resume));
+        assert!(
+            wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
+                >= received.max(10))
+            .await,
+            "the cursor followers must be live: {}",
+            Rig::received_summary(&followers)
+        );
+        (followers, appender)
     }
 
     pub fn min_received(followers: &[Follower]) -> u64 {

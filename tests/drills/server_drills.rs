@@ -14,26 +14,8 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
     let mut checks = Checks::new("server kill -9");
     let mut rig = Rig::start("kill9", true, &[]);
     rig.register().await;
-    let mut followers = rig.followers(true);
-    // An idempotent writer: an attempt without an answer is sent again, same id.
-    let appender = rig.appender(true);
-
-    assert!(
-        wait_for(Duration::from_secs(10), || appender.max_seq() >= 15
-            && Rig::min_received(&followers) >= 10)
-        .await,
-        "before the fault, followers must be live: appended {}, received {}",
-        appender.max_seq(),
-        Rig::received_summary(&followers)
-    );
-    followers.extend(rig.followers_from(5, true));
-    assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
-            >= 10)
-        .await,
-        "the cursor followers must be live: {}",
-        Rig::received_summary(&followers)
-    );
+    // Idempotent clients: followers reconnect, and an append without an answer is sent again, same id.
+    let (followers, appender) = rig.go_live(true, 15, 10).await;
 
     rig.server.kill9();
     checks.note(format!("server killed at seq {}", appender.max_seq()));
@@ -99,25 +81,8 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     let mut checks = Checks::new("server SIGTERM");
     let mut rig = Rig::start("sigterm", true, &[]);
     rig.register().await;
-    let mut followers = rig.followers(true);
-    let appender = rig.appender(true);
-
-    assert!(
-        wait_for(Duration::from_secs(10), || appender.max_seq() >= 15
-            && Rig::min_received(&followers) >= 10)
-        .await,
-        "before the fault, followers must be live: appended {}, received {}",
-        appender.max_seq(),
-        Rig::received_summary(&followers)
-    );
-    followers.extend(rig.followers_from(5, true));
-    assert!(
-        wait_for(Duration::from_secs(5), || Rig::min_received(&followers)
-            >= 10)
-        .await,
-        "the cursor followers must be live: {}",
-        Rig::received_summary(&followers)
-    );
+    // Idempotent clients: followers reconnect, and an append without an answer is sent again, same id.
+    let (followers, appender) = rig.go_live(true, 15, 10).await;
 
     // An append in flight: its headers and half its body are on the server when
     // SIGTERM arrives; the rest follows 300 ms later.
