@@ -7,7 +7,9 @@
 //! one is a duplicate and dropped, a newer one reveals a gap that is filled from the
 //! store (seqs commit in order, so everything below it is there). When the feed says
 //! nothing for `idle_poll`, the store is asked directly, which catches a message whose
-//! publish never happened and a feed that is down. A reader that falls behind its
+//! publish never happened and a feed that is down. (A message the store has but the
+//! live feed has not brought yet is given one more interval: the look often falls
+//! between a commit and its publish, and catching up then would only add load.) A reader that falls behind its
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
 //! in pages, so memory stays bounded however slowly it reads.
 //!
@@ -109,6 +111,7 @@ impl Followers {
             pending: VecDeque::new(),
             mode: Mode::CatchUp,
             heard_at: Instant::now(),
+            awaiting: None,
             shutdown: self.shutdown.child_token(),
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -171,6 +174,8 @@ struct Follower {
     mode: Mode,
     /// When the store or the feed last told this follower something.
     heard_at: Instant,
+    /// The last seq an idle look saw committed, that the feed has one interval to bring.
+    awaiting: Option<u64>,
     shutdown: CancellationToken,
 }
 
@@ -201,7 +206,19 @@ impl Follower {
                 Mode::Check { fresh } => {
                     let info = self.status(fresh).await?;
                     self.heard_at = Instant::now();
-                    if info.last_seq > self.last {
+                    let behind = info.last_seq > self.last;
+                    // An idle look often lands between a commit and its XADD: while the
+                    // feed is live, give it one more interval to deliver, and catch up
+                    // only if what was missing then is still missing.
+                    let give_feed_time = behind
+                        && !fresh
+                        && self.shared.feed.is_live()
+                        && self.awaiting.is_none_or(|awaited| self.last >= awaited);
+                    if give_feed_time {
+                        self.awaiting = Some(info.last_seq);
+                        self.mode = Mode::Live;
+                    } else if behind {
+                        self.awaiting = None;
                         self.mode = Mode::CatchUp;
                     } else if let Some(status) = info.status.finished() {
                         self.mode = Mode::Done;
