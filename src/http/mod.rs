@@ -177,7 +177,10 @@ pub const MAX_HEADER_FIELDS: usize = 100;
 async fn head_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let size = request.method().as_str().len()
-        + request.uri().to_string().len()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(0, |target| target.as_str().len())
         + headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
