@@ -177,6 +177,12 @@ impl NewMessage {
 
     /// Renders the wire JSON of this message stored at `seq`.
     pub fn render(&self, seq: u64, created_at: DateTime<Utc>) -> StoredMessage {
+        StoredMessage::from_head(self.head(), seq, &wire_timestamp(created_at))
+    }
+
+    /// The wire JSON up to the service's fields: `{"id":…,"payload":{…}` with no
+    /// closing brace. [`StoredMessage::from_head`] completes it once the seq is known.
+    pub fn head(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payload.len() + self.id.len() + 160);
         let push_str = |out: &mut Vec<u8>, s: &str| {
             // Serialising a &str into a Vec cannot fail.
@@ -203,24 +209,15 @@ impl NewMessage {
         }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_bytes());
-        out.extend_from_slice(
-            format!(
-                ",\"stream_id\":\"{}\",\"created_at\":\"",
-                StreamId::message(seq)
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(
-            created_at
-                .to_rfc3339_opts(SecondsFormat::Micros, true)
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\"}");
-        StoredMessage {
-            seq,
-            json: Bytes::from(out),
-        }
+        out
     }
+}
+
+/// `created_at` as the wire JSON writes it: RFC 3339, UTC, microseconds
+/// (`2026-11-27T10:15:03.123456Z`). PostgreSQL's append function writes the same with
+/// `to_char(…, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`.
+pub fn wire_timestamp(created_at: DateTime<Utc>) -> String {
+    created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A stored message: its seq and its wire JSON, rendered once, shared by every reader.
@@ -231,6 +228,22 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Completes a [`NewMessage::head`] with the service's fields:
+    /// `,"stream_id":"<seq>-0","created_at":"<timestamp>"}`.
+    pub fn from_head(mut head: Vec<u8>, seq: u64, timestamp: &str) -> Self {
+        head.extend_from_slice(
+            format!(
+                ",\"stream_id\":\"{}\",\"created_at\":\"{timestamp}\"}}",
+                StreamId::message(seq)
+            )
+            .as_bytes(),
+        );
+        Self {
+            seq,
+            json: Bytes::from(head),
+        }
+    }
+
     pub fn stream_id(&self) -> StreamId {
         StreamId::message(self.seq)
     }

@@ -27,9 +27,12 @@ fn assert_round_trip(sent: &[Value], got: &[Value]) {
             Some(Value::from(format!("{}-0", i + 1)))
         );
         let created_at = got.remove("created_at").unwrap();
-        assert!(
-            chrono::DateTime::parse_from_rfc3339(created_at.as_str().unwrap()).is_ok(),
-            "{created_at}"
+        let created_at = created_at.as_str().unwrap();
+        // RFC 3339 in UTC with microseconds, as CONTRACT.md shows it.
+        let parsed = chrono::DateTime::parse_from_rfc3339(created_at).expect(created_at);
+        assert_eq!(
+            created_at,
+            parsed.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         );
         assert_eq!(&Value::Object(got), sent, "message {}", i + 1);
     }

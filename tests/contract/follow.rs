@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Backend, End, Format, Item, TestApp};
+use crate::support::{
+    messages, process_id, seqs, session, Backend, End, Format, Item, TestApp, WAIT,
+};
 
 on_every_backend!(
     a_follow_sends_history_then_live_messages_then_the_end,
@@ -18,6 +20,7 @@ on_every_backend!(
     many_concurrent_followers_all_receive_the_same_exact_sequence,
     the_stream_path_is_ndjson,
     follow_format_follows_accept,
+    live_messages_are_byte_for_byte_the_stored_ones,
 );
 
 async fn a_follow_sends_history_then_live_messages_then_the_end(app: TestApp) {
@@ -277,4 +280,39 @@ async fn an_idle_follow_sends_heartbeats() {
             );
         }
     }
+}
+
+/// What a follower receives live (on the real backend: from Redis, as the writer
+/// rendered it) is the very bytes a later reader gets from the store (rendered by
+/// PostgreSQL's append function).
+async fn live_messages_are_byte_for_byte_the_stored_ones(app: TestApp) {
+    let process = process_id();
+    app.put_process(&process).await;
+    let ndjson = |app: &TestApp| {
+        app.http
+            .get(app.url(&format!("/processes/{process}/messages")))
+            .header("accept", "application/x-ndjson")
+            .send()
+    };
+    let live = ndjson(&app).await.expect("open the live follow");
+    let live = tokio::spawn(async move { live.text().await.expect("read the live follow") });
+    let session = session();
+    for message in &session {
+        app.append(&process, std::slice::from_ref(message)).await;
+    }
+    app.append_batch(&process, &messages("batch", 3)).await;
+    app.finish(&process, "succeeded").await;
+    let live = tokio::time::timeout(WAIT, live)
+        .await
+        .expect("the live follow ends")
+        .unwrap();
+    let stored = ndjson(&app).await.unwrap().text().await.unwrap();
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(lines(&live).len(), session.len() + 3 + 1);
+    assert_eq!(lines(&live), lines(&stored));
 }

@@ -1,27 +1,26 @@
 //! [`PostgresStore`]: the store port on PostgreSQL, the source of truth.
 //!
-//! An append is one transaction: lock the process row (creating it if needed), look up
-//! which message ids are already stored, insert the new ones with the next seqs, move
-//! `last_seq`, commit. Because the row lock is held until commit, concurrent writers to
+//! An append is one transaction in one round trip, the `append_messages` function of
+//! `migrations/`: lock the process row (creating it if needed), look up which message
+//! ids are already stored, insert the new ones with the next seqs, move `last_seq`,
+//! commit. Because the row lock is held until commit, concurrent writers to
 //! one process get distinct, gap-free seqs and commit in seq order; so a reader that
 //! sees seq `n` committed knows every seq below it is committed too.
 
 mod sql;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
 };
-use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -121,60 +120,53 @@ impl MessageStore for PostgresStore {
         process: &ProcessId,
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
-        let locked = sqlx::query(sql::LOCK_FOR_APPEND)
-            .bind(process.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.failed(e))?;
-        let status =
-            ProcessStatus::from_stored(locked.try_get::<&str, _>(0).map_err(|e| self.failed(e))?);
-        let last_seq = to_seq(locked.try_get(1).map_err(|e| self.failed(e))?);
-        let created_at: DateTime<Utc> = locked.try_get(2).map_err(|e| self.failed(e))?;
-
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let stored_seqs: HashMap<String, u64> = sqlx::query(sql::SELECT_EXISTING_IDS)
+        let heads: Vec<Vec<u8>> = messages.iter().map(NewMessage::head).collect();
+        let head_texts: Vec<&str> = heads
+            .iter()
+            .map(|head| std::str::from_utf8(head).map_err(|e| StoreError::Unavailable(e.into())))
+            .collect::<Result<_, _>>()?;
+        let rows = sqlx::query(sql::APPEND)
             .bind(process.as_str())
             .bind(&ids)
-            .fetch_all(&mut *tx)
+            .bind(&head_texts)
+            .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.failed(e))?
-            .iter()
-            .map(|row| Ok((row.try_get::<String, _>(0)?, to_seq(row.try_get(1)?))))
-            .collect::<Result<_, sqlx::Error>>()
             .map_err(|e| self.failed(e))?;
-        let outcome =
-            AppendOutcome::plan(process, &status, messages, last_seq, created_at, |id| {
-                stored_seqs.get(id).copied()
-            })?;
-        let Some(last_seq) = outcome.stored.last().map(|message| message.seq) else {
-            // Every message was already stored: an idempotent retry, even after finish.
-            return Ok(outcome);
+        let planned = |e: sqlx::Error| {
+            StoreError::Unavailable(anyhow::Error::new(e).context("reading append_messages' rows"))
         };
-
-        let seqs: Vec<i64> = outcome.stored.iter().map(|m| to_i64(m.seq)).collect();
-        let new_ids: Vec<&str> = outcome
-            .results
-            .iter()
-            .filter(|r| r.created)
-            .map(|r| r.id.as_str())
-            .collect();
-        let bodies: Vec<&str> = outcome
-            .stored
-            .iter()
-            .map(|m| std::str::from_utf8(&m.json).map_err(|e| StoreError::Unavailable(e.into())))
-            .collect::<Result<_, _>>()?;
-        sqlx::query(sql::INSERT_MESSAGES)
-            .bind(process.as_str())
-            .bind(&seqs)
-            .bind(&new_ids)
-            .bind(&bodies)
-            .bind(to_i64(last_seq))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.failed(e))?;
-        tx.commit().await.map_err(|e| self.failed(e))?;
-        Ok(outcome)
+        let (status, stamp) = match rows.first() {
+            Some(row) => (
+                ProcessStatus::from_stored(row.try_get::<&str, _>(2).map_err(planned)?),
+                row.try_get::<String, _>(3).map_err(planned)?,
+            ),
+            None => return Ok(AppendOutcome::default()),
+        };
+        let mut outcome = AppendOutcome::default();
+        drop(head_texts);
+        for (row, (message, head)) in rows.iter().zip(messages.iter().zip(heads)) {
+            let seq = to_seq(row.try_get(0).map_err(planned)?);
+            let created: bool = row.try_get(1).map_err(planned)?;
+            if created {
+                outcome
+                    .stored
+                    .push(StoredMessage::from_head(head, seq, &stamp));
+            }
+            outcome.results.push(Appended {
+                id: message.id.clone(),
+                stream_id: StreamId::message(seq),
+                created,
+            });
+        }
+        match status.finished() {
+            // The function stored nothing: a finished process takes no new message.
+            Some(status) if !outcome.stored.is_empty() => Err(StoreError::Finished {
+                process: process.clone(),
+                status: status.clone(),
+            }),
+            _ => Ok(outcome),
+        }
     }
 
     async fn finish(

@@ -11,26 +11,11 @@ pub const SELECT_PROCESS: &str = "\
     SELECT process_id, status, last_seq, created_at, finished_at \
     FROM processes WHERE process_id = $1";
 
-/// First statement of an append: registers the process if needed and locks its row
-/// until commit, so concurrent appends to one process take turns and commit in seq
-/// order. The clock is read after the lock is held, so `created_at` grows with `seq`.
-pub const LOCK_FOR_APPEND: &str = "\
-    INSERT INTO processes (process_id) VALUES ($1) \
-    ON CONFLICT (process_id) DO UPDATE SET last_seq = processes.last_seq \
-    RETURNING status, last_seq, clock_timestamp()";
-
-/// Which of the given message ids the process already has, with their seqs.
-pub const SELECT_EXISTING_IDS: &str = "\
-    SELECT id, seq FROM messages WHERE process_id = $1 AND id = ANY($2)";
-
-/// Inserts the new messages (parallel arrays of seq, id, body) and moves the process's
-/// `last_seq` to `$5`, in one round trip.
-pub const INSERT_MESSAGES: &str = "\
-    WITH inserted AS ( \
-        INSERT INTO messages (process_id, seq, id, body) \
-        SELECT $1, seq, id, body FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS m (seq, id, body) \
-    ) \
-    UPDATE processes SET last_seq = $5 WHERE process_id = $1";
+/// An append in one round trip: `append_messages` (defined in `migrations/`) locks the
+/// process row, plans seqs as `AppendOutcome::plan` does, completes and inserts the new
+/// messages. In: process id, message ids, wire JSON heads. Out, per message in order:
+/// seq, created, and the process's status and the new messages' created_at text.
+pub const APPEND: &str = "SELECT seq, created, status, stamp FROM append_messages($1, $2, $3)";
 
 /// Finishes a running process; returns nothing when it is unknown or already finished.
 pub const FINISH: &str = "\

@@ -1,0 +1,62 @@
+-- An append in one round trip: the whole append transaction of the store, as a function
+-- called in autocommit. It does what `AppendOutcome::plan` does for the memory store
+-- (adr/0004): lock the process row (registering it if new), keep the seq of every id the
+-- process already has, give each new id the next seq (an id repeated in the batch is
+-- stored once), complete each new message's wire JSON with its stream_id and
+-- created_at, insert, move last_seq. A finished process stores nothing; the caller sees
+-- its status and refuses the append when any message is new.
+--
+-- In: the process id, the messages' ids and their wire JSON heads (`{"id":…,"payload":{…}`
+-- without the closing brace), in order. Out: one row per message, in order: its seq,
+-- whether this call created it, and, the same on every row, the process's status and the
+-- created_at text of the new messages.
+CREATE FUNCTION append_messages(p_process text, p_ids text[], p_heads text[])
+RETURNS TABLE (seq bigint, created boolean, status text, stamp text)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    v_status text;
+    v_last   bigint;
+    v_stamp  text;
+BEGIN
+    -- Locks the row until commit: concurrent appends to one process take turns, so seqs
+    -- are gap-free and commit in order. The clock is read once the lock is held, so
+    -- created_at grows with seq.
+    INSERT INTO processes AS p (process_id) VALUES (p_process)
+    ON CONFLICT (process_id) DO UPDATE SET last_seq = p.last_seq
+    RETURNING p.status, p.last_seq,
+              to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    INTO v_status, v_last, v_stamp;
+
+    -- A new statement, so a new snapshot: it sees every append committed before the lock.
+    RETURN QUERY
+    WITH input AS (
+        SELECT t.i, t.id, t.head
+        FROM unnest(p_ids, p_heads) WITH ORDINALITY AS t (id, head, i)
+    ), stored AS (
+        SELECT m.id, m.seq FROM messages m
+        WHERE m.process_id = p_process AND m.id = ANY (p_ids)
+    ), fresh AS (
+        SELECT f.id, f.i, f.head, v_last + row_number() OVER (ORDER BY f.i) AS seq
+        FROM (
+            SELECT DISTINCT ON (input.id) input.id, input.i, input.head FROM input
+            WHERE NOT EXISTS (SELECT 1 FROM stored WHERE stored.id = input.id)
+            ORDER BY input.id, input.i
+        ) AS f
+    ), inserted AS (
+        INSERT INTO messages (process_id, seq, id, body)
+        SELECT p_process, fresh.seq, fresh.id,
+               fresh.head || ',"stream_id":"' || fresh.seq || '-0","created_at":"' || v_stamp || '"}'
+        FROM fresh WHERE v_status = 'running'
+        RETURNING messages.seq
+    ), moved AS (
+        UPDATE processes SET last_seq = (SELECT max(inserted.seq) FROM inserted)
+        WHERE process_id = p_process AND EXISTS (SELECT 1 FROM inserted)
+    )
+    SELECT coalesce(stored.seq, fresh.seq), coalesce(fresh.i = input.i, false), v_status, v_stamp
+    FROM input
+    LEFT JOIN stored ON stored.id = input.id
+    LEFT JOIN fresh ON fresh.id = input.id
+    ORDER BY input.i;
+END
+$$;
