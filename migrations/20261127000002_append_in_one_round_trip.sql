@@ -18,6 +18,7 @@ DECLARE
     v_status text;
     v_last   bigint;
     v_stamp  text;
+    n        bigint;
 BEGIN
     -- Locks the row until commit: concurrent appends to one process take turns, so seqs
     -- are gap-free and commit in order. The clock is read once the lock is held, so
@@ -28,7 +29,25 @@ BEGIN
               to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     INTO v_status, v_last, v_stamp;
 
-    -- A new statement, so a new snapshot: it sees every append committed before the lock.
+    -- Each statement below takes a new snapshot: it sees every append committed before
+    -- the lock was granted.
+
+    -- The usual case, in two short statements: the process is running and every
+    -- message is new (no id stored, none repeated in the batch).
+    n := cardinality(p_ids);
+    IF v_status = 'running'
+       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.process_id = p_process AND m.id = ANY (p_ids))
+       AND (n = 1 OR n = (SELECT count(DISTINCT x) FROM unnest(p_ids) AS x)) THEN
+        INSERT INTO messages (process_id, seq, id, body)
+        SELECT p_process, v_last + t.i, t.id,
+               t.head || ',"stream_id":"' || (v_last + t.i) || '-0","created_at":"' || v_stamp || '"}'
+        FROM unnest(p_ids, p_heads) WITH ORDINALITY AS t (id, head, i);
+        UPDATE processes SET last_seq = v_last + n WHERE process_id = p_process;
+        RETURN QUERY SELECT v_last + i, true, v_status, v_stamp FROM generate_series(1::bigint, n) AS i;
+        RETURN;
+    END IF;
+
+    -- The general case: retried ids keep their seq, repeated ones are stored once.
     RETURN QUERY
     WITH input AS (
         SELECT t.i, t.id, t.head
@@ -60,3 +79,8 @@ BEGIN
     ORDER BY input.i;
 END
 $$;
+
+-- The function's statements are planned once per connection and reused: custom plans
+-- per call (PostgreSQL's default for the first calls, and whenever it guesses they pay)
+-- cost more than the statements themselves.
+ALTER FUNCTION append_messages(text, text[], text[]) SET plan_cache_mode = force_generic_plan;
