@@ -16,3 +16,4 @@ mod model;
 mod processes;
 mod redis_faults;
 mod snapshot;
+mod tail;
