@@ -12,6 +12,7 @@ mod concurrency;
 mod follow;
 mod fuzz;
 mod limits;
+mod logs;
 mod model;
 mod processes;
 mod redis_faults;
