@@ -198,6 +198,8 @@ impl TestApp {
             }
         };
         let (base, stop) = serve_on(listener, &self.backends, &self.config);
+        // Pooled connections to the old server at this address are dead.
+        self.http = reqwest::Client::new();
         self.base = base;
         self.stop = stop.clone();
         self._stop = stop.drop_guard();

@@ -7,8 +7,9 @@ use std::process::Stdio;
 use agent_stream::domain::{NewMessage, ProcessId};
 use agent_stream::tail::format;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 use crate::on_every_backend;
 use crate::support::{messages, process_id, session, TestApp, WAIT};
@@ -17,6 +18,8 @@ use crate::support::{messages, process_id, session, TestApp, WAIT};
 struct Tail {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
+    stderr: mpsc::UnboundedReceiver<String>,
+    stderr_seen: Vec<String>,
 }
 
 impl Tail {
@@ -39,7 +42,30 @@ impl Tail {
             .spawn()
             .expect("run agent-stream tail");
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, stdout }
+        let (send, stderr) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = send.send(line);
+            }
+        });
+        Self {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Waits until it says `needle` on stderr.
+    async fn says(&mut self, needle: &str) {
+        while !self.stderr_seen.iter().any(|line| line.contains(needle)) {
+            let line = tokio::time::timeout(WAIT, self.stderr.recv())
+                .await
+                .unwrap_or_else(|_| panic!("tail never said {needle:?}: {:?}", self.stderr_seen))
+                .expect("tail is running");
+            self.stderr_seen.push(line);
+        }
     }
 
     /// The next `n` lines it prints.
@@ -66,14 +92,13 @@ impl Tail {
         {
             rest.push(line);
         }
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
+        while let Some(line) = tokio::time::timeout(WAIT, self.stderr.recv())
             .await
-            .unwrap();
+            .expect("tail's stderr closes when it exits")
+        {
+            self.stderr_seen.push(line);
+        }
+        let stderr = self.stderr_seen.join("\n");
         let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .expect("tail exits")
@@ -171,6 +196,7 @@ async fn tail_resumes_after_the_server_restarts_without_losing_or_repeating_a_me
 
     // The server goes away mid-follow; messages keep coming while it is gone.
     app.shut_down();
+    tail.says("reconnecting in 100ms to resume after 3-0").await;
     let writer = app.writer();
     let id = ProcessId::parse(&process).unwrap();
     for message in messages("during", 2) {
@@ -188,10 +214,6 @@ async fn tail_resumes_after_the_server_restarts_without_losing_or_repeating_a_me
     expected.push("    7-1  end        succeeded".to_owned());
     let printed: Vec<String> = before.into_iter().chain(after).collect();
     assert_eq!(printed, expected, "stderr: {stderr}");
-    assert!(
-        stderr.contains("reconnecting") && stderr.contains("resume after 3-0"),
-        "tail says on stderr that it reconnects: {stderr}"
-    );
     assert_eq!(code, 0, "stderr: {stderr}");
 }
 
@@ -230,5 +252,54 @@ async fn tail_refuses_a_malformed_from_before_asking_the_server() {
         .await;
     assert!(printed.is_empty());
     assert!(stderr.contains("--from"), "{stderr}");
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sends_its_token_and_explains_a_refused_one() {
+    use tokio::io::AsyncWriteExt;
+    // A stand-in for a server with auth: it answers 401 to any token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            head.push(line.trim().to_owned());
+        }
+        let body = r#"{"error":{"code":"invalid_token","message":"the token has expired"}}"#;
+        let response = format!("HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        stream.write_all(response.as_bytes()).await.unwrap();
+        head
+    });
+
+    let (printed, stderr, code) = Tail::start_at(&base, "p1", &["--token", "t0k-123"])
+        .exit()
+        .await;
+    let head = server.await.unwrap();
+    assert!(
+        head.iter()
+            .any(|line| line.eq_ignore_ascii_case("authorization: Bearer t0k-123")),
+        "{head:?}"
+    );
+    assert!(
+        head[0].starts_with("GET /processes/p1/messages/stream?after=0-0 "),
+        "{head:?}"
+    );
+    assert!(printed.is_empty());
+    assert!(
+        stderr.contains("did not accept the token: the token has expired"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("t0k-123"),
+        "the token is never printed: {stderr}"
+    );
     assert_eq!(code, 2);
 }
