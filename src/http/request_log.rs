@@ -25,8 +25,8 @@ pub fn span<B>(request: &Request<B>) -> Span {
     let id = &id[..id.len().min(MAX_LOGGED_ID)];
     tracing::info_span!(
         "request",
-        request_id = id,
+        request_id = %id,
         method = %request.method(),
-        path = request.uri().path(),
+        path = %request.uri().path(),
     )
 }

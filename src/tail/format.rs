@@ -148,10 +148,9 @@ fn blocks(content: &Value, is_user: bool) -> (String, Tone, String) {
     } else {
         ("assistant", Tone::Plain)
     };
-    let items = match content {
-        Value::String(text) => return (plain.0.into(), plain.1, one_line(text)),
-        Value::Array(items) => items,
-        _ => unreachable!("content() returns strings and arrays only"),
+    let Value::Array(items) = content else {
+        let text = one_line(content.as_str().unwrap_or_default());
+        return (plain.0.into(), plain.1, text);
     };
     let mut summaries = Vec::with_capacity(items.len());
     let mut head: Option<(&str, Tone)> = None;

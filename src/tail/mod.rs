@@ -315,6 +315,9 @@ fn root_cause(error: &reqwest::Error) -> String {
 #[derive(Default)]
 struct Lines {
     buffer: Vec<u8>,
+    /// Bytes of `buffer` known to hold no `\n`: a long line arriving in many chunks is
+    /// scanned once.
+    scanned: usize,
 }
 
 impl Lines {
@@ -324,9 +327,13 @@ impl Lines {
 
     /// The next whole line, without its `\n`.
     fn next_line(&mut self) -> Option<Vec<u8>> {
-        let at = self.buffer.iter().position(|&b| b == b'\n')?;
-        let mut line: Vec<u8> = self.buffer.drain(..=at).collect();
+        let Some(at) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buffer.len();
+            return None;
+        };
+        let mut line: Vec<u8> = self.buffer.drain(..=self.scanned + at).collect();
         line.pop();
+        self.scanned = 0;
         Some(line)
     }
 }
