@@ -1,10 +1,11 @@
-//! The command line: `serve`, `migrate`, `append` and `demo`.
+//! The command line: `serve`, `migrate`, `append`, `tail` and `demo`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -13,6 +14,7 @@ use crate::config::{redact, BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
 use crate::startup::{self, Backends};
+use crate::tail::{self, TailArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +34,22 @@ pub struct Cli {
         default_value = "info,sqlx=warn"
     )]
     pub log: String,
+
+    /// Log lines as readable text, or as one JSON object per line (for a log collector).
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_STREAM_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +64,9 @@ pub enum Command {
     /// Append NDJSON messages (one per line) from FILE or stdin to a process, each as
     /// it is read, printing `{"id", "stream_id"}` per message.
     Append(AppendArgs),
+    /// Follow a process of a running server in the terminal, like `tail -f`: one line
+    /// per message, resuming by itself after a drop, exiting with the process's status.
+    Tail(TailArgs),
     /// Serve, and play a recorded agent session into a fresh process at a human pace.
     Demo(DemoArgs),
 }
@@ -71,20 +92,30 @@ pub struct AppendArgs {
     pub backend: BackendConfig,
 }
 
-pub fn init_logging(filter: &str) {
+/// Logs go to stderr. Message payloads and tokens are never logged above `debug`.
+pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        // `spans` lists every open span (request, follow): the current one alone would
+        // repeat its last entry.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    init_logging(&cli.log);
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(&cli.log, cli.log_format);
     match cli.command {
+        Command::Tail(args) => return Ok(tail::run(args).await),
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => {
             PostgresStore::connect_lazy(&database_url, 2, Duration::from_secs(10))?
@@ -98,7 +129,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Append(args) => append(args).await,
         Command::Demo(args) => demo::run(args).await,
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -107,7 +139,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
+    // The bound address: with port 0, the one the system chose.
+    let address = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
     startup::serve(
         listener,
         backends,

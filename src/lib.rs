@@ -8,7 +8,7 @@
 //! The modules follow the architecture: [`domain`] (what things are), [`ports`] (what
 //! the core needs from storage and live delivery), [`adapters`] (PostgreSQL, Redis,
 //! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
-//! [`cli`] on top, [`startup`] wiring it all from [`config`].
+//! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all from [`config`].
 
 pub mod adapters;
 pub mod cli;
@@ -19,4 +19,5 @@ pub mod follow;
 pub mod http;
 pub mod ports;
 pub mod startup;
+pub mod tail;
 pub mod writer;

@@ -8,7 +8,7 @@ use clap::Parser;
 async fn main() -> ExitCode {
     let cli = agent_stream::cli::Cli::parse();
     match agent_stream::cli::run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -13,6 +13,7 @@ use axum::Json;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
+use tracing::{Instrument, Span};
 
 use super::error::ApiError;
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
@@ -152,11 +153,15 @@ async fn snapshot(
 }
 
 /// The follow behind a streaming response. It holds one of the instance's follow
-/// slots for as long as the response lives.
+/// slots for as long as the response lives, and runs in a span of its own (process,
+/// format, cursor) that logs, at debug, when it starts and when it ends: how many
+/// messages it sent and why it ended. (Debug, not info: ten thousand clients that
+/// reconnect would drown everything else.)
 fn events(
     state: &AppState,
     info: ProcessInfo,
     cursor: Cursor,
+    format: &'static str,
 ) -> Result<impl Stream<Item = FollowEvent> + Send + 'static, ApiError> {
     let slot = state.follows.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
@@ -168,13 +173,51 @@ fn events(
             ),
         )
     })?;
+    let span =
+        tracing::debug_span!("follow", process = %info.process_id, format, cursor = %cursor.0);
+    span.in_scope(|| tracing::debug!("follow started"));
     let events = state
         .followers
         .follow(info.process_id, cursor, info.last_seq);
-    Ok(events.map(move |event| {
-        let _held_until_the_response_ends = &slot;
-        event
-    }))
+    let log = FollowLog {
+        span,
+        sent: 0,
+        ended: "the client left",
+    };
+    Ok(futures::stream::unfold(
+        (Box::pin(events), log, slot),
+        |(mut events, mut log, slot)| {
+            let span = log.span.clone();
+            async move {
+                let event = events.next().await;
+                match &event {
+                    Some(FollowEvent::Message(_)) => log.sent += 1,
+                    Some(FollowEvent::End { .. }) => log.ended = "the process finished",
+                    None if log.ended != "the process finished" => {
+                        log.ended = "the server is shutting down"
+                    }
+                    None => {}
+                }
+                event.map(|event| (event, (events, log, slot)))
+            }
+            .instrument(span)
+        },
+    ))
+}
+
+/// Logs the end of a follow, however it ends: the response stream is dropped with it.
+struct FollowLog {
+    span: Span,
+    sent: u64,
+    ended: &'static str,
+}
+
+impl Drop for FollowLog {
+    fn drop(&mut self) {
+        self.span.in_scope(|| {
+            tracing::debug!(sent = self.sent, reason = self.ended, "follow ended");
+        });
+    }
 }
 
 fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
@@ -187,7 +230,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
             .then(|| Event::default().retry(RECONNECT_AFTER_SHUTDOWN))
     })
     .filter_map(|event| async move { event.map(Ok::<_, Infallible>) });
-    let stream = events(state, info, cursor)?.map(|event| {
+    let stream = events(state, info, cursor, "sse")?.map(|event| {
         Ok::<_, Infallible>(match event {
             FollowEvent::Message(message) => Event::default()
                 .id(message.stream_id().to_string())
@@ -207,7 +250,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
 }
 
 fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
-    let lines = with_heartbeat(events(state, info, cursor)?, state.config.heartbeat).map(|event| {
+    let lines = with_heartbeat(events(state, info, cursor, "ndjson")?, state.config.heartbeat).map(|event| {
         Ok::<_, Infallible>(match event {
             Some(FollowEvent::Message(message)) => {
                 let mut line = BytesMut::with_capacity(message.json.len() + 1);

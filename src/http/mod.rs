@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod messages;
 mod processes;
+mod request_log;
 mod write_timeout;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -149,7 +151,13 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         // A 503 during an outage is expected, and the outage is logged once where it is
         // tracked: per-request failures stay at debug.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_log::span)
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

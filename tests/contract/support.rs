@@ -55,6 +55,15 @@ async fn start_server(backends: &Backends, config: &HttpConfig) -> (String, Canc
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
+    serve_on(listener, backends, config)
+}
+
+/// Serves `backends` on `listener`; the token stops it.
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    backends: &Backends,
+    config: &HttpConfig,
+) -> (String, CancellationToken) {
     let base = format!("http://{}", listener.local_addr().expect("local addr"));
     let stop = CancellationToken::new();
     tokio::spawn(startup::serve(
@@ -171,6 +180,34 @@ impl TestApp {
     /// Shuts the server down as SIGTERM would.
     pub fn shut_down(&self) {
         self.stop.cancel();
+    }
+
+    /// After [`TestApp::shut_down`], starts a new server on the same backends and the
+    /// same port, so a client that keeps its URL finds it again.
+    pub async fn start_again_on_same_port(&mut self) {
+        let address = self.base.trim_start_matches("http://").to_owned();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            // The old server lets go of the port as soon as it stops accepting.
+            match tokio::net::TcpListener::bind(&address).await {
+                Ok(listener) => break listener,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("could not bind {address} again: {error}"),
+            }
+        };
+        let (base, stop) = serve_on(listener, &self.backends, &self.config);
+        // Pooled connections to the old server at this address are dead.
+        self.http = reqwest::Client::new();
+        self.base = base;
+        self.stop = stop.clone();
+        self._stop = stop.drop_guard();
+    }
+
+    /// The write path of the server's backends, for appends while no server runs.
+    pub fn writer(&self) -> agent_stream::writer::Writer {
+        self.backends.writer()
     }
 
     pub fn url(&self, path: &str) -> String {
