@@ -254,6 +254,8 @@ impl ServeConfig {
                 page_bytes: self.catch_up_page_bytes,
                 idle_poll: self.idle_poll,
                 degraded_poll: self.degraded_poll,
+                // Half the store's connections: appends always find one.
+                store_reads: (self.backend.database_max_connections as usize / 2).max(1),
             },
         }
     }

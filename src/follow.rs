@@ -13,10 +13,13 @@
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
 //! in pages, so memory stays bounded however slowly it reads.
 //!
-//! Those idle looks are shared: [`Followers`] keeps each process's status as last read,
-//! and an idle follower reuses it while it is younger than the follower's interval, so a
-//! quiet process costs about one status query per interval however many follow it.
-//! Looks that decide something at once (after a catch-up, on an end marker) read fresh.
+//! Those looks are shared: [`Followers`] keeps each process's status as last read, one
+//! read at a time per process. An idle follower reuses a read younger than its interval,
+//! and any follower reuses a read that began after it asked, so the followers of a
+//! process that wake together (they heard the same message) make one query, not one
+//! each. Looks that decide something at once (after a catch-up, on an end marker) read
+//! fresh. Followers' store reads also take turns for a share of the store's connections
+//! (`FollowConfig::store_reads`), so that appends always find one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +56,9 @@ pub struct FollowConfig {
     pub idle_poll: Duration,
     /// How often the store is asked while the feed is down.
     pub degraded_poll: Duration,
+    /// Most store reads followers make at once on this instance: below the store's
+    /// connections, so that appends are not queued behind followers.
+    pub store_reads: usize,
 }
 
 impl Default for FollowConfig {
@@ -61,6 +68,7 @@ impl Default for FollowConfig {
             page_bytes: 1 << 20,
             idle_poll: Duration::from_secs(1),
             degraded_poll: Duration::from_millis(500),
+            store_reads: 8,
         }
     }
 }
@@ -72,6 +80,8 @@ pub struct Followers {
     feed: Arc<dyn LiveFeed>,
     config: FollowConfig,
     statuses: StatusCache,
+    /// One permit per follower store read in flight, `config.store_reads` in all.
+    reads: Semaphore,
     shutdown: CancellationToken,
 }
 
@@ -85,6 +95,7 @@ impl Followers {
         Arc::new(Self {
             store,
             feed,
+            reads: Semaphore::new(config.store_reads.max(1)),
             config,
             statuses: StatusCache::default(),
             shutdown,
@@ -120,33 +131,40 @@ impl Followers {
     }
 }
 
-/// Each process's status as a follower last read it.
+/// A process's status, and when the read that got it began.
+#[derive(Clone)]
+struct StatusRead {
+    started: Instant,
+    info: ProcessInfo,
+}
+
+type StatusSlot = Arc<AsyncMutex<Option<StatusRead>>>;
+
+/// Each process's last status read, behind a lock that makes its followers' reads take
+/// turns (and mostly reuse one another's).
 #[derive(Default)]
 struct StatusCache {
-    entries: Mutex<HashMap<ProcessId, (Instant, ProcessInfo)>>,
+    slots: Mutex<HashMap<ProcessId, StatusSlot>>,
 }
 
 impl StatusCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, (Instant, ProcessInfo)>> {
-        self.entries
+    /// The process's slot; whenever the map doubles, slots idle and older than
+    /// `max_age` go.
+    fn slot(&self, process: &ProcessId, max_age: Duration) -> StatusSlot {
+        let mut slots = self
+            .slots
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The status read at most `max_age` ago, if there is one.
-    fn get(&self, process: &ProcessId, max_age: Duration) -> Option<ProcessInfo> {
-        let entries = self.lock();
-        let (read_at, info) = entries.get(process)?;
-        (read_at.elapsed() < max_age).then(|| info.clone())
-    }
-
-    /// Keeps a fresh read; entries older than `max_age` go whenever the map doubles.
-    fn put(&self, info: &ProcessInfo, max_age: Duration) {
-        let mut entries = self.lock();
-        if entries.len() >= 1024 && entries.len().is_power_of_two() {
-            entries.retain(|_, (read_at, _)| read_at.elapsed() < max_age);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = slots.get(process) {
+            return slot.clone();
         }
-        entries.insert(info.process_id.clone(), (Instant::now(), info.clone()));
+        if slots.len() >= 1024 && slots.len().is_power_of_two() {
+            slots.retain(|_, slot| match slot.try_lock() {
+                Ok(read) => read.as_ref().is_some_and(|r| r.started.elapsed() < max_age),
+                Err(_) => true,
+            });
+        }
+        slots.entry(process.clone()).or_default().clone()
     }
 }
 
@@ -194,7 +212,7 @@ impl Follower {
                     let (store, process, after) = (&self.shared.store, &self.process, self.last);
                     let config = &self.shared.config;
                     let (limit, max_bytes) = (config.page_size, config.page_bytes);
-                    let page = retry(&self.shutdown, || {
+                    let page = retry(&self.shutdown, &self.shared.reads, || {
                         store.read_after(process, after, limit, max_bytes)
                     })
                     .await?;
@@ -236,19 +254,33 @@ impl Follower {
         }
     }
 
-    /// The process's status: read from the store when `fresh`, else a read shared with
-    /// the process's other followers if it is recent enough. `None` on shutdown, or if
-    /// the process is gone.
+    /// The process's status: a read that began after this call, or when not `fresh`,
+    /// one younger than the follower's interval. Reads of one process take turns, so
+    /// followers asking together share one. `None` on shutdown, or if the process is
+    /// gone.
     async fn status(&self, fresh: bool) -> Option<ProcessInfo> {
+        let asked = Instant::now();
         let max_age = self.quiet();
-        if !fresh {
-            if let Some(info) = self.shared.statuses.get(&self.process, max_age) {
-                return Some(info);
+        let slot = self.shared.statuses.slot(&self.process, max_age);
+        let mut last = tokio::select! {
+            _ = self.shutdown.cancelled() => return None,
+            last = slot.lock() => last,
+        };
+        if let Some(read) = last.as_ref() {
+            if read.started >= asked || (!fresh && read.started.elapsed() < max_age) {
+                return Some(read.info.clone());
             }
         }
+        let started = Instant::now();
         let (store, process) = (&self.shared.store, &self.process);
-        let info = retry(&self.shutdown, || store.process(process)).await??;
-        self.shared.statuses.put(&info, max_age);
+        let info = retry(&self.shutdown, &self.shared.reads, || {
+            store.process(process)
+        })
+        .await??;
+        *last = Some(StatusRead {
+            started,
+            info: info.clone(),
+        });
         Some(info)
     }
 
@@ -299,15 +331,25 @@ impl Follower {
     }
 }
 
-/// Runs a store call until it succeeds or `shutdown` is cancelled (`None`), backing off
+/// Runs a store call, holding one of the followers' read permits, until it succeeds or
+/// `shutdown` is cancelled (`None`), backing off
 /// while the store is unavailable: a follower waits for the store rather than failing.
 async fn retry<'a, T>(
     shutdown: &CancellationToken,
+    reads: &Semaphore,
     mut call: impl FnMut() -> BoxFuture<'a, Result<T, StoreError>>,
 ) -> Option<T> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match call().await {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            // The semaphore is never closed.
+            permit = reads.acquire() => {
+                let _permit = permit.ok()?;
+                call().await
+            }
+        };
+        match result {
             Ok(value) => return Some(value),
             Err(error) => {
                 // The store's outage itself is logged once, where it is tracked.
@@ -320,5 +362,103 @@ async fn retry<'a, T>(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::adapters::memory::{InProcessFeed, MemoryStore};
+    use crate::domain::{NewMessage, StoredMessage};
+    use crate::ports::{AppendOutcome, Registration};
+
+    /// The memory store, counting status reads.
+    struct Counting {
+        inner: MemoryStore,
+        status_reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl MessageStore for Counting {
+        async fn register(&self, process: &ProcessId) -> Result<Registration, StoreError> {
+            self.inner.register(process).await
+        }
+        async fn append(
+            &self,
+            process: &ProcessId,
+            messages: &[NewMessage],
+        ) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(process, messages).await
+        }
+        async fn finish(
+            &self,
+            process: &ProcessId,
+            status: &FinishStatus,
+        ) -> Result<ProcessInfo, StoreError> {
+            self.inner.finish(process, status).await
+        }
+        async fn process(&self, process: &ProcessId) -> Result<Option<ProcessInfo>, StoreError> {
+            self.status_reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.process(process).await
+        }
+        async fn read_after(
+            &self,
+            process: &ProcessId,
+            after: u64,
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.read_after(process, after, limit, max_bytes).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    /// Followers that wake together (they heard the same message) share one status
+    /// read per idle interval instead of making one each.
+    #[tokio::test(start_paused = true)]
+    async fn followers_of_a_quiet_process_share_their_idle_looks() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            status_reads: AtomicUsize::new(0),
+        });
+        let config = FollowConfig {
+            idle_poll: Duration::from_millis(100),
+            ..FollowConfig::default()
+        };
+        let followers = Followers::new(
+            store.clone(),
+            Arc::new(InProcessFeed::new(16)),
+            config,
+            CancellationToken::new(),
+        );
+        let process = ProcessId::parse("quiet").unwrap();
+        store.register(&process).await.unwrap();
+        let mut follows: Vec<_> = (0..50)
+            .map(|_| Box::pin(followers.follow(process.clone(), Cursor::default(), 0)))
+            .collect();
+        // Let every follower catch up and settle into its idle looks.
+        for follow in &mut follows {
+            let _ = tokio::time::timeout(Duration::from_millis(1), follow.next()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+
+        let before = store.status_reads.load(Ordering::SeqCst);
+        let polled = futures::future::join_all(follows.iter_mut().map(|follow| {
+            tokio::time::timeout(Duration::from_secs(1), follow.next())
+        }));
+        assert!(polled.await.iter().all(Result::is_err), "nothing to deliver");
+        let reads = store.status_reads.load(Ordering::SeqCst) - before;
+        // Ten intervals: about one read each (fifty followers each reading would be 500).
+        assert!(reads <= 20, "{reads} status reads for 50 idle followers in 10 intervals");
     }
 }
