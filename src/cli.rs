@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `append` and `demo`.
+//! The command line: `serve`, `migrate`, `append`, `demo` and `token`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,9 +9,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::adapters::postgres::PostgresStore;
+use crate::auth::TokenArgs;
 use crate::config::{redact, BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
+use crate::http::HttpConfig;
 use crate::startup::{self, Backends};
 
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub enum Command {
     Append(AppendArgs),
     /// Serve, and play a recorded agent session into a fresh process at a human pace.
     Demo(DemoArgs),
+    /// Mint a token (printed on stdout) for the processes and scope given, signed with
+    /// the secret the service runs with.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,23 +103,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Append(args) => append(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Token(args) => {
+            println!("{}", args.mint()?);
+            Ok(())
+        }
     }
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
+    let http = HttpConfig {
+        auth: config.auth.verifier(config.listen)?,
+        ..config.http()
+    };
     let backends = Backends::connect(&config.backend).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
-    startup::serve(
-        listener,
-        backends,
-        config.http(),
-        startup::shutdown_signal(),
-    )
-    .await
+    tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
+    startup::serve(listener, backends, http, startup::shutdown_signal()).await
 }
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {

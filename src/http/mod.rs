@@ -1,6 +1,7 @@
 //! The HTTP layer: the contract's calls on top of the write path and the follow
 //! algorithm. [`router`] is pure, so tests can drive it in-process or bind it to a port.
 
+mod auth;
 mod error;
 mod extract;
 mod health;
@@ -22,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
+pub use auth::{needs, Needs, ACCESS_TOKEN};
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
 
+use crate::auth::Verifier;
 use crate::follow::{FollowConfig, Followers};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -55,6 +58,9 @@ pub struct HttpConfig {
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
+    /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
+    /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
+    pub auth: Option<Arc<Verifier>>,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +78,7 @@ impl Default for HttpConfig {
             tcp_unsent_bytes: 128 * 1024,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
+            auth: None,
         }
     }
 }
@@ -131,6 +138,12 @@ pub fn router(state: AppState) -> Router {
             "/processes/{id}/messages/stream",
             get(messages::read_ndjson),
         )
+        // Every route above is behind auth (the rule is `auth::needs`): add routes above
+        // this line. Unmatched paths get the 404 below without a check.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -149,7 +162,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         // A 503 during an outage is expected, and the outage is logged once where it is
         // tracked: per-request failures stay at debug.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(auth::request_span)
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(state)
 }
 
