@@ -120,7 +120,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    tracing::info!(address = %config.listen, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
+    // The bound address, which differs from `--listen` for port 0.
+    let address = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
     startup::serve(listener, backends, http, startup::shutdown_signal()).await
 }
 
