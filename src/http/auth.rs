@@ -88,12 +88,17 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         Err(error) => return unauthorized(error, true),
     };
     if let Needs::Process(scope) = needs {
-        if let Some(process) = process(&mut parts).await {
-            if !claims.processes.covers(&process) || !claims.scope.includes(scope) {
-                return forbidden(&claims, &process, scope);
+        match process_id(&mut parts).await {
+            Ok(Some(process)) => {
+                if !claims.processes.covers(&process) || !claims.scope.includes(scope) {
+                    return forbidden(&claims, &process, scope);
+                }
             }
+            // A malformed id matches no claim and tells nothing: the handler answers
+            // its 400.
+            Ok(None) => {}
+            Err(refusal) => return refusal,
         }
-        // A malformed id matches no claim; the handler answers its 400.
     }
     let cookie = (source == Source::Query && wants_html(&parts))
         .then(|| session_cookie(&token, &claims, &parts))
@@ -152,11 +157,23 @@ fn token(parts: &Parts) -> Option<(String, Source)> {
         .map(|cookie| (cookie.value().to_owned(), Source::Cookie))
 }
 
-/// The route's `{id}`, when it is a process id.
-async fn process(parts: &mut Parts) -> Option<ProcessId> {
-    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
-    let raw = params.iter().find(|(name, _)| *name == "id")?.1;
-    ProcessId::parse(raw).ok()
+/// The route's `{id}` as a process id; `None` when it is not one (a malformed id, or
+/// one that is not UTF-8 once percent-decoded).
+async fn process_id(parts: &mut Parts) -> Result<Option<ProcessId>, Response> {
+    let Ok(params) = RawPathParams::from_request_parts(parts, &()).await else {
+        return Ok(None);
+    };
+    match params.iter().find(|(name, _)| *name == "id") {
+        Some((_, raw)) => Ok(ProcessId::parse(raw).ok()),
+        // A route that `needs` a process always has an `{id}`; if one ever did not,
+        // refuse rather than let it through.
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route names no process to check the token against",
+        )
+        .into_response()),
+    }
 }
 
 fn unauthorized(error: AuthError, presented: bool) -> Response {

@@ -506,6 +506,21 @@ async fn an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_404_fo
     assert_error(status, &answer, StatusCode::NOT_FOUND, "process_not_found");
 }
 
+async fn a_malformed_id_is_a_400_for_any_valid_token_and_a_401_without_one(app: TestApp) {
+    let stranger = token(&["someone-else"], Scope::Read);
+    for path in ["/processes/bad%20id", "/processes/bad%20id/messages"] {
+        let (status, answer) = call(&app, Method::GET, path, Auth::Bearer(&stranger), None).await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "invalid_process_id",
+        );
+        let (status, answer) = call(&app, Method::GET, path, Auth::None, None).await;
+        assert_error(status, &answer, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}
+
 async fn the_probes_need_no_token(app: TestApp) {
     for path in ["/healthz", "/readyz"] {
         let response = app.http.get(app.url(path)).send().await.unwrap();
@@ -657,6 +672,7 @@ with_auth_on_every_backend!(
     a_write_token_registers_appends_finishes_and_reads_its_process_only,
     star_tokens_cover_every_process,
     an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_404_for_one_that_does,
+    a_malformed_id_is_a_400_for_any_valid_token_and_a_401_without_one,
     the_probes_need_no_token,
     a_cookie_never_authorizes_a_write,
     the_first_token_present_is_the_one_checked,
