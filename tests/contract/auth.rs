@@ -829,3 +829,84 @@ async fn the_token_command_mints_tokens_that_a_server_with_the_same_secret_accep
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn demo_prints_a_read_token_that_follows_its_process_and_nothing_else() {
+    let mut child = binary()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--start-delay",
+            "0s",
+            "--pace",
+            "1ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (token, process_url) = tokio::time::timeout(WAIT, async {
+        let mut token = None;
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let line = line.trim();
+            if let Some(value) = line.strip_prefix("TOKEN=") {
+                token = Some(value.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("curl -H \"Authorization: Bearer $TOKEN\" ") {
+                return (token.expect("the token comes first"), url.to_owned());
+            }
+        }
+        panic!("demo exited before printing its commands");
+    })
+    .await
+    .expect("demo prints its commands in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{process_url}/messages/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("the demo session ends")
+        .unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 33, "32 messages and the end");
+    assert_eq!(lines[32]["event"], "end");
+
+    let response = client.get(&process_url).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "the demo's server checks tokens"
+    );
+    let response = client
+        .put(&process_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "the printed token only reads"
+    );
+    let other = process_url.rsplit_once('/').unwrap().0.to_owned() + "/someone-else";
+    let response = client.get(&other).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "the printed token covers the demo's process only"
+    );
+    child.kill().await.unwrap();
+}
