@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # agent-stream service image. Build: docker build -t agent-stream .
-# Runs `agent-stream serve`; needs DATABASE_URL and REDIS_URL (see compose.yml).
+# Runs `agent-stream serve`; needs DATABASE_URL, REDIS_URL and AGENT_STREAM_AUTH_SECRET
+# (or AGENT_STREAM_AUTH_SECRET_FILE); see compose.yml. `agent-stream token` mints tokens.
 # Migrations are embedded in the binary and applied at start.
 
 FROM rust:1-bookworm AS builder
@@ -15,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/agent-stream /usr/local/bin/agent-stream
 
 FROM debian:bookworm-slim
-# curl only for the compose healthcheck.
+# curl only for the compose healthcheck (of /readyz, which needs no token).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/* \

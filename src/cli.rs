@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `append`, `tail` and `demo`.
+//! The command line: `serve`, `migrate`, `append`, `tail`, `demo` and `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +10,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::adapters::postgres::PostgresStore;
+use crate::auth::TokenArgs;
 use crate::config::{redact, BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
+use crate::http::HttpConfig;
 use crate::startup::{self, Backends};
 use crate::tail::{self, TailArgs};
 
@@ -69,6 +71,9 @@ pub enum Command {
     Tail(TailArgs),
     /// Serve, and play a recorded agent session into a fresh process at a human pace.
     Demo(DemoArgs),
+    /// Mint a token (printed on stdout) for the processes and scope given, signed with
+    /// the secret the service runs with.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -129,26 +134,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Append(args) => append(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Token(args) => {
+            println!("{}", args.mint()?);
+            Ok(())
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
+    let http = HttpConfig {
+        auth: config.auth.verifier(config.listen)?,
+        ..config.http()
+    };
     let backends = Backends::connect(&config.backend).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    // The bound address: with port 0, the one the system chose.
+    // The bound address, which differs from `--listen` for port 0.
     let address = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), "agent-stream listening");
-    startup::serve(
-        listener,
-        backends,
-        config.http(),
-        startup::shutdown_signal(),
-    )
-    .await
+    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
+    startup::serve(listener, backends, http, startup::shutdown_signal()).await
 }
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {

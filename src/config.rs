@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::auth::AuthConfig;
 use crate::follow::FollowConfig;
 use crate::http::HttpConfig;
 
@@ -67,6 +68,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub backend: BackendConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
 
     /// How long a follower waits on a silent live feed before it asks the store
     /// (catches a message whose Redis XADD never happened, or Redis being down).
@@ -236,6 +240,8 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The HTTP configuration, without auth: the caller sets `auth` from
+    /// `self.auth`, which needs the address it listens on.
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
             max_message_bytes: self.max_message_bytes,
@@ -257,6 +263,7 @@ impl ServeConfig {
                 // Half the store's connections: appends always find one.
                 store_reads: (self.backend.database_max_connections as usize / 2).max(1),
             },
+            auth: None,
         }
     }
 }

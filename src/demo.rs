@@ -1,6 +1,10 @@
 //! `agent-stream demo`: serves the API and plays a recorded Claude Code session into a
-//! fresh process at a human pace, so a newcomer can watch a follow work live.
+//! fresh process at a human pace, so a newcomer can watch a follow work live. Auth is on
+//! as in `serve`, with a secret made for the run (unless one is given, or auth is
+//! disabled with the same flags as `serve`): it prints a read token for the process
+//! and the commands that use it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,9 +12,14 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Minter, Processes, Scope, Verifier};
 use crate::config::ServeConfig;
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
+use crate::http::HttpConfig;
 use crate::startup::{self, Backends};
+
+/// How long the token printed by the demo is valid.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The recorded session (32 messages, 0.3 to 34 KB), built into the binary.
 pub const SESSION: &str = include_str!("../tests/fixtures/claude-code-session.ndjson");
@@ -37,6 +46,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|line| NewMessage::parse(line.as_bytes(), usize::MAX))
         .collect::<Result<Vec<_>, _>>()
         .context("the built-in session does not parse")?;
+    let secret = args.serve.auth.demo_secret(args.serve.listen)?;
+    let http = HttpConfig {
+        auth: secret
+            .as_ref()
+            .map(|secret| Arc::new(Verifier::new(secret))),
+        ..args.serve.http()
+    };
     let backends = Backends::connect(&args.serve.backend).await?;
     let writer = backends.writer();
     let listener = TcpListener::bind(args.serve.listen)
@@ -44,7 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("could not listen on {}", args.serve.listen))?;
     let address = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let server = tokio::spawn(startup::serve(listener, backends, args.serve.http(), {
+    let server = tokio::spawn(startup::serve(listener, backends, http, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     }));
@@ -55,12 +71,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ))?;
     writer.register(&process).await?;
     let base = format!("http://{address}/processes/{process}");
+    let token = secret
+        .map(|secret| {
+            Minter::new(&secret).mint(
+                Processes::Only([process.clone()].into_iter().collect()),
+                Scope::Read,
+                DEMO_TOKEN_TTL,
+                Some("demo".to_owned()),
+            )
+        })
+        .transpose()?;
+    let (intro, bearer, browser) = match &token {
+        Some(token) => (
+            format!("Auth is on, with a secret made for this run. First, in the other terminal, keep a read token for this process (valid 24 h):\n    TOKEN={token}\n\n"),
+            " -H \"Authorization: Bearer $TOKEN\"",
+            format!("In a browser (the token moves from the URL to a cookie):\n    {base}?access_token={token}\n\n"),
+        ),
+        None => (String::new(), "", format!("In a browser:\n    {base}\n\n")),
+    };
     println!(
         "\nagent-stream demo: playing a recorded Claude Code session ({} messages) into process {process}\n\n\
-         Follow it live (NDJSON, one message per line):\n    curl -N {base}/messages\n\n\
-         Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream' {base}/messages\n\n\
-         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N '{base}/messages?after=10-0'\n\n\
-         The process and its status:\n    curl {base}\n\n\
+         {intro}\
+         Follow it live (NDJSON, one message per line):\n    curl -N{bearer} {base}/messages\n\n\
+         Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream'{bearer} {base}/messages\n\n\
+         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} '{base}/messages?after=10-0'\n\n\
+         The process and its status:\n    curl{bearer} {base}\n\n\
+         {browser}\
          First message in {:?}, then one every {:?}. Ctrl-C stops the server.\n",
         messages.len(),
         args.start_delay,

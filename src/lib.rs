@@ -8,9 +8,12 @@
 //! The modules follow the architecture: [`domain`] (what things are), [`ports`] (what
 //! the core needs from storage and live delivery), [`adapters`] (PostgreSQL, Redis,
 //! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
-//! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all from [`config`].
+//! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all
+//! from [`config`]. [`auth`] checks the tokens that say who may read and write which
+//! processes.
 
 pub mod adapters;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,6 +1,7 @@
 //! The HTTP layer: the contract's calls on top of the write path and the follow
 //! algorithm. [`router`] is pure, so tests can drive it in-process or bind it to a port.
 
+mod auth;
 mod error;
 mod extract;
 mod health;
@@ -24,9 +25,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
+pub use auth::{needs, Needs, ACCESS_TOKEN};
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
 
+use crate::auth::Verifier;
 use crate::follow::{FollowConfig, Followers};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -57,6 +60,9 @@ pub struct HttpConfig {
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
+    /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
+    /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
+    pub auth: Option<Arc<Verifier>>,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +80,7 @@ impl Default for HttpConfig {
             tcp_unsent_bytes: 128 * 1024,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
+            auth: None,
         }
     }
 }
@@ -133,6 +140,12 @@ pub fn router(state: AppState) -> Router {
             "/processes/{id}/messages/stream",
             get(messages::read_ndjson),
         )
+        // Every route above is behind auth (the rule is `auth::needs`): add routes above
+        // this line. Unmatched paths get the 404 below without a check.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -6,6 +6,7 @@
 mod support;
 
 mod append;
+mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;

@@ -593,6 +593,8 @@ impl Server {
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            // The drills are about faults, not auth: open, as loopback allows.
+            .arg("--no-auth")
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
@@ -694,6 +696,10 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // To read a bench's server log after the run: its directory goes with it.
+        if let Some(keep) = std::env::var_os("AGENT_STREAM_KEEP_SERVER_LOG") {
+            let _ = fs::copy(self.log_path(), keep);
         }
     }
 }

@@ -1,0 +1,275 @@
+//! Who may call what: the middleware in front of every route, and the one place that
+//! says which routes need which token ([`needs`]).
+//!
+//! A token comes from `Authorization: Bearer`, else the `access_token` query parameter
+//! (for a browser's `EventSource`, which cannot set headers), else the
+//! `agent_stream_token` cookie (reads only: a cookie rides along on requests a browser
+//! makes for other sites' pages, so it never authorizes a write). The first one present
+//! is the one checked.
+//!
+//! The check runs before a handler looks the process up, so a caller learns whether a
+//! process exists only if its token covers that process: without a token every
+//! protected call is a 401, with one that does not cover the process a 403, known or
+//! not.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cookie::{Cookie, SameSite};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::config::COOKIE;
+use crate::auth::{AuthError, Claims, Grant, Scope};
+use crate::domain::ProcessId;
+
+/// The query parameter a token may come in.
+pub const ACCESS_TOKEN: &str = "access_token";
+
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: probes for orchestrators and scrapers, which carry no tokens.
+    Nothing,
+    /// A valid token, whatever it covers. Such a route must itself show only what the
+    /// request's [`Grant`] covers (a list of processes, say).
+    Token,
+    /// A token that grants `Scope` on the route's `{id}`.
+    Process(Scope),
+}
+
+/// The rule, by the route's pattern and method. Routes under `/processes/{id}` need a
+/// token for that process: `read` to `GET` them, `write` for anything else. The
+/// probes are open. Every other route, including any added later, needs a valid token.
+/// `/metrics` carries no process ids and is scraped without tokens.
+pub fn needs(route: &str, method: &Method) -> Needs {
+    match route {
+        "/healthz" | "/readyz" | "/metrics" => Needs::Nothing,
+        route if route == "/processes/{id}" || route.starts_with("/processes/{id}/") => {
+            Needs::Process(if method == Method::GET || method == Method::HEAD {
+                Scope::Read
+            } else {
+                Scope::Write
+            })
+        }
+        _ => Needs::Token,
+    }
+}
+
+/// The middleware: checks the token the route [`needs`], and puts the caller's
+/// [`Grant`] on the request for the handler. Without auth (no verifier configured),
+/// every request gets [`Grant::unrestricted`].
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(verifier) = state.config.auth.clone() else {
+        let mut request = request;
+        request.extensions_mut().insert(Grant::unrestricted());
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    let route = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|matched| matched.as_str().to_owned())
+        .unwrap_or_default();
+    let needs = needs(&route, &parts.method);
+    if needs == Needs::Nothing {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let Some((token, source)) = token(&parts) else {
+        return unauthorized(AuthError::Missing, false);
+    };
+    let claims = match verifier.verify(&token) {
+        Ok(claims) => claims,
+        Err(error) => return unauthorized(error, true),
+    };
+    if let Needs::Process(scope) = needs {
+        match process_id(&mut parts).await {
+            Ok(Some(process)) => {
+                if !claims.processes.covers(&process) || !claims.scope.includes(scope) {
+                    return forbidden(&claims, &process, scope);
+                }
+            }
+            // A malformed id matches no claim and tells nothing: the handler answers
+            // its 400.
+            Ok(None) => {}
+            Err(refusal) => return refusal,
+        }
+    }
+    let cookie = (source == Source::Query && wants_html(&parts))
+        .then(|| session_cookie(&token, &claims, &parts))
+        .flatten();
+    let mut request = Request::from_parts(parts, body);
+    request.extensions_mut().insert(Grant::from(claims));
+    let mut response = next.run(request).await;
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// The token of the first source present.
+fn token(parts: &Parts) -> Option<(String, Source)> {
+    let bearer = parts
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    if let Some(token) = bearer {
+        return Some((token, Source::Header));
+    }
+    if let Some(token) = parts.uri.query().and_then(|query| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()?
+            .into_iter()
+            .find_map(|(name, value)| (name == ACCESS_TOKEN).then_some(value))
+    }) {
+        return Some((token, Source::Query));
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return None;
+    }
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == COOKIE)
+        .map(|cookie| (cookie.value().to_owned(), Source::Cookie))
+}
+
+/// The route's `{id}` as a process id; `None` when it is not one (a malformed id, or
+/// one that is not UTF-8 once percent-decoded).
+async fn process_id(parts: &mut Parts) -> Result<Option<ProcessId>, Response> {
+    let Ok(params) = RawPathParams::from_request_parts(parts, &()).await else {
+        return Ok(None);
+    };
+    match params.iter().find(|(name, _)| *name == "id") {
+        Some((_, raw)) => Ok(ProcessId::parse(raw).ok()),
+        // A route that `needs` a process always has an `{id}`; if one ever did not,
+        // refuse rather than let it through.
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route names no process to check the token against",
+        )
+        .into_response()),
+    }
+}
+
+fn unauthorized(error: AuthError, presented: bool) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string()).into_response();
+    // RFC 6750 §3: say which scheme, and whether the token given was the problem.
+    let challenge = if presented {
+        "Bearer realm=\"agent-stream\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"agent-stream\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// A 403 that says only what the token and the request say: nothing about whether the
+/// process exists.
+fn forbidden(claims: &Claims, process: &ProcessId, needed: Scope) -> Response {
+    let message = if claims.processes.covers(process) {
+        format!(
+            "this token's scope is {}; this call needs a {needed} token for process {process}",
+            claims.scope
+        )
+    } else {
+        format!("this token does not cover process {process}")
+    };
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+}
+
+/// Whether the request is a browser loading a page.
+fn wants_html(parts: &Parts) -> bool {
+    parts.method == Method::GET
+        && parts
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.to_ascii_lowercase().contains("text/html"))
+}
+
+/// A page opened with `?access_token=` hands the token to the browser as a cookie, so
+/// that the page's `EventSource` (same origin) carries it without the token in its
+/// URL. HttpOnly (scripts cannot read it), SameSite=Strict (other sites' pages cannot
+/// send it), for as long as the token is valid; Secure when the proxy in front says
+/// the request came over HTTPS.
+fn session_cookie(token: &str, claims: &Claims, parts: &Parts) -> Option<HeaderValue> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let lifetime = claims.exp.saturating_sub(now).min(i64::MAX as u64) as i64;
+    let https = parts
+        .headers
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = Cookie::build((COOKIE, token))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .secure(https)
+        .max_age(cookie::time::Duration::seconds(lifetime))
+        .build();
+    // A verified JWT is base64url and dots, so this is always a valid header value.
+    HeaderValue::from_str(&cookie.to_string()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_routes_need_read_to_get_and_write_for_the_rest_and_probes_are_open() {
+        assert_eq!(needs("/healthz", &Method::GET), Needs::Nothing);
+        assert_eq!(needs("/readyz", &Method::GET), Needs::Nothing);
+        assert_eq!(
+            needs("/processes/{id}", &Method::GET),
+            Needs::Process(Scope::Read)
+        );
+        assert_eq!(
+            needs("/processes/{id}/messages/stream", &Method::GET),
+            Needs::Process(Scope::Read)
+        );
+        assert_eq!(
+            needs("/processes/{id}", &Method::PUT),
+            Needs::Process(Scope::Write)
+        );
+        assert_eq!(
+            needs("/processes/{id}/messages", &Method::POST),
+            Needs::Process(Scope::Write)
+        );
+        assert_eq!(
+            needs("/processes/{id}/finish", &Method::POST),
+            Needs::Process(Scope::Write)
+        );
+        assert_eq!(needs("/", &Method::GET), Needs::Token);
+        assert_eq!(needs("/processes", &Method::GET), Needs::Token);
+    }
+}
