@@ -19,7 +19,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
 };
 use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
 
@@ -240,6 +240,22 @@ impl MessageStore for PostgresStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(|e| self.failed(e))
+    }
+
+    async fn recent(&self, limit: usize) -> Result<Vec<RecentProcess>, StoreError> {
+        let rows = sqlx::query(sql::RECENT)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecentProcess {
+                    info: process_info(row)?,
+                    last_activity: row.try_get("updated_at").map_err(unavailable)?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -30,11 +30,12 @@ pub const INSERT_MESSAGES: &str = "\
         INSERT INTO messages (process_id, seq, id, body) \
         SELECT $1, seq, id, body FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS m (seq, id, body) \
     ) \
-    UPDATE processes SET last_seq = $5 WHERE process_id = $1";
+    UPDATE processes SET last_seq = $5, updated_at = clock_timestamp() WHERE process_id = $1";
 
 /// Finishes a running process; returns nothing when it is unknown or already finished.
 pub const FINISH: &str = "\
-    UPDATE processes SET status = $2, finished_at = clock_timestamp() \
+    UPDATE processes SET status = $2, finished_at = clock.t, updated_at = clock.t \
+    FROM (SELECT clock_timestamp() AS t) AS clock \
     WHERE process_id = $1 AND status = 'running' \
     RETURNING process_id, status, last_seq, created_at, finished_at";
 
@@ -50,5 +51,11 @@ pub const READ_AFTER: &str = "\
     ) AS sized \
     WHERE upto <= $4 OR upto = octet_length(body) \
     ORDER BY seq";
+
+/// The processes last active, the most recent first: the keyset of
+/// `processes_recent_activity`, so a page reads `$1` index entries whatever the table's size.
+pub const RECENT: &str = "\
+    SELECT process_id, status, last_seq, created_at, finished_at, updated_at \
+    FROM processes ORDER BY updated_at DESC, process_id LIMIT $1";
 
 pub const PING: &str = "SELECT 1";
