@@ -57,6 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let base = format!("http://{address}/processes/{process}");
     println!(
         "\nagent-stream demo: playing a recorded Claude Code session ({} messages) into process {process}\n\n\
+         Watch it in a browser:\n    {base}\n\n\
          Follow it live (NDJSON, one message per line):\n    curl -N {base}/messages\n\n\
          Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream' {base}/messages\n\n\
          Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N '{base}/messages?after=10-0'\n\n\
