@@ -122,7 +122,7 @@ async fn the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothi
         .eval(
             "const fold = document.querySelector('.tool-result.error');
              fold.open = true;
-             fold.closest('li').scrollIntoView();
+             fold.scrollIntoView();
              return fold.querySelector('pre').textContent;",
         )
         .await;

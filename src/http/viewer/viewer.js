@@ -114,7 +114,7 @@ function processPage() {
   // for good on an HTTP error (a 503 while a store is down): one path for every drop,
   // with a backoff, and `after` set to the last message shown, so it resumes exactly.
   function connect() {
-    source = new EventSource(api(`${id}/messages`, lastSeq ? { after: lastSeq } : {}), { withCredentials: true });
+    source = new EventSource(api(`${location.pathname}/messages`, lastSeq ? { after: lastSeq } : {}), { withCredentials: true });
     source.onopen = () => {
       retryDelay = 1000;
       setConnection('live', 'Live: new messages appear as the agent works.');
@@ -129,7 +129,8 @@ function processPage() {
     });
     source.onerror = () => {
       source.close();
-      setConnection('reconnecting', `Connection lost; reconnecting in ${retryDelay / 1000} s. Nothing shown is lost.`);
+      // The same words on every attempt, so a screen reader says it once.
+      setConnection('reconnecting', 'Connection lost; reconnecting… Nothing shown is lost.');
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 5000);
     };
