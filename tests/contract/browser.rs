@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -50,16 +51,16 @@ impl Browser {
         let chromium = tool("AGENT_STREAM_TEST_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = tool("AGENT_STREAM_TEST_CHROMEDRIVER", "/usr/bin/chromedriver");
         let profile = TempDir::new();
-        let port = free_port().await;
         // Its own process group, so that dropping it ends the browser it started too.
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        let mut driver = Command::new(&chromedriver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", chromedriver.display()));
+        let port = driver_port(&mut driver).await;
         let capabilities = serde_json::json!({
             "goog:chromeOptions": {
                 "binary": chromium,
@@ -74,26 +75,21 @@ impl Browser {
                 ],
             }
         });
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let client = loop {
-            let mut builder =
-                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-            builder.capabilities(
-                capabilities
-                    .as_object()
-                    .expect("capabilities are an object")
-                    .clone(),
-            );
-            match builder.connect(&url).await {
-                Ok(client) => break client,
-                // Not listening yet: chromedriver takes a moment to start.
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => panic!("no chromium session from chromedriver in {WAIT:?}: {error}"),
-            }
-        };
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(
+            capabilities
+                .as_object()
+                .expect("capabilities are an object")
+                .clone(),
+        );
+        let client =
+            tokio::time::timeout(WAIT, builder.connect(&format!("http://127.0.0.1:{port}")))
+                .await
+                .unwrap_or_else(|_| panic!("chromedriver did not start chromium within {WAIT:?}"))
+                .unwrap_or_else(|e| {
+                    panic!("chromedriver could not start {}: {e}", chromium.display())
+                });
         Self {
             client,
             driver,
@@ -183,9 +179,29 @@ impl Drop for TempDir {
     }
 }
 
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+/// The port chromedriver (started with `--port=0`) says it listens on; the rest of its
+/// output is read and dropped, so it never blocks on a full pipe.
+async fn driver_port(driver: &mut Child) -> u16 {
+    const STARTED: &str = "started successfully on port ";
+    let stdout = driver
+        .stdout
+        .take()
+        .expect("chromedriver's stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let port = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read chromedriver's output") {
+            if let Some((_, rest)) = line.split_once(STARTED) {
+                return rest.trim_end_matches('.').parse::<u16>().ok();
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("chromedriver did not say which port it listens on within {WAIT:?}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    port
 }
 
 /// A TCP proxy on a port of its own in front of the server: the browser's address for
