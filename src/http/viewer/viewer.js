@@ -84,6 +84,8 @@ function processPage() {
   const resultSlots = new Map();
   let lastSeq = 0;
   let shown = 0;
+  /** Rendered items waiting for the next frame. */
+  const unshown = [];
   let source = null;
   let retryDelay = 1000;
 
@@ -122,6 +124,7 @@ function processPage() {
     source.addEventListener('message', (event) => show(event));
     source.addEventListener('end', (event) => {
       source.close();
+      flush(); // "finished" only once every message is on the page
       let end = {};
       try { end = JSON.parse(event.data); } catch { /* a malformed end still ends */ }
       status.textContent = end.status ?? 'finished';
@@ -143,11 +146,21 @@ function processPage() {
     lastSeq = seq;
     let message;
     try { message = JSON.parse(event.data); } catch { message = { type: 'unreadable', payload: event.data }; }
+    if (!unshown.length) requestAnimationFrame(flush);
+    unshown.push(render(message, event.lastEventId));
+  }
+
+  // Items go in once per frame, so a catch-up of thousands of messages lays out the page
+  // once per frame rather than once per message. The page follows the newest item while
+  // the reader is at the bottom.
+  function flush() {
+    if (!unshown.length) return;
     const follow = innerHeight + scrollY >= document.documentElement.scrollHeight - 48;
-    const item = render(message, event.lastEventId);
-    timeline.append(item);
-    count.textContent = String(++shown);
-    if (follow) item.scrollIntoView({ block: 'end' });
+    timeline.append(...unshown);
+    shown += unshown.length;
+    unshown.length = 0;
+    count.textContent = String(shown);
+    if (follow) timeline.lastElementChild.scrollIntoView({ block: 'end' });
   }
 
   function render(message, streamId) {
