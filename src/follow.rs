@@ -374,7 +374,7 @@ mod tests {
 
     use super::*;
     use crate::adapters::memory::{InProcessFeed, MemoryStore};
-    use crate::domain::{NewMessage, StoredMessage};
+    use crate::domain::{NewMessage, RecentProcess, StoredMessage};
     use crate::ports::{AppendOutcome, Registration};
 
     /// The memory store, counting status reads.
@@ -413,7 +413,16 @@ mod tests {
             limit: usize,
             max_bytes: usize,
         ) -> Result<Vec<StoredMessage>, StoreError> {
-            self.inner.read_after(process, after, limit, max_bytes).await
+            self.inner
+                .read_after(process, after, limit, max_bytes)
+                .await
+        }
+        async fn recent(
+            &self,
+            limit: usize,
+            only: Option<&[ProcessId]>,
+        ) -> Result<Vec<RecentProcess>, StoreError> {
+            self.inner.recent(limit, only).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
@@ -453,12 +462,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
 
         let before = store.status_reads.load(Ordering::SeqCst);
-        let polled = futures::future::join_all(follows.iter_mut().map(|follow| {
-            tokio::time::timeout(Duration::from_secs(1), follow.next())
-        }));
-        assert!(polled.await.iter().all(Result::is_err), "nothing to deliver");
+        let polled = futures::future::join_all(
+            follows
+                .iter_mut()
+                .map(|follow| tokio::time::timeout(Duration::from_secs(1), follow.next())),
+        );
+        assert!(
+            polled.await.iter().all(Result::is_err),
+            "nothing to deliver"
+        );
         let reads = store.status_reads.load(Ordering::SeqCst) - before;
         // Ten intervals: about one read each (fifty followers each reading would be 500).
-        assert!(reads <= 20, "{reads} status reads for 50 idle followers in 10 intervals");
+        assert!(
+            reads <= 20,
+            "{reads} status reads for 50 idle followers in 10 intervals"
+        );
     }
 }

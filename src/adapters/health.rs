@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, StoredMessage};
+use crate::domain::{
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, RecentProcess, StoredMessage,
+};
 use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
 
 #[derive(Debug)]
@@ -167,6 +169,18 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
             self.inner
                 .read_after(process, after, limit, max_bytes)
                 .await,
+        )
+    }
+
+    async fn recent(
+        &self,
+        limit: usize,
+        only: Option<&[ProcessId]>,
+    ) -> Result<Vec<RecentProcess>, StoreError> {
+        self.admit()?;
+        self.observe(
+            "list recent processes",
+            self.inner.recent(limit, only).await,
         )
     }
 

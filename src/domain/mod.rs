@@ -8,5 +8,5 @@ mod stream_id;
 
 pub use error::DomainError;
 pub use message::{minify_json, wire_timestamp, NewMessage, StoredMessage, MAX_MESSAGE_ID_BYTES};
-pub use process::{FinishStatus, ProcessId, ProcessInfo, ProcessStatus};
+pub use process::{FinishStatus, ProcessId, ProcessInfo, ProcessStatus, RecentProcess};
 pub use stream_id::{Cursor, StreamId};

@@ -125,6 +125,14 @@ impl ProcessInfo {
     }
 }
 
+/// A process as the list of recent processes shows it: with when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentProcess {
+    pub info: ProcessInfo,
+    /// When it was last registered, appended to or finished.
+    pub last_activity: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

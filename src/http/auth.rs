@@ -48,7 +48,8 @@ pub enum Needs {
 /// `/metrics` carries no process ids and is scraped without tokens.
 pub fn needs(route: &str, method: &Method) -> Needs {
     match route {
-        "/healthz" | "/readyz" | "/metrics" => Needs::Nothing,
+        // The viewer's script and style: the same for everyone, no data in them.
+        "/healthz" | "/readyz" | "/metrics" | "/assets/{name}" => Needs::Nothing,
         route if route == "/processes/{id}" || route.starts_with("/processes/{id}/") => {
             Needs::Process(if method == Method::GET || method == Method::HEAD {
                 Scope::Read
@@ -249,6 +250,7 @@ mod tests {
     fn process_routes_need_read_to_get_and_write_for_the_rest_and_probes_are_open() {
         assert_eq!(needs("/healthz", &Method::GET), Needs::Nothing);
         assert_eq!(needs("/readyz", &Method::GET), Needs::Nothing);
+        assert_eq!(needs("/assets/{name}", &Method::GET), Needs::Nothing);
         assert_eq!(
             needs("/processes/{id}", &Method::GET),
             Needs::Process(Scope::Read)

@@ -8,6 +8,7 @@ mod health;
 mod messages;
 mod processes;
 mod request_log;
+mod viewer;
 mod write_timeout;
 
 use std::sync::Arc;
@@ -127,9 +128,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/", get(viewer::index))
+        .route("/assets/{name}", get(viewer::asset))
+        .route("/processes", get(viewer::list))
         .route(
             "/processes/{id}",
-            get(processes::show).put(processes::register),
+            get(viewer::show).put(processes::register),
         )
         .route("/processes/{id}/finish", post(processes::finish))
         .route(

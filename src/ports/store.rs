@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
+    StreamId,
 };
 
 /// Why a store call did not do what was asked.
@@ -135,6 +136,14 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The `limit` processes last active (registered, appended to or finished), the
+    /// most recent first; ties in process id order. With `only`, among those processes.
+    async fn recent(
+        &self,
+        limit: usize,
+        only: Option<&[ProcessId]>,
+    ) -> Result<Vec<RecentProcess>, StoreError>;
 
     /// Answers when the store does, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -664,6 +664,65 @@ macro_rules! with_auth_on_every_backend {
     };
 }
 
+/// `GET /processes` (and the page at `/` built on it) lists only what the token names:
+/// the list is no way to learn of other processes.
+async fn the_process_list_shows_a_token_only_its_processes(app: TestApp) {
+    let writer = token_for_all(Scope::Write);
+    let (mine, other) = (process_id(), process_id());
+    for process in [&mine, &other] {
+        let created = request(
+            &app,
+            Method::PUT,
+            &format!("/processes/{process}"),
+            Auth::Bearer(&writer),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let listed = |token: String| {
+        let app = &app;
+        async move {
+            let list: Value = request(app, Method::GET, "/processes", Auth::Bearer(&token))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            list["processes"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|p| p["process_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed(token(&[&mine], Scope::Read)).await,
+        vec![mine.clone()]
+    );
+    let all = listed(token_for_all(Scope::Read)).await;
+    assert!(all.contains(&mine) && all.contains(&other), "{all:?}");
+    let none = request(&app, Method::GET, "/processes", Auth::None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A page's `<script src>` cannot carry a token; the script and style hold no data.
+async fn the_viewer_assets_need_no_token(app: TestApp) {
+    for asset in ["/assets/viewer.js", "/assets/viewer.css"] {
+        let response = request(&app, Method::GET, asset, Auth::None)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+    }
+}
+
 with_auth_on_every_backend!(
     every_protected_call_without_a_token_is_a_401_whether_or_not_the_process_exists,
     bad_expired_foreign_or_unsigned_tokens_are_a_401,
@@ -677,6 +736,8 @@ with_auth_on_every_backend!(
     a_cookie_never_authorizes_a_write,
     the_first_token_present_is_the_one_checked,
     a_page_opened_with_an_access_token_hands_it_to_the_browser_as_a_strict_http_only_cookie,
+    the_process_list_shows_a_token_only_its_processes,
+    the_viewer_assets_need_no_token,
 );
 
 /// The binary with none of the environment's configuration.

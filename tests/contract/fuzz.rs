@@ -659,8 +659,16 @@ async fn run_case(app: &TestApp, finished: &str, case: &Case) -> Result<(), Test
             content_type.as_deref(),
             Some("text/event-stream" | "application/x-ndjson")
         );
+        // The viewer's page, for an Accept that ranks HTML first.
+        let page = content_type.as_deref() == Some("text/html; charset=utf-8");
+        prop_assert!(
+            !page || (case.call == Call::Show && status == 200),
+            "only a process's page is HTML: {} {}",
+            case.call.method(),
+            status
+        );
         // A follow of a running process does not end: dropping it leaves it.
-        if !streaming && case.call.method() != "HEAD" && status != 204 {
+        if !streaming && !page && case.call.method() != "HEAD" && status != 204 {
             let body = tokio::time::timeout(WAIT, response.bytes())
                 .await
                 .map_err(|_| TestCaseError::fail("the body did not come within 20 s"))?

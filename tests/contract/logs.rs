@@ -24,7 +24,7 @@ struct Server {
 impl Server {
     async fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent-stream"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")

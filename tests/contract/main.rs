@@ -3,6 +3,7 @@
 //! embedded memory backend and on a real PostgreSQL + Redis (`bash .ci/test` starts
 //! them; without DATABASE_URL and REDIS_URL the real runs fail, they are never skipped).
 
+mod browser;
 mod support;
 
 mod append;
@@ -19,3 +20,4 @@ mod processes;
 mod redis_faults;
 mod snapshot;
 mod tail;
+mod viewer;

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_stream::adapters::memory::{InProcessFeed, MemoryStore};
-use agent_stream::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo, StoredMessage};
+use agent_stream::domain::{
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, RecentProcess, StoredMessage,
+};
 use agent_stream::ports::{
     AppendOutcome, FeedError, FeedSubscription, LiveFeed, MessageStore, Registration, StoreError,
 };
@@ -255,6 +257,15 @@ impl MessageStore for FaultyStore {
         self.inner
             .read_after(process, after, limit, max_bytes)
             .await
+    }
+
+    async fn recent(
+        &self,
+        limit: usize,
+        only: Option<&[ProcessId]>,
+    ) -> Result<Vec<RecentProcess>, StoreError> {
+        self.check()?;
+        self.inner.recent(limit, only).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

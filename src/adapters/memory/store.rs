@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
 };
 use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
 
@@ -21,20 +21,24 @@ struct Process {
     /// `messages[i]` has seq `i + 1`.
     messages: Vec<StoredMessage>,
     seq_by_id: HashMap<String, u64>,
+    /// When it was last registered, appended to or finished.
+    last_activity: DateTime<Utc>,
 }
 
 impl Process {
     fn new(process_id: ProcessId) -> Self {
+        let now = Utc::now();
         Self {
             info: ProcessInfo {
                 process_id,
                 status: ProcessStatus::Running,
                 last_seq: 0,
-                created_at: Utc::now(),
+                created_at: now,
                 finished_at: None,
             },
             messages: Vec::new(),
             seq_by_id: HashMap::new(),
+            last_activity: now,
         }
     }
 }
@@ -75,14 +79,18 @@ impl MessageStore for MemoryStore {
         let state = processes
             .entry(process.clone())
             .or_insert_with(|| Process::new(process.clone()));
+        let now = Utc::now();
         let outcome = AppendOutcome::plan(
             process,
             &state.info.status,
             messages,
             state.info.last_seq,
-            Utc::now(),
+            now,
             |id| state.seq_by_id.get(id).copied(),
         )?;
+        if !outcome.stored.is_empty() {
+            state.last_activity = now;
+        }
         for appended in outcome.results.iter().filter(|appended| appended.created) {
             state
                 .seq_by_id
@@ -111,8 +119,10 @@ impl MessageStore for MemoryStore {
                 })
             }
             None => {
+                let now = Utc::now();
                 state.info.status = ProcessStatus::Finished(status.clone());
-                state.info.finished_at = Some(Utc::now());
+                state.info.finished_at = Some(now);
+                state.last_activity = now;
             }
         }
         Ok(state.info.clone())
@@ -146,6 +156,31 @@ impl MessageStore for MemoryStore {
                 first || bytes <= max_bytes
             })
             .cloned()
+            .collect())
+    }
+
+    async fn recent(
+        &self,
+        limit: usize,
+        only: Option<&[ProcessId]>,
+    ) -> Result<Vec<RecentProcess>, StoreError> {
+        let processes = self.lock();
+        let mut recent: Vec<&Process> = processes
+            .values()
+            .filter(|p| only.is_none_or(|ids| ids.contains(&p.info.process_id)))
+            .collect();
+        recent.sort_by(|a, b| {
+            b.last_activity
+                .cmp(&a.last_activity)
+                .then_with(|| a.info.process_id.cmp(&b.info.process_id))
+        });
+        Ok(recent
+            .into_iter()
+            .take(limit)
+            .map(|p| RecentProcess {
+                info: p.info.clone(),
+                last_activity: p.last_activity,
+            })
             .collect())
     }
 

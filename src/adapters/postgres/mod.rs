@@ -18,7 +18,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::domain::{
-    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, StoredMessage, StreamId,
+    FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
+    StreamId,
 };
 use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
 
@@ -232,6 +233,28 @@ impl MessageStore for PostgresStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(|e| self.failed(e))
+    }
+
+    async fn recent(
+        &self,
+        limit: usize,
+        only: Option<&[ProcessId]>,
+    ) -> Result<Vec<RecentProcess>, StoreError> {
+        let only: Option<Vec<&str>> = only.map(|ids| ids.iter().map(ProcessId::as_str).collect());
+        let rows = sqlx::query(sql::RECENT)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(only)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecentProcess {
+                    info: process_info(row)?,
+                    last_activity: row.try_get("updated_at").map_err(unavailable)?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -19,7 +19,8 @@ pub const APPEND: &str = "SELECT seq, created, status, stamp FROM append_message
 
 /// Finishes a running process; returns nothing when it is unknown or already finished.
 pub const FINISH: &str = "\
-    UPDATE processes SET status = $2, finished_at = clock_timestamp() \
+    UPDATE processes SET status = $2, finished_at = clock.t, updated_at = clock.t \
+    FROM (SELECT clock_timestamp() AS t) AS clock \
     WHERE process_id = $1 AND status = 'running' \
     RETURNING process_id, status, last_seq, created_at, finished_at";
 
@@ -35,5 +36,13 @@ pub const READ_AFTER: &str = "\
     ) AS sized \
     WHERE upto <= $4 OR upto = octet_length(body) \
     ORDER BY seq";
+
+/// The processes last active, the most recent first: the keyset of
+/// `processes_recent_activity`, so a page reads `$1` index entries whatever the table's
+/// size. `$2`, when not null, limits it to those process ids (a token's).
+pub const RECENT: &str = "\
+    SELECT process_id, status, last_seq, created_at, finished_at, updated_at \
+    FROM processes WHERE $2::text[] IS NULL OR process_id = ANY ($2) \
+    ORDER BY updated_at DESC, process_id LIMIT $1";
 
 pub const PING: &str = "SELECT 1";

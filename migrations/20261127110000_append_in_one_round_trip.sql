@@ -3,7 +3,7 @@
 -- (adr/0004): lock the process row (registering it if new), keep the seq of every id the
 -- process already has, give each new id the next seq (an id repeated in the batch is
 -- stored once), complete each new message's wire JSON with its stream_id and
--- created_at, insert, move last_seq. A finished process stores nothing; the caller sees
+-- created_at, insert, move last_seq and updated_at. A finished process stores nothing; the caller sees
 -- its status and refuses the append when any message is new.
 --
 -- In: the process id, the messages' ids and their wire JSON heads (`{"id":…,"payload":{…}`
@@ -17,6 +17,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_status text;
     v_last   bigint;
+    v_now    timestamptz;
     v_stamp  text;
     n        bigint;
 BEGIN
@@ -25,9 +26,8 @@ BEGIN
     -- created_at grows with seq.
     INSERT INTO processes AS p (process_id) VALUES (p_process)
     ON CONFLICT (process_id) DO UPDATE SET last_seq = p.last_seq
-    RETURNING p.status, p.last_seq,
-              to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    INTO v_status, v_last, v_stamp;
+    RETURNING p.status, p.last_seq, clock_timestamp() INTO v_status, v_last, v_now;
+    v_stamp := to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
     -- Each statement below takes a new snapshot: it sees every append committed before
     -- the lock was granted.
@@ -42,7 +42,7 @@ BEGIN
         SELECT p_process, v_last + t.i, t.id,
                t.head || ',"stream_id":"' || (v_last + t.i) || '-0","created_at":"' || v_stamp || '"}'
         FROM unnest(p_ids, p_heads) WITH ORDINALITY AS t (id, head, i);
-        UPDATE processes SET last_seq = v_last + n WHERE process_id = p_process;
+        UPDATE processes SET last_seq = v_last + n, updated_at = v_now WHERE process_id = p_process;
         RETURN QUERY SELECT v_last + i, true, v_status, v_stamp FROM generate_series(1::bigint, n) AS i;
         RETURN;
     END IF;
@@ -69,7 +69,7 @@ BEGIN
         FROM fresh WHERE v_status = 'running'
         RETURNING messages.seq
     ), moved AS (
-        UPDATE processes SET last_seq = (SELECT max(inserted.seq) FROM inserted)
+        UPDATE processes SET last_seq = (SELECT max(inserted.seq) FROM inserted), updated_at = v_now
         WHERE process_id = p_process AND EXISTS (SELECT 1 FROM inserted)
     )
     SELECT coalesce(stored.seq, fresh.seq), coalesce(fresh.i = input.i, false), v_status, v_stamp

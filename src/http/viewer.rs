@@ -1,0 +1,290 @@
+//! The live web viewer: `GET /` lists the processes last active, and `GET /processes/{id}`
+//! asked for by a browser (`Accept` ranking `text/html` above JSON) shows one process as a
+//! timeline that follows it over SSE. API clients (`application/json`, `*/*`, no `Accept`)
+//! keep getting the process's JSON.
+//!
+//! The pages are static shells with no data in them: the script (`viewer/viewer.js`)
+//! fetches everything through the JSON and SSE calls and builds the DOM with text nodes
+//! only, so no message content is ever parsed as HTML, and a strict Content-Security-Policy
+//! allows nothing but this service's own script and style. The assets are embedded in the
+//! binary: nothing is fetched from elsewhere, so the viewer works offline.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::extract::{MessagesQuery, ProcessPath};
+use super::processes::{self, ProcessView};
+use super::AppState;
+use crate::auth::{Grant, Processes};
+use crate::domain::{ProcessId, RecentProcess};
+use crate::ports::StoreError;
+
+const INDEX_PAGE: &str = include_str!("viewer/index.html");
+const PROCESS_PAGE: &str = include_str!("viewer/process.html");
+
+/// Nothing but this service's own script, style and calls; no frames, no forms, no base.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// `GET /processes` lists this many processes unless `limit` says otherwise…
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// …and never more than this.
+const MAX_LIST_LIMIT: usize = 1000;
+
+/// A static asset, with the ETag of its content.
+struct Asset {
+    content_type: &'static str,
+    body: &'static str,
+    etag: HeaderValue,
+}
+
+impl Asset {
+    fn new(content_type: &'static str, body: &'static str) -> Self {
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        let etag = HeaderValue::try_from(format!("\"{:016x}\"", hasher.finish()))
+            .expect("a hex ETag is a valid header value");
+        Self {
+            content_type,
+            body,
+            etag,
+        }
+    }
+}
+
+static SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "text/javascript; charset=utf-8",
+        include_str!("viewer/viewer.js"),
+    )
+});
+static STYLE: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/css; charset=utf-8", include_str!("viewer/viewer.css")));
+
+/// `GET /`: the list of recent processes.
+pub async fn index() -> Response {
+    page(StatusCode::OK, INDEX_PAGE)
+}
+
+/// `GET /processes/{id}`: the viewer for a browser, the process's JSON for anyone else.
+/// An unknown process is the contract's JSON 404 either way.
+pub async fn show(
+    State(state): State<AppState>,
+    ProcessPath(process): ProcessPath,
+    headers: HeaderMap,
+) -> Response {
+    let mut response = if prefers_html(&headers) {
+        match state.store.process(&process).await {
+            Ok(Some(_)) => page(StatusCode::OK, PROCESS_PAGE),
+            Ok(None) => ApiError::from(StoreError::UnknownProcess(process)).into_response(),
+            Err(error) => ApiError::from(error).into_response(),
+        }
+    } else {
+        processes::show(State(state), ProcessPath(process))
+            .await
+            .into_response()
+    };
+    // One URL, two representations: caches must key on Accept.
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+/// One process in `GET /processes`.
+#[derive(Serialize)]
+struct RecentView {
+    #[serde(flatten)]
+    process: ProcessView,
+    last_activity_at: String,
+}
+
+#[derive(Serialize)]
+pub struct ProcessList {
+    processes: Vec<RecentView>,
+}
+
+impl ProcessList {
+    /// The list as shown, from the processes last active. The one place a listing is
+    /// built, so that a filter (such as the caller's access) goes here.
+    fn new(recent: Vec<RecentProcess>) -> Self {
+        let processes = recent
+            .iter()
+            .map(|recent| RecentView {
+                process: ProcessView::from(&recent.info),
+                last_activity_at: recent
+                    .last_activity
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            })
+            .collect();
+        Self { processes }
+    }
+}
+
+/// `GET /processes?limit=`: the processes last active, most recent first, as JSON.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ProcessList>, ApiError> {
+    let limit =
+        MessagesQuery::parse(query.as_deref())?.limit(DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    // A caller sees only the processes its token names: no way to learn of the others.
+    let only: Option<Vec<ProcessId>> = match grant.processes() {
+        Processes::All => None,
+        Processes::Only(ids) => Some(ids.iter().cloned().collect()),
+    };
+    let recent = state.store.recent(limit, only.as_deref()).await?;
+    Ok(Json(ProcessList::new(recent)))
+}
+
+/// `GET /assets/{name}`: the viewer's script and style, revalidated by ETag.
+pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let asset: &Asset = match name.as_str() {
+        "viewer.js" => &SCRIPT,
+        "viewer.css" => &STYLE,
+        _ => {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such asset; the viewer has viewer.js and viewer.css",
+            )
+            .into_response()
+        }
+    };
+    let cached = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| tag.trim() == asset.etag || tag.trim() == "*");
+    let status = if cached {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let headers = [
+        (header::ETAG, asset.etag.clone()),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+    ];
+    if cached {
+        (status, headers).into_response()
+    } else {
+        (
+            status,
+            headers,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
+            asset.body,
+        )
+            .into_response()
+    }
+}
+
+/// An HTML page with the headers that keep it to its own assets. `no-referrer` keeps an
+/// `access_token` in the page's URL from leaving in a Referer.
+fn page(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether `Accept` ranks `text/html` above `application/json`, each taking the `q` of
+/// its most specific matching range (RFC 9110 §12.5.1). A browser's
+/// `text/html,…,*/*;q=0.8` does; `*/*`, `application/json` and no `Accept` do not.
+fn prefers_html(headers: &HeaderMap) -> bool {
+    let ranges: Vec<(&str, f32)> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next()?.trim();
+            let q = parts
+                .filter_map(|param| param.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok())?;
+            Some((media, q.clamp(0.0, 1.0)))
+        })
+        .collect();
+    let quality = |kind: &str, subtype: &str| {
+        ranges
+            .iter()
+            .filter_map(|&(media, q)| {
+                let (t, s) = media.split_once('/')?;
+                let specificity = match (t.trim(), s.trim()) {
+                    (t, s) if t.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(subtype) => 2,
+                    (t, "*") if t.eq_ignore_ascii_case(kind) => 1,
+                    ("*", "*") => 0,
+                    _ => return None,
+                };
+                Some((specificity, q))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+            .map_or(0.0, |(_, q)| q)
+    };
+    quality("text", "html") > quality("application", "json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn browsers_get_the_page_and_api_clients_the_json() {
+        for browser in [
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+            "text/html",
+            "TEXT/HTML;q=0.5, application/json;q=0.4",
+            "text/*",
+            "application/json;q=0, */*",
+        ] {
+            assert!(prefers_html(&accept(browser)), "{browser}");
+        }
+        for client in [
+            "*/*",
+            "application/json",
+            "application/json, text/html",
+            "text/html;q=0.5, application/json",
+            "text/html;q=0, */*",
+            "text/html;q=oops",
+            "text/event-stream",
+            ",;,",
+            "",
+        ] {
+            assert!(!prefers_html(&accept(client)), "{client}");
+        }
+        assert!(!prefers_html(&HeaderMap::new()), "no Accept");
+    }
+}
