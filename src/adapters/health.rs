@@ -96,11 +96,25 @@ impl Health {
 pub struct TrackedStore<S> {
     inner: S,
     health: Health,
+    /// When the store last answered a call (success or a refusal of its own), in
+    /// milliseconds since `epoch`.
+    answered_at: AtomicU64,
+    busy_but_up_for: Duration,
 }
+
+/// A store that is busy (no connection freed up in time) but answered other calls
+/// within this long is overloaded, not down: its calls are refused as busy and its
+/// health is left alone. Past it, busy means unreachable.
+pub const BUSY_BUT_UP_FOR: Duration = Duration::from_secs(2);
 
 impl<S: MessageStore> TrackedStore<S> {
     pub fn new(inner: S, health: Health) -> Self {
-        Self { inner, health }
+        Self {
+            inner,
+            health,
+            answered_at: AtomicU64::new(now_ms()),
+            busy_but_up_for: BUSY_BUT_UP_FOR,
+        }
     }
 
     /// Fails at once while the store is known down, but for one probe per interval.
@@ -116,13 +130,28 @@ impl<S: MessageStore> TrackedStore<S> {
     }
 
     fn observe<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        match &result {
+        match result {
             Err(StoreError::Unavailable(error)) => {
-                self.health.mark_down(what, &format!("{error:#}"))
+                self.health.mark_down(what, &format!("{error:#}"));
+                Err(StoreError::Unavailable(error))
             }
-            _ => self.health.mark_up(),
+            Err(StoreError::Busy) => {
+                let silent = now_ms().saturating_sub(self.answered_at.load(Ordering::Relaxed));
+                if silent < self.busy_but_up_for.as_millis() as u64 {
+                    return Err(StoreError::Busy);
+                }
+                let error = anyhow::anyhow!(
+                    "no connection to it freed up, and it has answered nothing for {silent} ms"
+                );
+                self.health.mark_down(what, &error);
+                Err(StoreError::Unavailable(error))
+            }
+            answered => {
+                self.answered_at.store(now_ms(), Ordering::Relaxed);
+                self.health.mark_up();
+                answered
+            }
         }
-        result
     }
 }
 
@@ -207,5 +236,30 @@ mod tests {
         assert!(health.should_try(Duration::ZERO));
         health.mark_up();
         assert!(health.should_try(Duration::from_secs(60)));
+    }
+
+    /// A pool timeout is an overload while the store answers other calls, and an outage
+    /// once it has answered nothing for a while.
+    #[test]
+    fn busy_is_an_overload_while_the_store_answers_and_an_outage_when_it_does_not() {
+        let mut store = TrackedStore::new(
+            crate::adapters::memory::MemoryStore::new(),
+            Health::new("test", "down", "up"),
+        );
+        let busy = || Err::<(), _>(StoreError::Busy);
+        assert!(matches!(
+            store.observe("a call", busy()),
+            Err(StoreError::Busy)
+        ));
+        assert!(store.health.is_up());
+
+        store.busy_but_up_for = Duration::ZERO;
+        assert!(matches!(
+            store.observe("a call", busy()),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(!store.health.is_up());
+        assert!(store.observe("a call", Ok(())).is_ok());
+        assert!(store.health.is_up());
     }
 }

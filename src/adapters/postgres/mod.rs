@@ -58,15 +58,14 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Tells an overload from an outage. sqlx reports both as `PoolTimedOut`: when the
-    /// pool holds all its connections, they were all busy; when some are missing (the
-    /// pool could not open them, or closed them as broken), the server is unavailable.
-    /// Idle connections are not counted: by the time the error is seen, one may just
-    /// have been released.
+    /// sqlx reports both an overload and an unreachable server as `PoolTimedOut` (no
+    /// connection freed up, or none could be opened, in time); it is `Busy` here, and
+    /// `TrackedStore` tells the two apart by whether the store answered anything lately.
+    /// (The pool's size does not tell: it counts connections being opened, and a busy
+    /// pool replaces the connections it closes.)
     fn failed(&self, error: sqlx::Error) -> StoreError {
-        let saturated = self.pool.size() >= self.pool.options().get_max_connections();
         match error {
-            sqlx::Error::PoolTimedOut if saturated => StoreError::Busy,
+            sqlx::Error::PoolTimedOut => StoreError::Busy,
             error => unavailable(error),
         }
     }
