@@ -595,6 +595,12 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             // The drills are about faults, not auth: open, as loopback allows.
             .arg("--no-auth")
+            // To look into a bench's server: e.g. `info,agent_stream::follow=debug`.
+            .args(
+                std::env::var("AGENT_STREAM_KEEP_SERVER_LOG_FILTER")
+                    .map(|filter| vec!["--log".to_owned(), filter])
+                    .unwrap_or_default(),
+            )
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
