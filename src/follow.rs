@@ -13,6 +13,10 @@
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
 //! in pages, so memory stays bounded however slowly it reads.
 //!
+//! A look runs beside the live feed, not instead of it: a follower goes on delivering
+//! the next messages while its look waits for the store, so a slow store delays no live
+//! message.
+//!
 //! Those looks are shared: [`Followers`] keeps each process's status as last read, one
 //! read at a time per process. An idle follower reuses a read younger than its interval,
 //! and any follower reuses a read that began after it asked, so the followers of a
@@ -29,8 +33,9 @@ use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
 use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreError};
@@ -123,6 +128,8 @@ impl Followers {
             mode: Mode::CatchUp,
             heard_at: Instant::now(),
             awaiting: None,
+            look: None,
+            end: None,
             shutdown: self.shutdown.child_token(),
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -171,14 +178,24 @@ impl StatusCache {
 enum Mode {
     /// Reading pages from the store until a short page.
     CatchUp,
-    /// Asking the store how far the process goes and whether it is finished; `fresh`
+    /// To ask the store how far the process goes and whether it is finished; `fresh`
     /// when the answer decides something at once, else a shared recent read will do.
+    /// The look then runs while the follower waits on the feed.
     Check {
         fresh: bool,
     },
-    /// Waiting on the feed.
+    /// Waiting on the feed (and on the look under way, if any).
     Live,
     Done,
+}
+
+/// A status read under way, in a task of its own so that dropping the follower (or
+/// starting another look) never drops a store call halfway.
+struct Look {
+    fresh: bool,
+    answer: JoinHandle<Option<ProcessInfo>>,
+    /// Cancels the look's retries once nobody waits for it.
+    _cancel: DropGuard,
 }
 
 struct Follower {
@@ -194,6 +211,10 @@ struct Follower {
     heard_at: Instant,
     /// The last seq an idle look saw committed, that the feed has one interval to bring.
     awaiting: Option<u64>,
+    /// The status read under way, if any.
+    look: Option<Look>,
+    /// The end, once a look found the process finished and everything delivered.
+    end: Option<FollowEvent>,
     shutdown: CancellationToken,
 }
 
@@ -203,6 +224,10 @@ impl Follower {
             if let Some(message) = self.pending.pop_front() {
                 self.last = message.seq;
                 return Some(FollowEvent::Message(message));
+            }
+            if let Some(end) = self.end.take() {
+                self.mode = Mode::Done;
+                return Some(end);
             }
             if self.shutdown.is_cancelled() {
                 return None;
@@ -222,31 +247,8 @@ impl Follower {
                     self.pending.extend(page);
                 }
                 Mode::Check { fresh } => {
-                    let info = self.status(fresh).await?;
-                    self.heard_at = Instant::now();
-                    let behind = info.last_seq > self.last;
-                    // An idle look often lands between a commit and its XADD: while the
-                    // feed is live, give it one more interval to deliver, and catch up
-                    // only if what was missing then is still missing.
-                    let give_feed_time = behind
-                        && !fresh
-                        && self.shared.feed.is_live()
-                        && self.awaiting.is_none_or(|awaited| self.last >= awaited);
-                    if give_feed_time {
-                        self.awaiting = Some(info.last_seq);
-                        self.mode = Mode::Live;
-                    } else if behind {
-                        self.awaiting = None;
-                        self.mode = Mode::CatchUp;
-                    } else if let Some(status) = info.status.finished() {
-                        self.mode = Mode::Done;
-                        return Some(FollowEvent::End {
-                            stream_id: info.end_stream_id(),
-                            status: status.clone(),
-                        });
-                    } else {
-                        self.mode = Mode::Live;
-                    }
+                    self.start_look(fresh);
+                    self.mode = Mode::Live;
                 }
                 Mode::Live => self.wait_live().await?,
                 Mode::Done => return None,
@@ -254,34 +256,51 @@ impl Follower {
         }
     }
 
-    /// The process's status: a read that began after this call, or when not `fresh`,
-    /// one younger than the follower's interval. Reads of one process take turns, so
-    /// followers asking together share one. `None` on shutdown, or if the process is
-    /// gone.
-    async fn status(&self, fresh: bool) -> Option<ProcessInfo> {
-        let asked = Instant::now();
-        let max_age = self.quiet();
-        let slot = self.shared.statuses.slot(&self.process, max_age);
-        let mut last = tokio::select! {
-            _ = self.shutdown.cancelled() => return None,
-            last = slot.lock() => last,
-        };
-        if let Some(read) = last.as_ref() {
-            if read.started >= asked || (!fresh && read.started.elapsed() < max_age) {
-                return Some(read.info.clone());
-            }
-        }
-        let started = Instant::now();
-        let (store, process) = (&self.shared.store, &self.process);
-        let info = retry(&self.shutdown, &self.shared.reads, || {
-            store.process(process)
-        })
-        .await??;
-        *last = Some(StatusRead {
-            started,
-            info: info.clone(),
+    /// Starts a look at the process's status (replacing one under way: its answer is
+    /// no longer wanted).
+    fn start_look(&mut self, fresh: bool) {
+        let cancel = self.shutdown.child_token();
+        let answer = tokio::spawn(status(
+            self.shared.clone(),
+            self.process.clone(),
+            fresh,
+            self.quiet(),
+            cancel.clone(),
+        ));
+        self.look = Some(Look {
+            fresh,
+            answer,
+            _cancel: cancel.drop_guard(),
         });
-        Some(info)
+    }
+
+    /// Acts on a look's answer: catch up if the store has more than was delivered
+    /// (an idle look first gives the feed one more interval), end if the process is
+    /// finished and everything was delivered, else go on waiting. `None` if the look
+    /// found nothing (shutdown, or the process is gone).
+    fn looked(&mut self, info: Option<ProcessInfo>, fresh: bool) -> Option<()> {
+        let info = info?;
+        self.heard_at = Instant::now();
+        let behind = info.last_seq > self.last;
+        // An idle look often lands between a commit and its XADD: while the feed is
+        // live, give it one more interval to deliver, and catch up only if what was
+        // missing then is still missing.
+        let give_feed_time = behind
+            && !fresh
+            && self.shared.feed.is_live()
+            && self.awaiting.is_none_or(|awaited| self.last >= awaited);
+        if give_feed_time {
+            self.awaiting = Some(info.last_seq);
+        } else if behind {
+            self.awaiting = None;
+            self.mode = Mode::CatchUp;
+        } else if let Some(status) = info.status.finished() {
+            self.end = Some(FollowEvent::End {
+                stream_id: info.end_stream_id(),
+                status: status.clone(),
+            });
+        }
+        Some(())
     }
 
     /// How long the feed may stay silent before the store is asked. While the feed is
@@ -295,15 +314,21 @@ impl Follower {
         }
     }
 
-    /// Waits for the feed's next useful event, or for the time to check the store.
+    /// Waits for the feed's next useful event, the look under way, or (with none under
+    /// way) the time to look at the store.
     async fn wait_live(&mut self) -> Option<()> {
         // The feed can go down during the wait: look again at least that often.
         let quiet = self.quiet();
         let wake = (self.heard_at + quiet).min(Instant::now() + self.shared.config.degraded_poll);
+        let looking = self.look.is_some();
         let event = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             event = self.subscription.recv() => Some(event),
-            _ = tokio::time::sleep_until(wake) => None,
+            answer = async { (&mut self.look.as_mut()?.answer).await.ok() }, if looking => {
+                let fresh = self.look.take().is_some_and(|look| look.fresh);
+                return self.looked(answer.flatten(), fresh);
+            }
+            _ = tokio::time::sleep_until(wake), if !looking => None,
         };
         match event {
             None if Instant::now() < self.heard_at + quiet && self.shared.feed.is_live() => {}
@@ -329,6 +354,37 @@ impl Follower {
         }
         Some(())
     }
+}
+
+/// The process's status: a read that began after this call, or when not `fresh`, one
+/// younger than `max_age`. Reads of one process take turns, so followers asking
+/// together share one. `None` once `cancel` is, or if the process is gone.
+async fn status(
+    shared: Arc<Followers>,
+    process: ProcessId,
+    fresh: bool,
+    max_age: Duration,
+    cancel: CancellationToken,
+) -> Option<ProcessInfo> {
+    let asked = Instant::now();
+    let slot = shared.statuses.slot(&process, max_age);
+    let mut last = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        last = slot.lock() => last,
+    };
+    if let Some(read) = last.as_ref() {
+        if read.started >= asked || (!fresh && read.started.elapsed() < max_age) {
+            return Some(read.info.clone());
+        }
+    }
+    let started = Instant::now();
+    let store = &shared.store;
+    let info = retry(&cancel, &shared.reads, || store.process(&process)).await??;
+    *last = Some(StatusRead {
+        started,
+        info: info.clone(),
+    });
+    Some(info)
 }
 
 /// Runs a store call, holding one of the followers' read permits, until it succeeds or
