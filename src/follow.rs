@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
+use crate::metrics::{self, DelaySampler};
 use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreError};
 
 /// What one follower sees.
@@ -123,6 +124,7 @@ impl Followers {
             mode: Mode::CatchUp,
             heard_at: Instant::now(),
             awaiting: None,
+            delays: DelaySampler::default(),
             shutdown: self.shutdown.child_token(),
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -194,6 +196,7 @@ struct Follower {
     heard_at: Instant,
     /// The last seq an idle look saw committed, that the feed has one interval to bring.
     awaiting: Option<u64>,
+    delays: DelaySampler,
     shutdown: CancellationToken,
 }
 
@@ -216,6 +219,7 @@ impl Follower {
                         store.read_after(process, after, limit, max_bytes)
                     })
                     .await?;
+                    metrics::catch_up_page(page.len());
                     if page.len() < limit {
                         self.mode = Mode::Check { fresh: true };
                     }
@@ -310,15 +314,18 @@ impl Follower {
             None => self.mode = Mode::Check { fresh: false },
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
                 self.heard_at = Instant::now();
+                self.delays.message(self.heard_at, &message.json);
                 self.pending.push_back(message);
             }
             Some(Ok(FeedEvent::Message(message))) if message.seq <= self.last => {}
             Some(Ok(FeedEvent::Message(message))) => {
                 tracing::debug!(process = %self.process, expected = self.last + 1, got = message.seq, "gap in the live feed: filling it from the store");
+                metrics::gap_fill();
                 self.mode = Mode::CatchUp;
             }
             Some(Err(RecvError::Lagged(missed))) => {
                 tracing::debug!(process = %self.process, missed, "follower fell behind its feed buffer: catching up from the store");
+                metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
             Some(Ok(FeedEvent::End { .. })) => self.mode = Mode::Check { fresh: true },
