@@ -99,6 +99,7 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("spawn the metrics upkeep thread");
             describe();
+            start_at_zero();
             handle
         })
         .clone()
@@ -165,6 +166,29 @@ fn describe() {
         REDIS_READERS,
         "Redis readers configured, each holding at most one connection."
     );
+}
+
+/// Puts the counters and the follow gauges on the page at 0 (adding nothing), so they are on the page (and
+/// `rate()` works) before their first event.
+fn start_at_zero() {
+    for format in ["sse", "ndjson"] {
+        ::metrics::gauge!(FOLLOWS_ACTIVE, "format" => format).increment(0.0);
+        ::metrics::counter!(FOLLOWS_STARTED, "format" => format).increment(0);
+        ::metrics::counter!(MESSAGES_DELIVERED, "format" => format).increment(0);
+    }
+    for outcome in ["ok", "rejected", "busy", "unavailable"] {
+        ::metrics::counter!(APPENDS, "outcome" => outcome).increment(0);
+    }
+    for counter in [
+        CATCH_UP_PAGES,
+        CATCH_UP_MESSAGES,
+        GAP_FILLS,
+        LAGGED,
+        MESSAGES_APPENDED,
+        REDIS_WRITE_FAILURES,
+    ] {
+        ::metrics::counter!(counter).increment(0);
+    }
 }
 
 /// The metrics of one follow: counted as active from [`FollowMetrics::start`] until

@@ -13,6 +13,7 @@ use agent_stream::ports::{FeedError, FeedSubscription, LiveFeed};
 use agent_stream::startup::Backends;
 use async_trait::async_trait;
 
+use crate::on_every_backend;
 use crate::support::{messages, process_id, Backend, Format, TestApp, WAIT};
 
 /// Held across a scrape whose instance gauges (degraded follows, pools) are checked:
@@ -64,12 +65,25 @@ async fn metrics_are_prometheus_text_open_without_a_token_when_auth_is_on() {
 
     let page = scrape(&app).await;
     assert!(
-        page.0
-            .contains("# TYPE agent_stream_follows_degraded gauge"),
+        page.0.contains("# TYPE agent_stream_follows_active gauge"),
         "{}",
         page.0
     );
-    assert!(page.value("agent_stream_follows_degraded").is_some());
+    // Counters are on the page from the start, at 0 if nothing happened yet.
+    for series in [
+        "agent_stream_follows_active{format=\"ndjson\"}",
+        "agent_stream_gap_fills_total",
+        "agent_stream_lagged_followers_total",
+        "agent_stream_redis_write_failures_total",
+        "agent_stream_append_requests_total{outcome=\"unavailable\"}",
+        "agent_stream_follows_degraded",
+    ] {
+        assert!(
+            page.value(series).is_some(),
+            "{series} missing:\n{}",
+            page.0
+        );
+    }
 }
 
 async fn appends_and_follows_move_their_counters(app: TestApp) {
@@ -78,18 +92,20 @@ async fn appends_and_follows_move_their_counters(app: TestApp) {
     app.append_batch(&process, &messages("m", 3)).await;
     let mut follow = app.follow(&process, Format::Sse, None).await;
     assert_eq!(follow.take_messages(3).await.len(), 3);
-    app.append(&process, &messages("live", 1)).await;
-    assert_eq!(follow.take_messages(1).await.len(), 1);
+    // Live messages: the first to reach the follower from the feed is timed.
+    app.append(&process, &messages("live", 3)).await;
+    assert_eq!(follow.take_messages(3).await.len(), 3);
 
     let after = scrape(&app).await;
     let grew = |series: &str| after.get(series) - before.get(series);
-    assert!(grew("agent_stream_append_requests_total{outcome=\"ok\"}") >= 2.0);
-    assert!(grew("agent_stream_messages_appended_total") >= 4.0);
+    assert!(grew("agent_stream_append_requests_total{outcome=\"ok\"}") >= 4.0);
+    assert!(grew("agent_stream_messages_appended_total") >= 6.0);
     assert!(grew("agent_stream_follows_total{format=\"sse\"}") >= 1.0);
-    assert!(grew("agent_stream_messages_delivered_total{format=\"sse\"}") >= 4.0);
+    assert!(grew("agent_stream_messages_delivered_total{format=\"sse\"}") >= 6.0);
+    assert!(grew("agent_stream_delivery_delay_seconds_count") >= 1.0);
     assert!(grew("agent_stream_catch_up_pages_total") >= 1.0);
     assert!(grew("agent_stream_catch_up_messages_total") >= 3.0);
-    assert!(grew("agent_stream_append_duration_seconds_count") >= 2.0);
+    assert!(grew("agent_stream_append_duration_seconds_count") >= 4.0);
     assert!(
         after.get("agent_stream_follows_active{format=\"sse\"}") >= 1.0,
         "this test's follow is open"
@@ -111,7 +127,9 @@ async fn an_append_to_a_finished_process_counts_as_rejected(app: TestApp) {
         .status()
         .is_success());
     let before = scrape(&app).await;
-    let refused = app.post_messages(&process, &messages("late", 1)).await;
+    let refused = app
+        .post_messages(&process, serde_json::to_vec(&messages("late", 1)).unwrap())
+        .await;
     assert_eq!(refused.status(), 409);
     let after = scrape(&app).await;
     let series = "agent_stream_append_requests_total{outcome=\"rejected\"}";
