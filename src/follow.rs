@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
+use crate::metrics::{self, DelaySampler};
 use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreError};
 
 /// What one follower sees.
@@ -130,6 +131,7 @@ impl Followers {
             awaiting: None,
             look: None,
             end: None,
+            delays: DelaySampler::default(),
             shutdown: self.shutdown.child_token(),
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -215,6 +217,7 @@ struct Follower {
     look: Option<Look>,
     /// The end, once a look found the process finished and everything delivered.
     end: Option<FollowEvent>,
+    delays: DelaySampler,
     shutdown: CancellationToken,
 }
 
@@ -241,6 +244,7 @@ impl Follower {
                         store.read_after(process, after, limit, max_bytes)
                     })
                     .await?;
+                    metrics::catch_up_page(page.len());
                     if page.len() < limit {
                         self.mode = Mode::Check { fresh: true };
                     }
@@ -335,15 +339,18 @@ impl Follower {
             None => self.mode = Mode::Check { fresh: false },
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
                 self.heard_at = Instant::now();
+                self.delays.message(self.heard_at, &message.json);
                 self.pending.push_back(message);
             }
             Some(Ok(FeedEvent::Message(message))) if message.seq <= self.last => {}
             Some(Ok(FeedEvent::Message(message))) => {
                 tracing::debug!(process = %self.process, expected = self.last + 1, got = message.seq, "gap in the live feed: filling it from the store");
+                metrics::gap_fill();
                 self.mode = Mode::CatchUp;
             }
             Some(Err(RecvError::Lagged(missed))) => {
                 tracing::debug!(process = %self.process, missed, "follower fell behind its feed buffer: catching up from the store");
+                metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
             Some(Ok(FeedEvent::End { .. })) => self.mode = Mode::Check { fresh: true },

@@ -10,7 +10,7 @@
 //! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
 //! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all
 //! from [`config`]. [`auth`] checks the tokens that say who may read and write which
-//! processes.
+//! processes. [`metrics`] names what `/metrics` reports.
 
 pub mod adapters;
 pub mod auth;
@@ -20,6 +20,7 @@ pub mod demo;
 pub mod domain;
 pub mod follow;
 pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod startup;
 pub mod tail;

@@ -3,11 +3,14 @@
 //!
 //! The store's commit is the append: once it succeeds the message exists, whatever the
 //! feed does next. A failed publish is logged and counted, and readers find the message
-//! in the store at their next look.
+//! in the store at their next look. Appends are counted and timed here (see
+//! [`crate::metrics`]), whichever surface made them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::domain::{FinishStatus, NewMessage, ProcessId, ProcessInfo};
+use crate::metrics;
 use crate::ports::{AppendOutcome, LiveFeed, MessageStore, Registration, StoreError};
 
 #[derive(Clone)]
@@ -31,12 +34,18 @@ impl Writer {
         process: &ProcessId,
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
-        let outcome = self.store.append(process, messages).await?;
+        let started = Instant::now();
+        let outcome = self
+            .store
+            .append(process, messages)
+            .await
+            .inspect_err(metrics::append_failed)?;
         if !outcome.stored.is_empty() {
             if let Err(error) = self.feed.publish(process, &outcome.stored).await {
                 tracing::debug!(%process, error = format!("{:#}", error.0), "live feed did not take new messages; readers will find them in the store");
             }
         }
+        metrics::appended(outcome.stored.len(), started.elapsed());
         Ok(outcome)
     }
 

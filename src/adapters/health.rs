@@ -220,6 +220,11 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+
+    fn record_metrics(&self) {
+        crate::metrics::backend_up(self.inner.name(), self.health.is_up());
+        self.inner.record_metrics();
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
 use super::AppState;
 use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
 use crate::follow::FollowEvent;
+use crate::metrics::FollowMetrics;
 use crate::ports::StoreError;
 
 /// Snapshot pages: `limit` defaults to this…
@@ -183,6 +184,7 @@ fn events(
         span,
         sent: 0,
         ended: "the client left",
+        metrics: FollowMetrics::start(format),
     };
     Ok(futures::stream::unfold(
         (Box::pin(events), log, slot),
@@ -191,7 +193,10 @@ fn events(
             async move {
                 let event = events.next().await;
                 match &event {
-                    Some(FollowEvent::Message(_)) => log.sent += 1,
+                    Some(FollowEvent::Message(_)) => {
+                        log.sent += 1;
+                        log.metrics.delivered();
+                    }
                     Some(FollowEvent::End { .. }) => log.ended = "the process finished",
                     None if log.ended != "the process finished" => {
                         log.ended = "the server is shutting down"
@@ -205,11 +210,13 @@ fn events(
     ))
 }
 
-/// Logs the end of a follow, however it ends: the response stream is dropped with it.
+/// Logs the end of a follow, however it ends: the response stream is dropped with it
+/// (and with it the follow leaves the active-follows gauge).
 struct FollowLog {
     span: Span,
     sent: u64,
     ended: &'static str,
+    metrics: FollowMetrics,
 }
 
 impl Drop for FollowLog {

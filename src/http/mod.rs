@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod health;
 mod messages;
+mod metrics;
 mod processes;
 mod request_log;
 mod viewer;
@@ -20,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -98,6 +100,8 @@ pub struct AppState {
     /// One permit per open follow, `max_follows` in all.
     pub follows: Arc<Semaphore>,
     pub followers: Arc<Followers>,
+    /// The process's metrics (see [`crate::metrics::install`]), rendered by `/metrics`.
+    pub metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -120,6 +124,7 @@ impl AppState {
             follows: Arc::new(Semaphore::new(config.max_follows)),
             config: Arc::new(config),
             shutdown,
+            metrics: crate::metrics::install(),
         }
     }
 }
@@ -128,6 +133,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/", get(viewer::index))
         .route("/assets/{name}", get(viewer::asset))
         .route("/processes", get(viewer::list))

@@ -56,4 +56,8 @@ pub trait LiveFeed: Send + Sync + 'static {
 
     /// A short name for logs and readiness: `redis` or `in-process`.
     fn name(&self) -> &'static str;
+
+    /// Sets the feed's gauges (see `crate::metrics`) as of now; called at each scrape
+    /// of `/metrics`. A feed with nothing to report keeps the default.
+    fn record_metrics(&self) {}
 }

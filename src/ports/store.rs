@@ -150,4 +150,8 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// A short name for logs and readiness: `postgres` or `memory`.
     fn name(&self) -> &'static str;
+
+    /// Sets the store's gauges (see `crate::metrics`) as of now; called at each scrape
+    /// of `/metrics`. A store with nothing to report keeps the default.
+    fn record_metrics(&self) {}
 }

@@ -15,6 +15,7 @@ mod follow;
 mod fuzz;
 mod limits;
 mod logs;
+mod metrics;
 mod model;
 mod processes;
 mod redis_faults;

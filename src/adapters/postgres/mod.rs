@@ -264,6 +264,12 @@ impl MessageStore for PostgresStore {
         Ok(())
     }
 
+    fn record_metrics(&self) {
+        let (size, idle) = (self.pool.size(), self.pool.num_idle());
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+        crate::metrics::postgres_pool(size - idle, idle, self.pool.options().get_max_connections());
+    }
+
     fn name(&self) -> &'static str {
         "postgres"
     }

@@ -109,7 +109,7 @@ impl RedisFeed {
             let (commands, health) = (self.commands.clone(), self.health.clone());
             tokio::spawn(async move { send(commands, &health, what, &pipe).await });
         }
-        metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+        crate::metrics::redis_write_failed();
         Err(FeedError(anyhow::anyhow!("{what} skipped: Redis is down")))
     }
 
@@ -203,6 +203,17 @@ impl LiveFeed for RedisFeed {
     fn name(&self) -> &'static str {
         "redis"
     }
+
+    fn record_metrics(&self) {
+        let up = self.health.is_up();
+        crate::metrics::backend_up(self.name(), up);
+        let connected = self
+            .readers
+            .iter()
+            .filter(|r| r.client_id().is_some())
+            .count();
+        crate::metrics::redis_connections(up, connected, self.readers.len());
+    }
 }
 
 async fn send(
@@ -217,7 +228,7 @@ async fn send(
             Ok(())
         }
         Err(error) => {
-            metrics::counter!("agent_stream_redis_write_failures_total").increment(1);
+            crate::metrics::redis_write_failed();
             // A server error (such as a refused ID) means Redis answers.
             if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
                 health.mark_down(what, &error);

@@ -1,0 +1,29 @@
+//! `GET /metrics`: the process's metrics in the Prometheus text format (the list is in
+//! [`crate::metrics`] and the README). Open without a token: it names no process.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+
+/// The Prometheus text exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Reads the gauges that describe a state (pools, backends, degraded follows) as of
+/// now, then renders every metric.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    state.store.record_metrics();
+    state.feed.record_metrics();
+    let open = state
+        .config
+        .max_follows
+        .saturating_sub(state.follows.available_permits());
+    // Every follow polls the store while the feed is down (see `follow::Follower::quiet`).
+    crate::metrics::follows_degraded(if state.feed.is_live() { 0 } else { open });
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        state.metrics.render(),
+    )
+        .into_response()
+}
