@@ -919,6 +919,8 @@ fn last_stream_seq(answer: &[u8]) -> Option<u64> {
 struct Tally {
     /// Follows whose `200` head arrived.
     opened: AtomicUsize,
+    /// Follows answered 503 (busy) and tried again, as EventSource does.
+    open_retries: AtomicUsize,
     /// Messages received, all followers together.
     delivered: AtomicU64,
     notify: Notify,
@@ -1025,15 +1027,26 @@ async fn follow_sse_inner(
     record: bool,
     out: &mut Followed,
 ) -> io::Result<()> {
-    let mut stream = connect(port).await?;
-    stream
-        .write_all(
-            format!("GET /processes/{name}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut raw = Vec::with_capacity(2048);
-    let head = read_head(&mut stream, &mut raw).await?;
+    let mut tries = 0;
+    let (mut stream, mut raw, head) = loop {
+        let mut stream = connect(port).await?;
+        stream
+            .write_all(
+                format!("GET /processes/{name}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut raw = Vec::with_capacity(2048);
+        let head = read_head(&mut stream, &mut raw).await?;
+        // A busy instance says so with a 503; a client tries again a second later.
+        if head.status == 503 && tries < 5 {
+            tries += 1;
+            tally.open_retries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        break (stream, raw, head);
+    };
     if head.status != 200 || !head.chunked {
         let mut body = raw.clone();
         let _ = tokio::time::timeout(Duration::from_millis(200), stream.read_buf(&mut body)).await;
@@ -1804,8 +1817,9 @@ async fn fanout(report: &mut Report) {
     report.note(
         scenario,
         format!(
-            "{FANOUT_FOLLOWERS} follows opened in {:.1} s ({CONNECT_BATCH} at a time); meanwhile PostgreSQL ran {:.0} statements/s ({:.0} transactions/s); {}",
+            "{FANOUT_FOLLOWERS} follows opened in {:.1} s ({CONNECT_BATCH} at a time; {} answered 503 busy and were tried again); meanwhile PostgreSQL ran {:.0} statements/s ({:.0} transactions/s); {}",
             connect_time.as_secs_f64(),
+            tally.open_retries.load(Ordering::SeqCst),
             pg_before_connect.rates(&pg_connected).0,
             pg_before_connect.rates(&pg_connected).1,
             cpu_before_connect.describe(&cpu_connected)
