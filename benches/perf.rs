@@ -1039,7 +1039,7 @@ async fn follow_sse_inner(
         let mut raw = Vec::with_capacity(2048);
         let head = read_head(&mut stream, &mut raw).await?;
         // A busy instance says so with a 503; a client tries again a second later.
-        if head.status == 503 && tries < 5 {
+        if head.status == 503 && tries < 30 {
             tries += 1;
             tally.open_retries.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(1)).await;
