@@ -15,7 +15,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
@@ -25,6 +25,9 @@ use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreErr
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pooled connection idle this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -41,6 +44,18 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            // sqlx pings every connection it hands out, a round trip per call; ping
+            // only one that sat idle a while (a busy connection that broke fails its
+            // call, and the pool drops it).
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy(database_url)
             .context("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)")?;
         Ok(Self { pool })
