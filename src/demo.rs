@@ -81,6 +81,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
+    let tail_token = if token.is_some() {
+        " --token \"$TOKEN\""
+    } else {
+        ""
+    };
     let (intro, bearer, browser) = match &token {
         Some(token) => (
             format!("Auth is on, with a secret made for this run. First, in the other terminal, keep a read token for this process (valid 24 h):\n    TOKEN={token}\n\n"),
@@ -96,6 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream'{bearer} {base}/messages\n\n\
          Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} '{base}/messages?after=10-0'\n\n\
          The process and its status:\n    curl{bearer} {base}\n\n\
+         In a terminal, one line per message (resumes by itself after a drop):\n    cargo run --release -- tail --url http://{address}{tail_token} {process}\n\n\
          {browser}\
          First message in {:?}, then one every {:?}. Ctrl-C stops the server.\n",
         messages.len(),
