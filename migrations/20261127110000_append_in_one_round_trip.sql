@@ -20,6 +20,8 @@ DECLARE
     v_now    timestamptz;
     v_stamp  text;
     n        bigint;
+    v_usual  boolean;
+    v_id     text;
 BEGIN
     -- Locks the row until commit: concurrent appends to one process take turns, so seqs
     -- are gap-free and commit in order. The clock is read once the lock is held, so
@@ -35,9 +37,20 @@ BEGIN
     -- The usual case, in two short statements: the process is running and every
     -- message is new (no id stored, none repeated in the batch).
     n := cardinality(p_ids);
-    IF v_status = 'running'
-       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.process_id = p_process AND m.id = ANY (p_ids))
-       AND (n = 1 OR n = (SELECT count(DISTINCT x) FROM unnest(p_ids) AS x)) THEN
+    -- Each id is probed on its own, by both columns of the (process_id, id) index: in
+    -- a generic plan, a probe for a whole array can come out as a scan of every message
+    -- of the process.
+    v_usual := v_status = 'running'
+               AND (n = 1 OR n = (SELECT count(DISTINCT x) FROM unnest(p_ids) AS x));
+    IF v_usual THEN
+        FOREACH v_id IN ARRAY p_ids LOOP
+            IF EXISTS (SELECT 1 FROM messages m WHERE m.process_id = p_process AND m.id = v_id) THEN
+                v_usual := false;
+                EXIT;
+            END IF;
+        END LOOP;
+    END IF;
+    IF v_usual THEN
         INSERT INTO messages (process_id, seq, id, body)
         SELECT p_process, v_last + t.i, t.id,
                t.head || ',"stream_id":"' || (v_last + t.i) || '-0","created_at":"' || v_stamp || '"}'
@@ -53,8 +66,8 @@ BEGIN
         SELECT t.i, t.id, t.head
         FROM unnest(p_ids, p_heads) WITH ORDINALITY AS t (id, head, i)
     ), stored AS (
-        SELECT m.id, m.seq FROM messages m
-        WHERE m.process_id = p_process AND m.id = ANY (p_ids)
+        SELECT DISTINCT m.id, m.seq FROM unnest(p_ids) AS x (id)
+        JOIN messages m ON m.process_id = p_process AND m.id = x.id
     ), fresh AS (
         SELECT f.id, f.i, f.head, v_last + row_number() OVER (ORDER BY f.i) AS seq
         FROM (
