@@ -180,13 +180,7 @@ impl StatusCache {
 enum Mode {
     /// Reading pages from the store until a short page.
     CatchUp,
-    /// To ask the store how far the process goes and whether it is finished; `fresh`
-    /// when the answer decides something at once, else a shared recent read will do.
-    /// The look then runs while the follower waits on the feed.
-    Check {
-        fresh: bool,
-    },
-    /// Waiting on the feed (and on the look under way, if any).
+    /// Waiting on the feed, and on the look at the store under way, if any.
     Live,
     Done,
 }
@@ -246,13 +240,11 @@ impl Follower {
                     .await?;
                     metrics::catch_up_page(page.len());
                     if page.len() < limit {
-                        self.mode = Mode::Check { fresh: true };
+                        // Caught up: whether the process is finished decides what next.
+                        self.start_look(true);
+                        self.mode = Mode::Live;
                     }
                     self.pending.extend(page);
-                }
-                Mode::Check { fresh } => {
-                    self.start_look(fresh);
-                    self.mode = Mode::Live;
                 }
                 Mode::Live => self.wait_live().await?,
                 Mode::Done => return None,
@@ -260,8 +252,9 @@ impl Follower {
         }
     }
 
-    /// Starts a look at the process's status (replacing one under way: its answer is
-    /// no longer wanted).
+    /// Starts a look at how far the process goes and whether it is finished (replacing
+    /// one under way: its answer is no longer wanted). `fresh` when the answer decides
+    /// something at once, else a shared recent read will do.
     fn start_look(&mut self, fresh: bool) {
         let cancel = self.shutdown.child_token();
         let answer = tokio::spawn(status(
@@ -336,7 +329,7 @@ impl Follower {
         };
         match event {
             None if Instant::now() < self.heard_at + quiet && self.shared.feed.is_live() => {}
-            None => self.mode = Mode::Check { fresh: false },
+            None => self.start_look(false),
             Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
                 self.heard_at = Instant::now();
                 self.delays.message(self.heard_at, &message.json);
@@ -353,10 +346,10 @@ impl Follower {
                 metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
-            Some(Ok(FeedEvent::End { .. })) => self.mode = Mode::Check { fresh: true },
+            Some(Ok(FeedEvent::End { .. })) => self.start_look(true),
             Some(Err(RecvError::Closed)) => {
                 self.subscription = self.shared.feed.subscribe(&self.process, self.last);
-                self.mode = Mode::Check { fresh: true };
+                self.start_look(true);
             }
         }
         Some(())
@@ -395,8 +388,8 @@ async fn status(
 }
 
 /// Runs a store call, holding one of the followers' read permits, until it succeeds or
-/// `shutdown` is cancelled (`None`), backing off
-/// while the store is unavailable: a follower waits for the store rather than failing.
+/// `shutdown` is cancelled (`None`), backing off while the store is unavailable: a
+/// follower waits for the store rather than failing.
 async fn retry<'a, T>(
     shutdown: &CancellationToken,
     reads: &Semaphore,
