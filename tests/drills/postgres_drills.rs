@@ -74,12 +74,7 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
     rig.pg.launch();
     let restarted_at = Instant::now();
     checks.check(
-        wait_for(Duration::from_secs(15), || {
-            appender.count_where(|r| {
-                r.sent >= restarted_at && matches!(r.outcome, Outcome::Created { .. })
-            }) >= 3
-        })
-        .await,
+        Rig::appends_created_again(&appender, restarted_at, Duration::from_secs(15)).await,
         "the service recovers without a restart: appends are answered 201 again",
     );
     checks.check_result(
@@ -90,16 +85,14 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = appender.max_seq();
-    checks.check(
-        wait_for(Duration::from_secs(10), || {
-            Rig::min_received(&followers) >= after
-        })
-        .await,
-        format!(
-            "open follows continue after PostgreSQL is back (up to seq {after}): {}",
-            Rig::received_summary(&followers)
-        ),
-    );
+    Rig::check_followers_reach(
+        &mut checks,
+        &followers,
+        after,
+        Duration::from_secs(10),
+        "open follows continue after PostgreSQL is back",
+    )
+    .await;
     for follower in &followers {
         follower.with_state(|state| {
             checks.check(

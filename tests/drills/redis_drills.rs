@@ -79,16 +79,14 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = appender.max_seq();
-    checks.check(
-        wait_for(Duration::from_secs(5), || {
-            Rig::min_received(&followers) >= after
-        })
-        .await,
-        format!(
-            "followers receive after Redis is back (up to seq {after}): {}",
-            Rig::received_summary(&followers)
-        ),
-    );
+    Rig::check_followers_reach(
+        &mut checks,
+        &followers,
+        after,
+        Duration::from_secs(5),
+        "followers receive after Redis is back",
+    )
+    .await;
 
     let records = appender.stop().await;
     let not_created: Vec<_> = records
@@ -179,16 +177,14 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
     );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = appender.max_seq();
-    checks.check(
-        wait_for(Duration::from_secs(5), || {
-            Rig::min_received(&followers) >= after
-        })
-        .await,
-        format!(
-            "followers receive after Redis started (up to seq {after}): {}",
-            Rig::received_summary(&followers)
-        ),
-    );
+    Rig::check_followers_reach(
+        &mut checks,
+        &followers,
+        after,
+        Duration::from_secs(5),
+        "followers receive after Redis started",
+    )
+    .await;
 
     let records = appender.stop().await;
     checks.check(

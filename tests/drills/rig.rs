@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::client::{
     process_id, verify_appends, verify_exact, wait_for, Api, AppendRecord, Appender,
-    AppenderConfig, Attempt, FollowSpec, FollowState, Follower, Format,
+    AppenderConfig, Attempt, FollowSpec, FollowState, Follower, Format, Outcome,
 };
 use crate::instances::{Postgres, Redis, Server};
 
@@ -238,6 +238,40 @@ impl Rig {
 
     pub fn min_received(followers: &[Follower]) -> u64 {
         followers.iter().map(Follower::last_seq).min().unwrap_or(0)
+    }
+
+    /// Whether at least three appends sent at or after `since` are answered 201 within
+    /// `within`: the service takes appends again.
+    pub async fn appends_created_again(
+        appender: &Appender,
+        since: Instant,
+        within: Duration,
+    ) -> bool {
+        wait_for(within, || {
+            appender
+                .count_where(|r| r.sent >= since && matches!(r.outcome, Outcome::Created { .. }))
+                >= 3
+        })
+        .await
+    }
+
+    /// Checks that every follower receives up to `seq` within `within`; `what` says
+    /// when, for the failure.
+    pub async fn check_followers_reach(
+        checks: &mut Checks,
+        followers: &[Follower],
+        seq: u64,
+        within: Duration,
+        what: &str,
+    ) {
+        let reached = wait_for(within, || Self::min_received(followers) >= seq).await;
+        checks.check(
+            reached,
+            format!(
+                "{what} (up to seq {seq}): {}",
+                Self::received_summary(followers)
+            ),
+        );
     }
 
     pub fn received_summary(followers: &[Follower]) -> String {

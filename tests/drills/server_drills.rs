@@ -23,26 +23,19 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
     rig.server.launch();
     let restarted_at = Instant::now();
     checks.check(
-        wait_for(Duration::from_secs(10), || {
-            appender.count_where(|r| {
-                r.sent >= restarted_at && matches!(r.outcome, Outcome::Created { .. })
-            }) >= 3
-        })
-        .await,
+        Rig::appends_created_again(&appender, restarted_at, Duration::from_secs(10)).await,
         "appends are answered 201 again after the restart",
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = appender.max_seq();
-    checks.check(
-        wait_for(Duration::from_secs(10), || {
-            Rig::min_received(&followers) >= after
-        })
-        .await,
-        format!(
-            "followers resume after the restart (up to seq {after}): {}",
-            Rig::received_summary(&followers)
-        ),
-    );
+    Rig::check_followers_reach(
+        &mut checks,
+        &followers,
+        after,
+        Duration::from_secs(10),
+        "followers resume after the restart",
+    )
+    .await;
     for follower in &followers {
         let (connections, breaks) = follower.with_state(|s| (s.connections, s.breaks.len()));
         checks.check(
@@ -189,26 +182,19 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     rig.server.launch();
     let restarted_at = Instant::now();
     checks.check(
-        wait_for(Duration::from_secs(10), || {
-            appender.count_where(|r| {
-                r.sent >= restarted_at && matches!(r.outcome, Outcome::Created { .. })
-            }) >= 3
-        })
-        .await,
+        Rig::appends_created_again(&appender, restarted_at, Duration::from_secs(10)).await,
         "appends are answered 201 again after the restart",
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = appender.max_seq();
-    checks.check(
-        wait_for(Duration::from_secs(10), || {
-            Rig::min_received(&followers) >= after
-        })
-        .await,
-        format!(
-            "followers resume on the restarted server (up to seq {after}): {}",
-            Rig::received_summary(&followers)
-        ),
-    );
+    Rig::check_followers_reach(
+        &mut checks,
+        &followers,
+        after,
+        Duration::from_secs(10),
+        "followers resume on the restarted server",
+    )
+    .await;
 
     let mut records = appender.stop().await;
     checks.note(format!(
