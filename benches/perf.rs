@@ -1293,6 +1293,37 @@ fn with_stream_id(message: &str, seq: u64) -> String {
     format!("{open},\"stream_id\":\"{seq}-0\"}}")
 }
 
+/// The raw baseline's append: a bare `INSERT` (autocommit) into `perf.messages`, then
+/// the `XADD` agent-stream would make.
+async fn raw_append(
+    env: &Env,
+    redis: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    stream_key: &str,
+    seq: u64,
+    body: &str,
+) {
+    sqlx::query("INSERT INTO perf.messages (process_id, seq, id, body) VALUES ($1, $2, $3, $4)")
+        .bind(key)
+        .bind(seq as i64)
+        .bind(format!("{key}-{seq}"))
+        .bind(body)
+        .execute(&env.db)
+        .await
+        .expect("raw INSERT");
+    let _: String = redis::cmd("XADD")
+        .arg(stream_key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(1000)
+        .arg(format!("{seq}-0"))
+        .arg("message")
+        .arg(body)
+        .query_async(redis)
+        .await
+        .expect("raw XADD");
+}
+
 /// The floor of fan-out on this machine: `INSERT` + `XADD` → one raw `XREAD BLOCK`
 /// reader in this process, which writes each entry as an SSE frame (one chunk) to
 /// `followers` plain TCP connections in turn, read by the same lean SSE clients as the
@@ -1394,27 +1425,7 @@ async fn raw_fanout_latency(
     for seq in 1..=total {
         let body = with_stream_id(&message(key, seq), seq);
         let started = Instant::now();
-        sqlx::query(
-            "INSERT INTO perf.messages (process_id, seq, id, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key)
-        .bind(seq as i64)
-        .bind(format!("{key}-{seq}"))
-        .bind(&body)
-        .execute(&env.db)
-        .await
-        .expect("raw INSERT");
-        let _: String = redis::cmd("XADD")
-            .arg(&stream_key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(1000)
-            .arg(format!("{seq}-0"))
-            .arg("message")
-            .arg(&body)
-            .query_async(&mut writer)
-            .await
-            .expect("raw XADD");
+        raw_append(env, &mut writer, key, &stream_key, seq, &body).await;
         sent.push(started);
         if !tally
             .wait_delivered(seq * followers as u64, Duration::from_secs(10))
@@ -1536,27 +1547,7 @@ async fn raw_latency(env: &Env, key: &str, samples: u64) -> Vec<Duration> {
     for seq in 1..=total {
         let body = with_stream_id(&message(key, seq), seq);
         let started = Instant::now();
-        sqlx::query(
-            "INSERT INTO perf.messages (process_id, seq, id, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key)
-        .bind(seq as i64)
-        .bind(format!("{key}-{seq}"))
-        .bind(&body)
-        .execute(&env.db)
-        .await
-        .expect("raw INSERT");
-        let _: String = redis::cmd("XADD")
-            .arg(&stream_key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(1000)
-            .arg(format!("{seq}-0"))
-            .arg("message")
-            .arg(&body)
-            .query_async(&mut writer)
-            .await
-            .expect("raw XADD");
+        raw_append(env, &mut writer, key, &stream_key, seq, &body).await;
         match tokio::time::timeout(Duration::from_secs(5), receiver.recv()).await {
             Ok(Some((got, at))) if got == seq => {
                 if seq > LATENCY_WARMUP {
