@@ -12,6 +12,8 @@
 //! from [`config`]. [`auth`] checks the tokens that say who may read and write which
 //! processes. [`metrics`] names what `/metrics` reports.
 
+#![forbid(unsafe_code)]
+
 pub mod adapters;
 pub mod auth;
 pub mod cli;
