@@ -1462,6 +1462,8 @@ async fn write_path_breakdown(env: &Env, samples: u64) -> (Vec<Duration>, Vec<Du
         redis_prefix: String::new(),
         stream_maxlen: 1000,
         finished_stream_ttl: Duration::from_secs(3600),
+        running_stream_ttl: Duration::from_secs(3600),
+        stream_inline_bytes: 64 * 1024,
         redis_readers: 1,
         database_timeout: Duration::from_secs(5),
         database_max_connections: 4,

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::auth::AuthConfig;
 use crate::follow::FollowConfig;
-use crate::http::HttpConfig;
+use crate::http::{connections, HttpConfig};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
@@ -35,6 +35,17 @@ pub struct BackendConfig {
     /// How long a finished process's Redis stream is kept (`EXPIRE`), e.g. `1h`, `30m`.
     #[arg(long, env = "AGENT_STREAM_FINISHED_STREAM_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub finished_stream_ttl: Duration,
+
+    /// How long a running process's Redis stream is kept after its last append
+    /// (`EXPIRE`, refreshed by each append), so an abandoned process's stream goes.
+    #[arg(long, env = "AGENT_STREAM_RUNNING_STREAM_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub running_stream_ttl: Duration,
+
+    /// Largest message, in bytes of its JSON, that goes through Redis whole; a larger
+    /// one goes as its seq alone and followers read it from PostgreSQL. A stream then
+    /// holds at most --stream-maxlen times this many bytes of messages.
+    #[arg(long, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = 64 * 1024)]
+    pub stream_inline_bytes: usize,
 
     /// Redis connections that read streams (each blocks in one XREAD for many
     /// processes), so connections stay bounded however many clients follow.
@@ -110,6 +121,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENT_STREAM_MAX_FOLLOWS", default_value_t = 10_000)]
     pub max_follows: usize,
 
+    /// Follows one token may have open at once on this instance, at most; past it, a
+    /// 429 (so one token cannot take every --max-follows slot).
+    #[arg(long, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = crate::http::MAX_FOLLOWS_PER_TOKEN)]
+    pub max_follows_per_token: usize,
+
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
     #[arg(long, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -131,6 +147,23 @@ pub struct ServeConfig {
     /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
     #[arg(long, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = 128 * 1024)]
     pub tcp_unsent_bytes: u32,
+
+    /// Connections open at once, at most; past it, a new connection is closed at once.
+    /// Default: the descriptor limit (`ulimit -n`) less room for the PostgreSQL and
+    /// Redis connections and 64 more.
+    #[arg(long, env = "AGENT_STREAM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
+    /// and HTTP/2 alike). A connection that has not started a request within
+    /// --header-read-timeout of being accepted is closed then.
+    #[arg(long, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
+    /// one within as long is closed.
+    #[arg(long, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keep_alive: Duration,
 
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -177,6 +210,10 @@ impl BackendConfig {
             self.finished_stream_ttl >= Duration::from_secs(1),
             "--finished-stream-ttl must be at least 1s"
         );
+        anyhow::ensure!(
+            self.running_stream_ttl >= Duration::from_secs(1),
+            "--running-stream-ttl must be at least 1s"
+        );
         Ok(())
     }
 }
@@ -218,6 +255,10 @@ impl ServeConfig {
         );
         anyhow::ensure!(self.max_follows >= 1, "--max-follows must be at least 1");
         anyhow::ensure!(
+            self.max_follows_per_token >= 1,
+            "--max-follows-per-token must be at least 1"
+        );
+        anyhow::ensure!(
             self.request_timeout >= Duration::from_millis(100),
             "--request-timeout must be at least 100ms"
         );
@@ -237,7 +278,44 @@ impl ServeConfig {
             self.tcp_unsent_bytes >= 16 * 1024,
             "--tcp-unsent-bytes must be at least 16384"
         );
+        anyhow::ensure!(
+            self.max_connections.is_none_or(|max| max >= 1),
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.idle_timeout >= Duration::from_millis(100),
+            "--idle-timeout must be at least 100ms"
+        );
+        anyhow::ensure!(
+            self.http2_keep_alive >= Duration::from_secs(1),
+            "--http2-keep-alive must be at least 1s"
+        );
         Ok(())
+    }
+
+    /// Connections to serve at once: `--max-connections`, but never more than the
+    /// descriptor limit leaves once the store's and Redis's connections have theirs.
+    pub fn max_connections(&self) -> usize {
+        let backend = &self.backend;
+        let redis = if backend.redis_url().is_some() {
+            backend.redis_readers + 1
+        } else {
+            0
+        };
+        let database = if backend.database_url().is_some() {
+            backend.database_max_connections as usize
+        } else {
+            0
+        };
+        let room = connections::connections_for(connections::headroom(database, redis));
+        match self.max_connections {
+            Some(max) if max > room => {
+                tracing::warn!(asked = max, serving = room, "--max-connections is more than the descriptor limit (ulimit -n) leaves room for: serving at most {room}; raise the limit to serve more");
+                room
+            }
+            Some(max) => max,
+            None => room,
+        }
     }
 
     /// The HTTP configuration, without auth: the caller sets `auth` from
@@ -248,12 +326,16 @@ impl ServeConfig {
             max_body_bytes: self.max_body_bytes,
             max_batch_messages: self.max_batch_messages,
             max_follows: self.max_follows,
+            max_follows_per_token: self.max_follows_per_token,
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             shutdown_grace: self.shutdown_grace,
             write_timeout: self.write_timeout,
             tcp_unsent_bytes: self.tcp_unsent_bytes,
+            max_connections: self.max_connections(),
+            idle_timeout: self.idle_timeout,
+            http2_keep_alive: self.http2_keep_alive,
             heartbeat: self.heartbeat,
             follow: FollowConfig {
                 page_size: self.catch_up_page,
@@ -264,6 +346,7 @@ impl ServeConfig {
                 store_reads: (self.backend.database_max_connections as usize / 2).max(1),
             },
             auth: None,
+            only_loopback_hosts: self.auth.no_auth,
         }
     }
 }

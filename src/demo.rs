@@ -12,7 +12,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Minter, Processes, Scope, Verifier};
+use crate::auth::{Minter, Processes, Scope};
 use crate::config::ServeConfig;
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
 use crate::http::HttpConfig;
@@ -50,7 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let http = HttpConfig {
         auth: secret
             .as_ref()
-            .map(|secret| Arc::new(Verifier::new(secret))),
+            .map(|secret| Arc::new(args.serve.auth.verifier_for(secret))),
         ..args.serve.http()
     };
     let backends = Backends::connect(&args.serve.backend).await?;

@@ -346,6 +346,12 @@ impl Follower {
                 metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
+            // Too large for the feed: the store has it, and everything before it.
+            Some(Ok(FeedEvent::Stored { seq })) if seq > self.last => {
+                self.heard_at = Instant::now();
+                self.mode = Mode::CatchUp;
+            }
+            Some(Ok(FeedEvent::Stored { .. })) => {}
             Some(Ok(FeedEvent::End { .. })) => self.start_look(true),
             Some(Err(RecvError::Closed)) => {
                 self.subscription = self.shared.feed.subscribe(&self.process, self.last);

@@ -61,6 +61,15 @@ pub const REDIS_CONNECTIONS: &str = "agent_stream_redis_connections";
 /// Gauge: the Redis readers configured, each with at most one connection.
 pub const REDIS_READERS: &str = "agent_stream_redis_readers";
 
+/// Counter: connections closed at once because --max-connections were open.
+pub const CONNECTIONS_REFUSED: &str = "agent_stream_connections_refused_total";
+/// Counter: connections closed because no request was in flight for their time limit.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "agent_stream_connections_idle_closed_total";
+
+/// Counter: Redis entries dropped because they carry another store's epoch (another
+/// deployment's, or a recreated database's; adr/0007).
+pub const REDIS_FOREIGN_ENTRIES: &str = "agent_stream_redis_foreign_entries_total";
+
 /// Histogram buckets of every `_seconds` metric: half a millisecond to ten seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -162,6 +171,18 @@ fn describe() {
         REDIS_CONNECTIONS,
         "Redis connections open, by role (command: the shared one, counted while Redis answers; reader: blocking XREAD connections)."
     );
+    describe_counter!(
+        REDIS_FOREIGN_ENTRIES,
+        "Redis entries not delivered because they carry another store's epoch (another deployment on the same Redis and prefix, or a database since recreated)."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as soon as accepted, because --max-connections were open."
+    );
+    describe_counter!(
+        CONNECTIONS_IDLE_CLOSED,
+        "Connections closed for sending no request in time (--header-read-timeout from accept, --idle-timeout after a request)."
+    );
     describe_gauge!(
         REDIS_READERS,
         "Redis readers configured, each holding at most one connection."
@@ -186,6 +207,9 @@ fn start_at_zero() {
         LAGGED,
         MESSAGES_APPENDED,
         REDIS_WRITE_FAILURES,
+        CONNECTIONS_REFUSED,
+        CONNECTIONS_IDLE_CLOSED,
+        REDIS_FOREIGN_ENTRIES,
     ] {
         ::metrics::counter!(counter).increment(0);
     }
@@ -302,6 +326,21 @@ fn append_outcome(error: &StoreError) -> &'static str {
 /// A Redis write failed, or was skipped while Redis is down.
 pub fn redis_write_failed() {
     ::metrics::counter!(REDIS_WRITE_FAILURES).increment(1);
+}
+
+/// A Redis entry of another store's epoch was read and dropped.
+pub fn foreign_entry() {
+    ::metrics::counter!(REDIS_FOREIGN_ENTRIES).increment(1);
+}
+
+/// A connection was closed as soon as accepted: the server was at its cap.
+pub fn connection_refused() {
+    ::metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A connection was closed for sending no request in time.
+pub fn connection_closed_idle() {
+    ::metrics::counter!(CONNECTIONS_IDLE_CLOSED).increment(1);
 }
 
 /// Whether `backend` (a port's `name()`) answers, as last seen.

@@ -2,6 +2,7 @@
 //! server on a bound listener until a shutdown future resolves.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -9,16 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::adapters::health::{Health, TrackedStore};
 use crate::adapters::memory::{InProcessFeed, MemoryStore};
 use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
 use crate::config::{redact, BackendConfig};
+use crate::http::connections::{self, Activity, ConnectionCap, Lifetime, Tracked};
 use crate::http::{router, AppState, HttpConfig, WriteTimeout, MAX_HEADER_FIELDS};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -57,7 +59,13 @@ impl Backends {
                 redact(database_url)
             )
         })?;
-        tracing::info!(database = %redact(database_url), "PostgreSQL store ready (migrations applied)");
+        let epoch = store.epoch().await.with_context(|| {
+            format!(
+                "could not read the store's epoch from PostgreSQL at {}",
+                redact(database_url)
+            )
+        })?;
+        tracing::info!(database = %redact(database_url), epoch = epoch.as_str(), "PostgreSQL store ready (migrations applied)");
         let feed: Arc<dyn LiveFeed> = match config.redis_url() {
             Some(redis_url) => {
                 let feed = RedisFeed::connect_lazy(RedisFeedConfig {
@@ -65,6 +73,9 @@ impl Backends {
                     prefix: config.redis_prefix.clone(),
                     stream_maxlen: config.stream_maxlen,
                     finished_ttl: config.finished_stream_ttl,
+                    running_ttl: config.running_stream_ttl,
+                    inline_bytes: config.stream_inline_bytes,
+                    epoch,
                     readers: config.redis_readers,
                     follower_buffer: config.follower_buffer,
                 })?;
@@ -106,7 +117,9 @@ impl Backends {
 /// The connection loop is hyper's own rather than `axum::serve`, for what axum does not
 /// expose: a time limit on reading a request's headers (so a client that sends them
 /// slowly cannot hold a connection) and hard limits on their size and count, set at
-/// twice (ten times for the count) the limits the router answers in JSON.
+/// twice (ten times for the count) the limits the router answers in JSON; a cap on
+/// connections and limits on how long one may sit without a request (see
+/// [`connections`]); HTTP/2 keep-alive pings.
 pub async fn serve(
     listener: TcpListener,
     backends: Backends,
@@ -120,6 +133,13 @@ pub async fn serve(
         config.max_header_bytes,
     );
     let (write_timeout, tcp_unsent_bytes) = (config.write_timeout, config.tcp_unsent_bytes);
+    let cap = ConnectionCap::new(config.max_connections);
+    let lifetime = Lifetime {
+        first_request: header_read_timeout,
+        idle: config.idle_timeout,
+        close_grace: grace,
+    };
+    let keep_alive = config.http2_keep_alive;
     let app = router(AppState::new(
         backends.store,
         backends.feed,
@@ -137,10 +157,12 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(keep_alive))
+        .keep_alive_timeout(keep_alive)
         .max_header_list_size(
             u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
-    let connections = GracefulShutdown::new();
+    let (connections, close_connections) = (TaskTracker::new(), CancellationToken::new());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -155,23 +177,43 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Past the cap, close at once: the descriptor comes straight back, and the
+        // client learns now rather than after waiting in the backlog.
+        let Some(slot) = cap.admit() else {
+            crate::metrics::connection_refused();
+            tracing::debug!(%peer, "connection refused: at --max-connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         limit_unsent(&stream, tcp_unsent_bytes);
         let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
+        let activity = Arc::new(Activity::default());
+        let service = TowerToHyperService::new(Tracked {
+            inner: app.clone(),
+            activity: activity.clone(),
+        });
         let connection = builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let close = close_connections.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let graceful = |connection: Pin<&mut _>| {
+                hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(connection)
+            };
+            let ended = connections::drive(connection, graceful, activity, lifetime, close).await;
+            if let Some(Err(error)) = ended {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }
         });
     }
     drop(listener);
     stop_follows.cancel();
+    close_connections.cancel();
+    connections.close();
     tokio::select! {
-        _ = connections.shutdown() => tracing::info!("all connections closed"),
+        _ = connections.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace ran out: closing the connections still open"),
     }
     Ok(())

@@ -60,7 +60,7 @@ impl SecretArgs {
 }
 
 /// The auth flags of `serve` and `demo`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -74,6 +74,11 @@ pub struct AuthConfig {
     /// (a proxy that authenticates, a private network) decides who gets in.
     #[arg(long, env = "AGENT_STREAM_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+
+    /// Longest token lifetime accepted: a token whose `exp` lies further ahead is
+    /// refused (401), e.g. `30d`, `12h`.
+    #[arg(long, env = "AGENT_STREAM_MAX_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_token_ttl: Duration,
 }
 
 const NO_SECRET: &str = "no auth secret: set --auth-secret (or AGENT_STREAM_AUTH_SECRET; at least 32 bytes, e.g. `openssl rand -hex 32`) or --auth-secret-file, and mint tokens with `agent-stream token`. To serve without auth, pass --no-auth (loopback addresses only) or --insecure-no-auth (any address)";
@@ -83,11 +88,16 @@ impl AuthConfig {
     /// disabled and may be there. Errors name the flags that fix them.
     pub fn verifier(&self, listen: SocketAddr) -> anyhow::Result<Option<Arc<Verifier>>> {
         if let Some(secret) = self.given_secret()? {
-            return Ok(Some(Arc::new(Verifier::new(&secret))));
+            return Ok(Some(Arc::new(self.verifier_for(&secret))));
         }
         anyhow::ensure!(self.no_auth || self.insecure_no_auth, NO_SECRET);
         self.check_open(listen)?;
         Ok(None)
+    }
+
+    /// The verifier of tokens signed with `secret`, with this configuration's limits.
+    pub fn verifier_for(&self, secret: &Secret) -> Verifier {
+        Verifier::new(secret).with_max_ttl(self.max_token_ttl)
     }
 
     /// The secret `demo` serves with: the one given, none when auth was explicitly

@@ -1,7 +1,9 @@
 //! The shared secret, and tokens made and checked with it. The algorithm is pinned to
 //! HS256: a token whose header names another (`none`, `RS256`, `HS512`, …) is refused
-//! before its signature is looked at. `jsonwebtoken` compares HMACs in constant time
-//! (RustCrypto's `Mac::verify_slice`), so timing tells nothing about the secret.
+//! before its signature is looked at, and so is one with a `crit` header (extensions
+//! this service does not implement, which RFC 7515 §4.1.11 says must then be refused).
+//! `jsonwebtoken` compares HMACs in constant time (RustCrypto's `Mac::verify_slice`),
+//! so timing tells nothing about the secret.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +16,12 @@ use super::AuthError;
 
 /// Shortest secret accepted: HS256's own output size (RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
+/// Least material a secret must have, estimated as its length times log2 of the number
+/// of distinct bytes in it (an upper bound of its entropy): 32 bytes of 16 different
+/// characters (hex) are just enough, 32 spaces or `abab…` are not.
+pub const MIN_SECRET_BITS: f64 = 128.0;
+/// Default of `--max-token-ttl`: a token whose `exp` lies further ahead is refused.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Clock skew allowed between the minting and the checking machine.
 pub const LEEWAY: Duration = Duration::from_secs(30);
 const ALGORITHM: Algorithm = Algorithm::HS256;
@@ -27,6 +35,23 @@ impl Secret {
         let bytes = bytes.into();
         if bytes.len() < MIN_SECRET_BYTES {
             return Err(AuthError::SecretTooShort(bytes.len()));
+        }
+        let mut seen = [false; 256];
+        for byte in &bytes {
+            seen[usize::from(*byte)] = true;
+        }
+        let distinct = seen.iter().filter(|seen| **seen).count();
+        if distinct == 1 {
+            return Err(AuthError::SecretTooWeak(
+                "it is one byte repeated".to_owned(),
+            ));
+        }
+        let bits = bytes.len() as f64 * (distinct as f64).log2();
+        if bits < MIN_SECRET_BITS {
+            return Err(AuthError::SecretTooWeak(format!(
+                "{} bytes of only {distinct} different values hold at most {bits:.0} bits, under {MIN_SECRET_BITS}",
+                bytes.len()
+            )));
         }
         Ok(Self(bytes))
     }
@@ -48,10 +73,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Checks tokens: HS256 only, signature, then `exp` (required) and `nbf`, then claims.
+/// Checks tokens: HS256 only and no `crit`, signature, then `exp` (required, and at
+/// most `max_ttl` ahead) and `nbf`, then claims.
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_ttl: Duration,
 }
 
 impl Verifier {
@@ -65,7 +92,15 @@ impl Verifier {
         Self {
             key: DecodingKey::from_secret(&secret.0),
             validation,
+            max_ttl: MAX_TOKEN_TTL,
         }
+    }
+
+    /// Refuses tokens whose `exp` lies more than `max_ttl` ahead (default
+    /// [`MAX_TOKEN_TTL`]): a token that never expires cannot be taken back.
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -84,7 +119,13 @@ impl Verifier {
                 header.alg
             )));
         }
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed(
+                "its header has `crit`, naming extensions this service does not implement"
+                    .to_owned(),
+            ));
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.into_kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -98,7 +139,16 @@ impl Verifier {
                     AuthError::InvalidClaims(format!("{claim} has the wrong type"))
                 }
                 other => AuthError::Malformed(format!("{other:?}")),
-            })
+            })?;
+        let latest = jsonwebtoken::get_current_timestamp()
+            .saturating_add(self.max_ttl.as_secs())
+            .saturating_add(LEEWAY.as_secs());
+        if claims.exp > latest {
+            return Err(AuthError::LifetimeTooLong {
+                max_days: self.max_ttl.as_secs() / (24 * 3600),
+            });
+        }
+        Ok(claims)
     }
 }
 
@@ -151,8 +201,14 @@ mod tests {
     use super::*;
     use crate::domain::ProcessId;
 
-    fn secret(fill: u8) -> Secret {
-        Secret::new(vec![fill; MIN_SECRET_BYTES]).unwrap()
+    /// A valid secret, different for each `seed`.
+    fn secret(seed: u8) -> Secret {
+        Secret::new(
+            (0..MIN_SECRET_BYTES as u8)
+                .map(|i| i ^ seed)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
     }
 
     fn only(id: &str) -> Processes {
@@ -216,7 +272,7 @@ mod tests {
                 nbf: None,
                 sub: None,
             },
-            &EncodingKey::from_secret(&[1; MIN_SECRET_BYTES]),
+            &EncodingKey::from_secret(&secret(1).0),
         )
         .unwrap();
         assert!(
@@ -226,6 +282,54 @@ mod tests {
             verifier.verify("garbage"),
             Err(AuthError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn secrets_of_one_repeated_byte_or_little_variety_are_refused() {
+        assert_eq!(
+            Secret::new(vec![b' '; 32]).unwrap_err(),
+            AuthError::SecretTooWeak("it is one byte repeated".to_owned())
+        );
+        assert!(matches!(
+            Secret::new(b"abababababababababababababababab".to_vec()),
+            Err(AuthError::SecretTooWeak(why)) if why.contains("2 different")
+        ));
+        assert!(Secret::new(b"0123456789abcdef0123456789abcdef".to_vec()).is_ok());
+    }
+
+    #[test]
+    fn tokens_with_a_crit_header_or_a_lifetime_past_the_maximum_are_refused() {
+        let verifier = Verifier::new(&secret(1)).with_max_ttl(Duration::from_secs(3600));
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |exp| Claims {
+            processes: only("p1"),
+            scope: Scope::Read,
+            exp,
+            iat: None,
+            nbf: None,
+            sub: None,
+        };
+        let key = EncodingKey::from_secret(&secret(1).0);
+        let mut critical = Header::new(ALGORITHM);
+        critical.crit = Some(vec!["b64".to_owned()]);
+        let token = jsonwebtoken::encode(&critical, &claims(now + 60), &key).unwrap();
+        assert!(
+            matches!(verifier.verify(&token), Err(AuthError::Malformed(m)) if m.contains("crit"))
+        );
+
+        let minter = Minter::new(&secret(1));
+        let forever = minter.sign(&claims(u64::MAX)).unwrap();
+        assert_eq!(
+            verifier.verify(&forever),
+            Err(AuthError::LifetimeTooLong { max_days: 0 })
+        );
+        let two_hours = minter.sign(&claims(now + 7200)).unwrap();
+        assert!(matches!(
+            verifier.verify(&two_hours),
+            Err(AuthError::LifetimeTooLong { .. })
+        ));
+        let within = minter.sign(&claims(now + 3000)).unwrap();
+        assert!(verifier.verify(&within).is_ok());
     }
 
     #[test]

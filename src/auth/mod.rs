@@ -16,7 +16,7 @@ pub mod keys;
 
 pub use claims::{Claims, Grant, Processes, Scope};
 pub use config::{AuthConfig, SecretArgs, TokenArgs};
-pub use keys::{Minter, Secret, Verifier, MIN_SECRET_BYTES};
+pub use keys::{Minter, Secret, Verifier, MAX_TOKEN_TTL, MIN_SECRET_BITS, MIN_SECRET_BYTES};
 
 /// Why a token was refused or could not be made. Every variant is the caller's (or
 /// the operator's) to fix, so each message says what is wrong.
@@ -36,6 +36,10 @@ pub enum AuthError {
     InvalidClaims(String),
     #[error("the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) must be at least {MIN_SECRET_BYTES} bytes, not {0}; generate one with e.g. `openssl rand -hex 32`")]
     SecretTooShort(usize),
+    #[error("the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) has too little variety: {0}. Generate one with e.g. `openssl rand -hex 32`")]
+    SecretTooWeak(String),
+    #[error("the token is valid for longer than this service accepts ({max_days} days, --max-token-ttl): mint one with a shorter --ttl")]
+    LifetimeTooLong { max_days: u64 },
     #[error("could not sign the token: {0}")]
     Signing(String),
 }

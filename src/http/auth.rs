@@ -12,6 +12,8 @@
 //! protected call is a 401, with one that does not cover the process a 403, known or
 //! not.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
@@ -21,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cookie::{Cookie, SameSite};
 
+use super::connections;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::config::COOKIE;
@@ -63,9 +66,13 @@ pub fn needs(route: &str, method: &Method) -> Needs {
 
 /// The middleware: checks the token the route [`needs`], and puts the caller's
 /// [`Grant`] on the request for the handler. Without auth (no verifier configured),
-/// every request gets [`Grant::unrestricted`].
+/// every request gets [`Grant::unrestricted`], once its `Host` passes
+/// [`addressed_to_loopback`] when the server was told to check it (`--no-auth`).
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(verifier) = state.config.auth.clone() else {
+        if state.config.only_loopback_hosts && !addressed_to_loopback(&request) {
+            return misdirected(&request);
+        }
         let mut request = request;
         request.extensions_mut().insert(Grant::unrestricted());
         return next.run(request).await;
@@ -106,10 +113,150 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(Grant::from(claims));
     let mut response = next.run(request).await;
+    if is_follow(&response) {
+        let Some(slot) = state.token_follows.take(&token) else {
+            // Dropping the follow gives its instance-wide slot back.
+            return too_many_follows(state.config.max_follows_per_token);
+        };
+        response = response.map(|body| connections::hold_until_dropped(body, slot));
+    }
     if let Some(cookie) = cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Follows open per token, each at most `max` (`--max-follows-per-token`), so that one
+/// token cannot take every one of the instance's follow slots.
+pub struct TokenFollows {
+    max: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One of a token's follows, given back when dropped.
+pub struct TokenFollow {
+    key: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TokenFollows {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A follow for `token`, unless it already has `max` open.
+    fn take(&self, token: &str) -> Option<TokenFollow> {
+        // The signature names the token: an HMAC of everything else in it.
+        let key = token.rsplit('.').next().unwrap_or(token).to_owned();
+        let mut open = lock(&self.open);
+        let count = open.entry(key.clone()).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(TokenFollow {
+            key,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for TokenFollow {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn lock(open: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether `response` streams a follow (SSE or NDJSON).
+fn is_follow(response: &Response) -> bool {
+    response.status() == StatusCode::OK
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|kind| {
+                kind.starts_with("text/event-stream") || kind.starts_with("application/x-ndjson")
+            })
+}
+
+/// A 429, not a 503: the limit is this token's, and the instance has room for others.
+fn too_many_follows(max: usize) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_follows_for_token",
+        format!("this token already has {max} follows open on this instance (--max-follows-per-token); close one first"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// The names a loopback server without auth answers to, before any `:port`.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether the request names a loopback host, in its `Host` header and in its URI's
+/// authority (HTTP/2's `:authority`, or an absolute-form HTTP/1 target), whichever it
+/// carries; a request with neither is not.
+///
+/// This is what stops DNS rebinding: a web page the developer opens can make the
+/// browser resolve the page's own name to 127.0.0.1 and send requests here, but the
+/// browser still sends that name as the `Host`.
+pub fn addressed_to_loopback<B>(request: &Request<B>) -> bool {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let hosts = request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|value| value.to_str().ok());
+    let mut named = authority.map(Some).into_iter().chain(hosts).peekable();
+    named.peek().is_some() && named.all(|host| host.is_some_and(is_loopback_name))
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]` has colons of its own: a port comes only after its `]`.
+        Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    LOOPBACK_NAMES
+        .iter()
+        .any(|loopback| name.eq_ignore_ascii_case(loopback))
+}
+
+/// A 421: this server does not answer for the name the request was sent to.
+fn misdirected<B>(request: &Request<B>) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("(none)");
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "misdirected_request",
+        format!(
+            "this server runs without auth (--no-auth) and answers only requests sent to localhost, 127.0.0.1 or [::1], not to {:?}: a web page could otherwise reach it through DNS rebinding. Use one of those names, or run with --auth-secret",
+            host.chars().take(64).collect::<String>()
+        ),
+    )
+    .into_response()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +392,49 @@ fn session_cookie(token: &str, claims: &Claims, parts: &Parts) -> Option<HeaderV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_names_pass_the_no_auth_host_check() {
+        let with_host = |host: &str| {
+            axum::http::Request::builder()
+                .uri("/healthz")
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+        };
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(addressed_to_loopback(&with_host(host)), "{host}");
+        }
+        for host in [
+            "rebind.attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "127.0.0.2",
+            "[::1]x",
+            "localhost:80:80",
+            "",
+        ] {
+            assert!(!addressed_to_loopback(&with_host(host)), "{host}");
+        }
+        let no_host = axum::http::Request::builder()
+            .uri("/healthz")
+            .body(())
+            .unwrap();
+        assert!(!addressed_to_loopback(&no_host));
+        let absolute = axum::http::Request::builder()
+            .uri("http://rebind.attacker.example/healthz")
+            .header(header::HOST, "localhost")
+            .body(())
+            .unwrap();
+        assert!(!addressed_to_loopback(&absolute));
+    }
 
     #[test]
     fn process_routes_need_read_to_get_and_write_for_the_rest_and_probes_are_open() {

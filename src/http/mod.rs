@@ -2,6 +2,7 @@
 //! algorithm. [`router`] is pure, so tests can drive it in-process or bind it to a port.
 
 mod auth;
+pub mod connections;
 mod error;
 mod extract;
 mod health;
@@ -48,6 +49,8 @@ pub struct HttpConfig {
     pub max_batch_messages: usize,
     /// Most follows open at once; past it, a 503.
     pub max_follows: usize,
+    /// Most follows one token may have open at once; past it, a 429.
+    pub max_follows_per_token: usize,
     /// Time limit of a non-streaming call.
     pub request_timeout: Duration,
     /// Time a client has to send a request's headers.
@@ -60,12 +63,21 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
     /// Unsent bytes a connection may hold in the kernel (Linux).
     pub tcp_unsent_bytes: u32,
+    /// Most connections open at once; past it, a new one is closed at once.
+    pub max_connections: usize,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings, and how long one may go unanswered.
+    pub http2_keep_alive: Duration,
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
     /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
     /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
     pub auth: Option<Arc<Verifier>>,
+    /// Without auth, answer only requests whose `Host` is a loopback name (see
+    /// `auth::addressed_to_loopback`): what `--no-auth` sets, against DNS rebinding.
+    pub only_loopback_hosts: bool,
 }
 
 impl Default for HttpConfig {
@@ -75,18 +87,38 @@ impl Default for HttpConfig {
             max_body_bytes: 16 << 20,
             max_batch_messages: 1000,
             max_follows: 10_000,
+            max_follows_per_token: MAX_FOLLOWS_PER_TOKEN,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             tcp_unsent_bytes: 128 * 1024,
+            max_connections: connections::connections_for(connections::headroom(
+                DEFAULT_DATABASE_CONNECTIONS,
+                DEFAULT_REDIS_CONNECTIONS,
+            )),
+            idle_timeout: IDLE_TIMEOUT,
+            http2_keep_alive: HTTP2_KEEP_ALIVE,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
             auth: None,
+            only_loopback_hosts: false,
         }
     }
 }
+
+/// Default of `--max-follows-per-token`.
+pub const MAX_FOLLOWS_PER_TOKEN: usize = 100;
+/// Default of `--idle-timeout`: longer than the idle timeout of common load balancers
+/// (60 s), so that they, not the server, close an idle connection they hold.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default of `--http2-keep-alive`.
+pub const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// The store's and Redis's connections the default connection cap makes room for
+/// (`--database-max-connections`, and `--redis-readers` plus the command connection).
+const DEFAULT_DATABASE_CONNECTIONS: usize = 16;
+const DEFAULT_REDIS_CONNECTIONS: usize = 5;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -99,6 +131,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open follow, `max_follows` in all.
     pub follows: Arc<Semaphore>,
+    /// Follows open per token, `max_follows_per_token` each.
+    pub token_follows: Arc<auth::TokenFollows>,
     pub followers: Arc<Followers>,
     /// The process's metrics (see [`crate::metrics::install`]), rendered by `/metrics`.
     pub metrics: PrometheusHandle,
@@ -122,6 +156,7 @@ impl AppState {
             store,
             feed,
             follows: Arc::new(Semaphore::new(config.max_follows)),
+            token_follows: Arc::new(auth::TokenFollows::new(config.max_follows_per_token)),
             config: Arc::new(config),
             shutdown,
             metrics: crate::metrics::install(),
@@ -181,6 +216,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(request_log::keep_valid_request_id))
         .with_state(state)
 }
 

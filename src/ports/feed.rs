@@ -11,6 +11,11 @@ use crate::domain::{ProcessId, StoredMessage};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedEvent {
     Message(StoredMessage),
+    /// Message `seq` is stored but too large to come through the feed: read it from
+    /// the store.
+    Stored {
+        seq: u64,
+    },
     /// The process was finished after `last_seq` messages.
     End {
         last_seq: u64,

@@ -6,4 +6,4 @@ mod feed;
 mod store;
 
 pub use feed::{FeedError, FeedEvent, FeedSubscription, LiveFeed};
-pub use store::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+pub use store::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};

@@ -34,6 +34,35 @@ pub enum StoreError {
     Busy,
 }
 
+/// The store's epoch: an id made once per database (by a migration for PostgreSQL, at
+/// start for the memory store). The live feed stamps it on every entry and delivers
+/// only entries that carry its own, so a feed shared with another store, or kept from
+/// a database since recreated, never passes off their entries as this store's
+/// (adr/0007).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch(String);
+
+impl Epoch {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// A fresh epoch, for a store that lives as long as the process.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Self::generate()
+    }
+}
+
 /// Whether `register` created the process or found it.
 #[derive(Debug, Clone)]
 pub enum Registration {

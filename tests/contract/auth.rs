@@ -753,7 +753,7 @@ fn binary() -> tokio::process::Command {
 }
 
 /// Runs `serve` with `args` and returns its stderr; it must exit (refuse) in time.
-async fn refused(args: &[&str]) -> String {
+pub(crate) async fn refused(args: &[&str]) -> String {
     let output = tokio::time::timeout(WAIT, binary().arg("serve").args(args).output())
         .await
         .expect("serve exits in time")
@@ -763,7 +763,7 @@ async fn refused(args: &[&str]) -> String {
 }
 
 /// Starts `serve` with `args` and returns the child and the address it listens on.
-async fn started(args: &[&str]) -> (tokio::process::Child, String) {
+pub(crate) async fn started(args: &[&str]) -> (tokio::process::Child, String) {
     let mut child = binary()
         .arg("serve")
         .args(args)

@@ -79,17 +79,10 @@ fn serve_on(
 }
 
 /// A fresh database on the server of DATABASE_URL, with its URL.
-async fn fresh_database() -> String {
-    use sqlx::Connection;
-    let admin_url = required_env("DATABASE_URL");
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to DATABASE_URL");
+pub async fn fresh_database() -> String {
     let name = format!("agent_stream_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create a test database");
+    create_database(&name).await;
+    let admin_url = required_env("DATABASE_URL");
     let (base, query) = match admin_url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (admin_url.as_str(), String::new()),
@@ -98,6 +91,35 @@ async fn fresh_database() -> String {
         .rsplit_once('/')
         .expect("DATABASE_URL has a database path");
     format!("{server}/{name}{query}")
+}
+
+async fn admin() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(&required_env("DATABASE_URL"))
+        .await
+        .expect("connect to DATABASE_URL")
+}
+
+async fn create_database(name: &str) {
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin().await)
+        .await
+        .expect("create a test database");
+}
+
+/// Drops the database at `database_url` (closing its connections) and creates an
+/// empty one of the same name, as an operator who recreates a database would.
+pub async fn recreate_database(database_url: &str) {
+    let name = database_url
+        .split('?')
+        .next()
+        .and_then(|base| base.rsplit('/').next())
+        .expect("a database name");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin().await)
+        .await
+        .expect("drop the test database");
+    create_database(name).await;
 }
 
 impl TestApp {
@@ -111,36 +133,48 @@ impl TestApp {
             Backend::Memory => (Backends::embedded(256), None),
             Backend::Real => {
                 let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
-                let redis_url = required_env("REDIS_URL");
-                let backend_config = BackendConfig {
-                    database_url: Some(fresh_database().await),
-                    redis_url: Some(redis_url.clone()),
-                    redis_prefix: prefix.clone(),
-                    stream_maxlen: 1000,
-                    finished_stream_ttl: Duration::from_secs(3600),
-                    redis_readers: 2,
-                    database_timeout: Duration::from_secs(1),
-                    database_max_connections: 8,
-                    follower_buffer: 256,
-                };
-                let backends = Backends::connect(&backend_config)
-                    .await
-                    .expect("connect the real backends");
-                let connection = redis::Client::open(redis_url)
-                    .expect("REDIS_URL")
-                    .get_multiplexed_async_connection()
-                    .await
-                    .expect("connect to REDIS_URL");
-                let redis = TestRedis {
-                    connection,
-                    keys: Keys::new(prefix),
-                };
-                let mut app = Self::spawn_on(backend, backends, Some(redis), tune).await;
-                app.backend_config = Some(backend_config);
-                return app;
+                return Self::spawn_real(fresh_database().await, prefix, tune).await;
             }
         };
         Self::spawn_on(backend, backends, redis, tune).await
+    }
+
+    /// Spawns a server on the real backends: the PostgreSQL database at
+    /// `database_url`, and the Redis of REDIS_URL with key `prefix`.
+    pub async fn spawn_real(
+        database_url: String,
+        prefix: String,
+        tune: impl FnOnce(&mut HttpConfig),
+    ) -> Self {
+        let redis_url = required_env("REDIS_URL");
+        let backend_config = BackendConfig {
+            database_url: Some(database_url),
+            redis_url: Some(redis_url.clone()),
+            redis_prefix: prefix.clone(),
+            stream_maxlen: 1000,
+            finished_stream_ttl: Duration::from_secs(3600),
+            running_stream_ttl: Duration::from_secs(3600),
+            stream_inline_bytes: 64 * 1024,
+            redis_readers: 2,
+            database_timeout: Duration::from_secs(1),
+            database_max_connections: 8,
+            follower_buffer: 256,
+        };
+        let backends = Backends::connect(&backend_config)
+            .await
+            .expect("connect the real backends");
+        let connection = redis::Client::open(redis_url)
+            .expect("REDIS_URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to REDIS_URL");
+        let redis = TestRedis {
+            connection,
+            keys: Keys::new(prefix),
+        };
+        let mut app = Self::spawn_on(Backend::Real, backends, Some(redis), tune).await;
+        app.backend_config = Some(backend_config);
+        app
     }
 
     /// Spawns a server on the given ports.

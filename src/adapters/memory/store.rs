@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
 };
-use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, Epoch, MessageStore, Registration, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
     processes: Mutex<HashMap<ProcessId, Process>>,
+    /// Made at start: the store lives as long as the process.
+    epoch: Epoch,
 }
 
 struct Process {
@@ -46,6 +48,10 @@ impl Process {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Process>> {

@@ -21,7 +21,7 @@ use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
     StreamId,
 };
-use crate::ports::{AppendOutcome, Appended, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -67,6 +67,15 @@ impl PostgresStore {
             .run(&self.pool)
             .await
             .context("applying the database migrations failed")
+    }
+
+    /// The database's epoch, made by the migrations: run [`Self::migrate`] first.
+    pub async fn epoch(&self) -> anyhow::Result<Epoch> {
+        let epoch: String = sqlx::query_scalar(sql::EPOCH)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the store's epoch failed")?;
+        Ok(Epoch::new(epoch))
     }
 
     pub fn pool(&self) -> &PgPool {

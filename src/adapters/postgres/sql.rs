@@ -45,4 +45,7 @@ pub const RECENT: &str = "\
     FROM processes WHERE $2::text[] IS NULL OR process_id = ANY ($2) \
     ORDER BY updated_at DESC, process_id LIMIT $1";
 
+/// The database's epoch (one row, made by the migrations; adr/0007).
+pub const EPOCH: &str = "SELECT epoch FROM store_epoch";
+
 pub const PING: &str = "SELECT 1";

@@ -10,6 +10,15 @@ use crate::domain::ProcessId;
 /// The entry field that carries a message's wire JSON; the entry ID is `<seq>-0`.
 pub const MESSAGE_FIELD: &str = "message";
 
+/// The entry field that carries the store's epoch (adr/0007), on every entry this
+/// service writes: followers deliver only entries of their own store's epoch.
+pub const EPOCH_FIELD: &str = "epoch";
+
+/// The entry field of a message too large to go through Redis (over
+/// `--stream-inline-bytes`): its value is the size of the message's JSON, and
+/// followers read the message itself from the store. The entry ID is `<seq>-0`.
+pub const STORED_FIELD: &str = "stored";
+
 /// The entry field of the end marker, `{"status": "…"}`; the entry ID is `<last seq>-1`.
 pub const END_FIELD: &str = "end";
 

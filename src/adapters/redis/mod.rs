@@ -4,8 +4,14 @@
 //! - a **stream** `<prefix>process:<id>:stream`. Each stored message is added right
 //!   after its PostgreSQL commit with `XADD key MAXLEN ~ <n> <seq>-0 message <json>`:
 //!   the entry ID is the durable seq, never `*`, so a reader can resume from any ID it
-//!   saw and knows exactly which entry comes next. Finishing adds the end marker
-//!   `<last seq>-1 end {"status": …}` and sets an `EXPIRE` on the key.
+//!   saw and knows exactly which entry comes next. Every entry also carries
+//!   `epoch <id>`, the store's epoch: readers drop entries of another epoch (another
+//!   deployment's, or a recreated database's), see adr/0007. A message over
+//!   `inline_bytes` goes as `<seq>-0 stored <size> epoch <id>`, without its JSON:
+//!   followers read it from the store, and a stream's size stays bounded by
+//!   `MAXLEN × inline_bytes`. Each append sets the key's `EXPIRE` to `running_ttl`, so
+//!   the stream of a process abandoned without a finish goes. Finishing adds the end
+//!   marker `<last seq>-1 end {"status": …}` and sets the `EXPIRE` to `finished_ttl`.
 //! - nothing else: no consumer groups (each follower has its own cursor, kept by the
 //!   client) and no pub/sub.
 //!
@@ -31,8 +37,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::domain::{ProcessId, StoredMessage, StreamId};
-use crate::ports::{FeedError, FeedSubscription, LiveFeed};
-use keys::{Keys, END_FIELD, MESSAGE_FIELD};
+use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed};
+use keys::{Keys, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use reader::Reader;
 
 /// How the feed uses Redis.
@@ -45,6 +51,12 @@ pub struct RedisFeedConfig {
     pub stream_maxlen: u64,
     /// `EXPIRE` set on a finished process's stream.
     pub finished_ttl: Duration,
+    /// `EXPIRE` set on a running process's stream by each append.
+    pub running_ttl: Duration,
+    /// Largest message JSON put in an entry; a larger message goes as a `stored` entry.
+    pub inline_bytes: usize,
+    /// The store's epoch, stamped on every entry; entries without it are not delivered.
+    pub epoch: Epoch,
     /// Stream readers, each holding one connection.
     pub readers: usize,
     /// Events a follower may fall behind before it catches up from the store.
@@ -81,7 +93,14 @@ impl RedisFeed {
         ));
         let stop = CancellationToken::new();
         let readers: Vec<_> = (0..config.readers.max(1))
-            .map(|_| Arc::new(Reader::new(client.clone(), health.clone(), stop.clone())))
+            .map(|_| {
+                Arc::new(Reader::new(
+                    client.clone(),
+                    health.clone(),
+                    config.epoch.clone(),
+                    stop.clone(),
+                ))
+            })
             .collect();
         Ok(Self {
             commands,
@@ -122,6 +141,8 @@ impl RedisFeed {
             .arg(id.to_string())
             .arg(field)
             .arg(value)
+            .arg(EPOCH_FIELD)
+            .arg(self.config.epoch.as_str())
             .ignore();
     }
 }
@@ -136,14 +157,31 @@ impl LiveFeed for RedisFeed {
         let key = self.keys.stream(process);
         let mut pipe = redis::pipe();
         for message in messages {
-            self.xadd(
-                &mut pipe,
-                &key,
-                message.stream_id(),
-                MESSAGE_FIELD,
-                &message.json,
-            );
+            if message.json.len() <= self.config.inline_bytes {
+                self.xadd(
+                    &mut pipe,
+                    &key,
+                    message.stream_id(),
+                    MESSAGE_FIELD,
+                    &message.json,
+                );
+            } else {
+                let size = message.json.len().to_string();
+                self.xadd(
+                    &mut pipe,
+                    &key,
+                    message.stream_id(),
+                    STORED_FIELD,
+                    size.as_bytes(),
+                );
+            }
         }
+        // Refreshed by every append: a process abandoned without a finish loses its
+        // stream `running_ttl` after its last message.
+        pipe.cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.config.running_ttl.as_secs().max(1))
+            .ignore();
         self.run("XADD", pipe).await
     }
 

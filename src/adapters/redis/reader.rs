@@ -20,10 +20,10 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{END_FIELD, MESSAGE_FIELD};
+use super::keys::{END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::domain::{StoredMessage, StreamId};
-use crate::ports::{FeedEvent, FeedSubscription};
+use crate::ports::{Epoch, FeedEvent, FeedSubscription};
 
 /// How long one `XREAD` blocks; the response timeout of its connection is longer.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -34,6 +34,8 @@ const READ_COUNT: usize = 512;
 pub struct Reader {
     client: redis::Client,
     health: Arc<Health>,
+    /// The store's epoch: entries that do not carry it are not this store's.
+    epoch: Epoch,
     shutdown: CancellationToken,
     /// The reading task starts with the first watch: a writer-only process (such as
     /// `agent-stream append`) never opens reader connections.
@@ -56,10 +58,16 @@ struct Watch {
 }
 
 impl Reader {
-    pub fn new(client: redis::Client, health: Arc<Health>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        client: redis::Client,
+        health: Arc<Health>,
+        epoch: Epoch,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             client,
             health,
+            epoch,
             shutdown,
             started: Once::new(),
             watches: Mutex::default(),
@@ -209,8 +217,11 @@ impl Reader {
     }
 
     /// Turns entries into events for their watchers. Entries this service did not
-    /// write (another ID shape or field) only move the read position.
+    /// write (another ID shape or field) only move the read position, and so do
+    /// entries of another store's epoch (counted): Redis never tells a follower about a
+    /// message its own store does not hold.
     fn dispatch(&self, reply: StreamReadReply) {
+        let epoch = self.epoch.as_str().as_bytes();
         let mut watches = self.lock();
         for stream in reply.keys {
             let Some(watch) = watches.get_mut(&stream.key) else {
@@ -221,12 +232,18 @@ impl Reader {
                     continue;
                 };
                 watch.last = watch.last.max(id);
-                let event = match (id.n, entry.map.get(MESSAGE_FIELD), entry.map.get(END_FIELD)) {
+                if !matches!(entry.map.get(EPOCH_FIELD), Some(Value::BulkString(e)) if e == epoch) {
+                    crate::metrics::foreign_entry();
+                    continue;
+                }
+                let field = |name| entry.map.get(name);
+                let event = match (id.n, field(MESSAGE_FIELD), field(STORED_FIELD)) {
                     (0, Some(Value::BulkString(json)), _) => FeedEvent::Message(StoredMessage {
                         seq: id.seq,
                         json: Bytes::from(json.clone()),
                     }),
-                    (1, _, Some(_)) => FeedEvent::End { last_seq: id.seq },
+                    (0, None, Some(_)) => FeedEvent::Stored { seq: id.seq },
+                    (1, _, _) if field(END_FIELD).is_some() => FeedEvent::End { last_seq: id.seq },
                     _ => continue,
                 };
                 // An error only means every subscriber has just left.

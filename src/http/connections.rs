@@ -1,0 +1,277 @@
+//! How many connections the server holds, and when it lets one go.
+//!
+//! A connection costs a file descriptor. Without limits, sockets that never send a byte
+//! (or only HTTP/2's preface) would be held for good, and a few hundred of them would
+//! use up the descriptors the server needs for PostgreSQL, Redis and new clients
+//! (`os error 24`). So:
+//! - **a cap** ([`ConnectionCap`]): at most `max_connections` open at once, by default
+//!   the process's descriptor limit (`RLIMIT_NOFILE`) less [`headroom`] for the store's
+//!   and Redis's connections and for files. A connection past the cap is accepted and
+//!   closed at once: the client sees a reset right away instead of waiting in the
+//!   listen backlog, and the descriptor comes straight back.
+//! - **a first-request limit**: a connection that has not started a request within
+//!   `header_read_timeout` of being accepted is closed, whatever the protocol
+//!   (hyper's own header timeout starts only once HTTP/1 is detected, and protocol
+//!   detection waits for bytes for ever).
+//! - **an idle limit**: a connection with no request in flight for `idle_timeout` is
+//!   closed, HTTP/1 keep-alive and HTTP/2 alike (an HTTP/2 client answers the
+//!   keep-alive pings, so without this a silent one stays for good). A follow is a
+//!   request in flight for as long as its response streams.
+//!
+//! [`Tracked`] counts a connection's requests in flight (a request ends when its
+//! response body is dropped), and [`drive`] runs the connection under the limits.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Descriptors kept aside, beyond the store's and Redis's connections, for what else the
+/// process opens: the listener, the runtime's own, standard streams, files read at
+/// start, DNS lookups.
+pub const SPARE_DESCRIPTORS: usize = 64;
+
+/// How long a connection closed for idleness may take to go: HTTP/2's graceful close
+/// waits for the client to answer a PING, which a silent client never does.
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Fewest connections the cap allows, however low the descriptor limit.
+pub const MIN_CONNECTIONS: usize = 16;
+
+/// Descriptors to keep aside for the backends: `database_connections` PostgreSQL
+/// connections, `redis_connections` Redis ones, and [`SPARE_DESCRIPTORS`].
+pub fn headroom(database_connections: usize, redis_connections: usize) -> usize {
+    database_connections + redis_connections + SPARE_DESCRIPTORS
+}
+
+/// The descriptor limit of this process (the soft `RLIMIT_NOFILE`), if known.
+pub fn descriptor_limit() -> Option<usize> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            return Some(usize::MAX);
+        }
+        usize::try_from(limit.rlim_cur).ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The connections a process may hold with `headroom` descriptors kept aside: the
+/// descriptor limit less the headroom, at least [`MIN_CONNECTIONS`]; with no known
+/// limit, [`MIN_CONNECTIONS`] times 1024.
+pub fn connections_for(headroom: usize) -> usize {
+    match descriptor_limit() {
+        Some(limit) => limit.saturating_sub(headroom).max(MIN_CONNECTIONS),
+        None => MIN_CONNECTIONS * 1024,
+    }
+}
+
+/// At most `max` connections open at once.
+#[derive(Clone)]
+pub struct ConnectionCap {
+    slots: Arc<Semaphore>,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// A slot for one more connection, held until the connection ends; `None` at the cap.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// What [`drive`] needs to know about a connection's requests.
+#[derive(Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Whether a request ever started, and when the connection last became idle.
+    state: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    served: bool,
+    since: Option<Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Ongoing {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.lock().served = true;
+        Ongoing(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// When the connection may be closed as idle: `None` while a request is in flight.
+    fn closes_at(
+        &self,
+        accepted: Instant,
+        first_request: Duration,
+        idle: Duration,
+    ) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let state = self.lock();
+        Some(match (state.served, state.since) {
+            (false, _) => accepted + first_request,
+            (true, Some(since)) => since + idle,
+            // A request began and its end is not recorded yet: look again soon.
+            (true, None) => Instant::now() + idle,
+        })
+    }
+}
+
+/// One request in flight, until its response body is dropped.
+struct Ongoing(Arc<Activity>);
+
+impl Drop for Ongoing {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.lock().since = Some(Instant::now());
+        }
+    }
+}
+
+/// A service that counts its requests in flight on `activity`.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    pub inner: S,
+    pub activity: Arc<Activity>,
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Tracked<S>
+where
+    S: tower_service::Service<
+        axum::http::Request<B>,
+        Response = axum::http::Response<Body>,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = axum::http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let ongoing = self.activity.begin();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| hold_until_dropped(body, ongoing)))
+        })
+    }
+}
+
+/// `body`, holding `guard` until the body is dropped: a response keeps what it
+/// counts against (a request in flight, a follow slot) for as long as it streams.
+pub fn hold_until_dropped<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    Body::new(Guarded {
+        body,
+        _guard: guard,
+    })
+}
+
+struct Guarded<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Send + Unpin + 'static> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The limits [`drive`] applies to each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    /// From accept to the first request's start.
+    pub first_request: Duration,
+    /// With no request in flight.
+    pub idle: Duration,
+    /// From being asked to close (idle, or the server shutting down) to being dropped.
+    pub close_grace: Duration,
+}
+
+/// Runs `connection` until it ends, closing it (with `close`: hyper's graceful
+/// shutdown) once idle past `lifetime`'s limits or when `stop` is cancelled; then
+/// requests in flight get `close_grace` to finish.
+pub async fn drive<C: Future>(
+    connection: C,
+    close: impl FnOnce(Pin<&mut C>),
+    activity: Arc<Activity>,
+    lifetime: Lifetime,
+    stop: CancellationToken,
+) -> Option<C::Output> {
+    let accepted = Instant::now();
+    tokio::pin!(connection);
+    let grace = loop {
+        let closes_at = activity.closes_at(accepted, lifetime.first_request, lifetime.idle);
+        // With a request in flight, look again after the idle limit at the earliest.
+        let wake = closes_at.unwrap_or_else(|| Instant::now() + lifetime.idle);
+        tokio::select! {
+            ended = connection.as_mut() => return Some(ended),
+            _ = stop.cancelled() => break lifetime.close_grace,
+            _ = tokio::time::sleep_until(wake) => {
+                if activity
+                    .closes_at(accepted, lifetime.first_request, lifetime.idle)
+                    .is_some_and(|at| at <= Instant::now())
+                {
+                    crate::metrics::connection_closed_idle();
+                    break lifetime.close_grace.min(IDLE_CLOSE_GRACE);
+                }
+            }
+        }
+    };
+    // Protocol detection notices the request to close only when polled again: the
+    // wait below does that at once.
+    close(connection.as_mut());
+    tokio::time::timeout(grace, connection).await.ok()
+}

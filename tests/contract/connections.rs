@@ -1,0 +1,192 @@
+//! Connections a client opens and leaves silent (issue 10, F1): each is closed once it
+//! sits past its time limit, and past the cap a new one is closed at once, so silent
+//! sockets can never use up the descriptors the server needs.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Backend, TestApp};
+
+/// HTTP/2's connection preface, then an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Reads until the server closes `stream`; `None` if it is still open after `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut sink)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+fn address(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
+    let app = TestApp::spawn_with(Backend::Memory, |config| {
+        config.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut silent = TcpStream::connect(address(&app)).await.unwrap();
+    let closed = closed_within(&mut silent, Duration::from_secs(5)).await;
+    let closed = closed.expect("a silent connection is still open after 5 s");
+    assert!(
+        closed >= Duration::from_millis(250),
+        "closed after {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_only_sends_its_preface_is_closed_when_idle() {
+    let app = TestApp::spawn_with(Backend::Memory, |config| {
+        config.idle_timeout = Duration::from_millis(300);
+        config.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut silent = TcpStream::connect(address(&app)).await.unwrap();
+    silent.write_all(H2_PREFACE).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an HTTP/2 connection with no stream is still open after 5 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_a_follow_open_is_not_idle() {
+    let app = TestApp::spawn_with(Backend::Memory, |config| {
+        config.idle_timeout = Duration::from_millis(200);
+        config.header_read_timeout = Duration::from_millis(200);
+        config.heartbeat = Duration::from_secs(60);
+    })
+    .await;
+    let process = crate::support::process_id();
+    app.put_process(&process).await;
+    let mut follow = app
+        .follow(&process, crate::support::Format::Ndjson, None)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.append(&process, &crate::support::messages("late", 1))
+        .await;
+    assert_eq!(
+        crate::support::seqs(&follow.take_messages(1).await),
+        vec![1],
+        "the follow outlived five idle limits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_a_new_connection_is_closed_at_once() {
+    let app = TestApp::spawn_with(Backend::Memory, |config| {
+        config.max_connections = 4;
+        config.header_read_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(address(&app)).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(address(&app)).await.unwrap();
+    let closed = closed_within(&mut extra, Duration::from_secs(1))
+        .await
+        .expect("the fifth connection is still open after 1 s");
+    assert!(closed < Duration::from_secs(1));
+    // Once the silent ones are closed, there is room again.
+    for silent in &mut held {
+        closed_within(silent, Duration::from_secs(5))
+            .await
+            .expect("a silent connection outlived its header timeout");
+    }
+    let healthz = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+}
+
+/// The probe's scenario: the real binary under `ulimit -n 200`, on PostgreSQL and
+/// Redis, and 250 sockets that never send a byte. Some are closed at once (the cap),
+/// the rest after the header timeout, and `/healthz` answers within 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_200_descriptors_250_silent_sockets_leave_healthz_answering_within_15_s() {
+    let app = TestApp::spawn(Backend::Real).await;
+    let config = app.backend_config.clone().expect("real backends");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 200 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_agent-stream"))
+        .args(["serve", "--no-auth", "--listen", &listen])
+        .env("DATABASE_URL", config.database_url.as_deref().unwrap())
+        .env("REDIS_URL", config.redis_url.as_deref().unwrap())
+        .env("AGENT_STREAM_REDIS_PREFIX", &config.redis_prefix)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run agent-stream serve");
+    let healthz = format!("http://{listen}/healthz");
+    let answers = || async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        matches!(client.get(&healthz).send().await, Ok(r) if r.status() == 200)
+    };
+    let started = Instant::now();
+    while !answers().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id().unwrap()))
+        .expect("the server's limits");
+    assert!(
+        limits
+            .lines()
+            .any(|line| line.starts_with("Max open files") && line.contains(" 200 ")),
+        "the server runs with 200 descriptors: {limits}"
+    );
+
+    let mut silent = Vec::new();
+    for _ in 0..250 {
+        silent.push(TcpStream::connect(&listen).await.expect("connect"));
+    }
+    let attacked = Instant::now();
+    let mut answered = None;
+    while attacked.elapsed() < Duration::from_secs(15) {
+        if answers().await {
+            answered = Some(attacked.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answered = answered.expect("/healthz did not answer within 15 s of 250 silent sockets");
+    eprintln!("/healthz answered {answered:?} after 250 silent sockets");
+
+    // Every silent socket is closed by now or soon: the cap closed some at once, the
+    // header timeout the others.
+    for socket in &mut silent {
+        closed_within(socket, Duration::from_secs(15))
+            .await
+            .expect("a silent socket is still open");
+    }
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    server.kill().await.unwrap();
+}
