@@ -57,18 +57,11 @@ pub fn headroom(database_connections: usize, redis_connections: usize) -> usize 
 pub fn descriptor_limit() -> Option<usize> {
     #[cfg(unix)]
     {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return None;
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        match limit.current {
+            None => Some(usize::MAX),
+            Some(current) => usize::try_from(current).ok(),
         }
-        if limit.rlim_cur == libc::RLIM_INFINITY {
-            return Some(usize::MAX);
-        }
-        usize::try_from(limit.rlim_cur).ok()
     }
     #[cfg(not(unix))]
     None
