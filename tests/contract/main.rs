@@ -21,4 +21,5 @@ mod processes;
 mod redis_faults;
 mod snapshot;
 mod tail;
+mod tls;
 mod viewer;

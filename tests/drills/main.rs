@@ -17,3 +17,4 @@ mod rig;
 mod postgres_drills;
 mod redis_drills;
 mod server_drills;
+mod tls_drills;
