@@ -93,7 +93,7 @@ async fn over_tls_with_verify_full_to_both_appends_are_followed_live_and_resumed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_is_honoured_as_libpq_does() {
     let (ca, wrong) = (ca(), wrong_ca());
-    let cases: [(&str, Vec<(&str, &str)>, bool); 6] = [
+    let cases = [
         ("127.0.0.1", vec![("sslmode", "disable")], false),
         ("127.0.0.1", vec![], true),
         ("127.0.0.1", vec![("sslmode", "require")], true),
@@ -130,7 +130,7 @@ async fn sslmode_is_honoured_as_libpq_does() {
             database_server(host)
         )
     };
-    let refused: [(&str, Vec<(&str, &str)>, String); 5] = [
+    let refused = [
         (
             "127.0.0.1",
             vec![("sslmode", "verify-full"), ("sslrootcert", &ca)],
