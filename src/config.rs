@@ -352,7 +352,9 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use std::time::Duration;
+
+    use super::{redact, BackendConfig};
 
     #[test]
     fn credentials_never_reach_the_log() {
@@ -389,6 +391,29 @@ mod tests {
             "rediss://cache/#insecure"
         );
         assert_eq!(redact("redis://cache/#s3cret"), "redis://cache/#***");
+    }
+
+    #[test]
+    fn a_redis_ca_needs_a_rediss_url() {
+        let mut config = BackendConfig {
+            database_url: Some("postgres://db/x".into()),
+            redis_url: Some("redis://cache/".into()),
+            redis_tls_ca: Some("/ca.pem".into()),
+            redis_prefix: String::new(),
+            stream_maxlen: 1000,
+            finished_stream_ttl: Duration::from_secs(3600),
+            redis_readers: 4,
+            database_timeout: Duration::from_secs(1),
+            database_max_connections: 16,
+            follower_buffer: 256,
+        };
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("--redis-tls-ca is set but REDIS_URL"),
+            "{refused}"
+        );
+        config.redis_url = Some("rediss://cache/".into());
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -107,20 +107,33 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     if matches!(options.get_ssl_mode(), PgSslMode::VerifyCa) {
         tracing::warn!("DATABASE_URL: sslmode=verify-ca checks the server's host name too (a known sqlx 0.8 bug), as verify-full does: connect by a name its certificate is for");
     }
-    if let Some(path) = root_cert.filter(|_| !system_roots) {
+    if let Some(root_cert) = root_cert.filter(|_| !system_roots) {
         if matches!(
             options.get_ssl_mode(),
             PgSslMode::VerifyCa | PgSslMode::VerifyFull
         ) {
-            let pem = std::fs::read(&path).with_context(|| {
-                format!("the root certificate of DATABASE_URL (sslrootcert={path}) cannot be read")
-            })?;
-            tls::pem_certificates(&pem).with_context(|| {
-                format!("the root certificate of DATABASE_URL (sslrootcert={path}) is not usable")
-            })?;
+            check_root_cert(&root_cert)?;
         }
     }
     Ok(options)
+}
+
+/// Checks that a root certificate is usable before the first connection would find
+/// out: a file (or, from `PGSSLROOTCERT`, PEM text as sqlx takes it there) with at
+/// least one certificate.
+fn check_root_cert(root_cert: &str) -> anyhow::Result<()> {
+    if root_cert.trim_start().starts_with("-----BEGIN") {
+        tls::pem_certificates(root_cert.as_bytes())
+            .context("the root certificate given as PEM text in PGSSLROOTCERT is not usable")?;
+        return Ok(());
+    }
+    let pem = std::fs::read(root_cert).with_context(|| {
+        format!("the root certificate of DATABASE_URL (sslrootcert={root_cert}) cannot be read")
+    })?;
+    tls::pem_certificates(&pem).with_context(|| {
+        format!("the root certificate of DATABASE_URL (sslrootcert={root_cert}) is not usable")
+    })?;
+    Ok(())
 }
 
 /// The server `options` connect to, for messages: `host:port`, or the socket.

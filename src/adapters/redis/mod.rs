@@ -311,3 +311,32 @@ async fn wake(reader: Arc<Reader>, mut commands: ConnectionManager, generation: 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::client;
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_is_named_at_start() {
+        let url = "rediss://cache:6380/";
+        let missing = client(url, Some("/nonexistent/ca.pem".as_ref())).unwrap_err();
+        assert!(
+            format!("{missing:#}").starts_with("--redis-tls-ca /nonexistent/ca.pem cannot be read"),
+            "{missing:#}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let refused = client(url, Some(&not_pem)).unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(
+            format!("{refused:#}").contains("holds no PEM certificate"),
+            "{refused:#}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_repeating_it() {
+        let error = client("redis://:hunter2@cache:port/", None).unwrap_err();
+        assert!(!format!("{error:#}").contains("hunter2"), "{error:#}");
+    }
+}
