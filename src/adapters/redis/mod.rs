@@ -118,17 +118,22 @@ impl RedisFeed {
     /// Pings Redis at start. Redis not answering yet is no error (followers poll
     /// PostgreSQL until it does), but a TLS failure is: it will not mend by itself.
     pub async fn check_at_start(&self) -> anyhow::Result<Option<FeedError>> {
-        let Err(error) = self.ping().await else {
+        let mut commands = self.commands.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut commands).await;
+        let Err(error) = pong else {
+            self.health.mark_up();
             return Ok(None);
         };
-        if let Some(failure) = tls::failure(&error.0) {
+        // Before the outage is logged: a TLS failure is said once, as the start's error.
+        if let Some(failure) = tls::failure(&anyhow::Error::new(error.clone())) {
             anyhow::bail!(
                 "could not connect to Redis at {} over TLS: {}",
                 self.server,
                 failure.explain(HOW_TO_TRUST)
             );
         }
-        Ok(Some(error))
+        self.health.mark_down("PING", &error);
+        Ok(Some(FeedError(anyhow::Error::new(error).context("PING"))))
     }
 
     /// Sends a write. While Redis is down, appends do not wait on it: the write is
