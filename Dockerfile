@@ -16,9 +16,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/agent-stream /usr/local/bin/agent-stream
 
 FROM debian:bookworm-slim
-# curl only for the compose healthcheck (of /readyz, which needs no token).
+# curl only for the compose healthcheck (of /readyz, which needs no token);
+# ca-certificates for TLS to managed PostgreSQL and Redis (the system's roots).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin agent-stream
 COPY --from=builder /usr/local/bin/agent-stream /usr/local/bin/agent-stream

@@ -1459,6 +1459,7 @@ async fn write_path_breakdown(env: &Env, samples: u64) -> (Vec<Duration>, Vec<Du
     let config = agent_stream::config::BackendConfig {
         database_url: Some(env.pg.url()),
         redis_url: Some(env.redis.url()),
+        redis_tls_ca: None,
         redis_prefix: String::new(),
         stream_maxlen: 1000,
         finished_stream_ttl: Duration::from_secs(3600),

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::adapters::postgres::PostgresStore;
 use crate::auth::TokenArgs;
-use crate::config::{redact, BackendConfig, ServeConfig};
+use crate::config::{BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
 use crate::domain::{FinishStatus, NewMessage, ProcessId};
 use crate::http::HttpConfig;
@@ -97,6 +97,23 @@ pub struct AppendArgs {
     pub backend: BackendConfig,
 }
 
+/// An error and its causes on one line, each said once: sqlx, redis and io errors
+/// often repeat their cause in their own message, which `{:#}` would print twice.
+pub fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 /// Logs go to stderr. Message payloads and tokens are never logged above `debug`.
 pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -125,10 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { database_url } => {
             PostgresStore::connect_lazy(&database_url, 2, Duration::from_secs(10))?
                 .migrate()
-                .await
-                .with_context(|| {
-                    format!("could not migrate PostgreSQL at {}", redact(&database_url))
-                })?;
+                .await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -215,4 +229,19 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
         tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq, "process finished");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn a_cause_repeated_in_its_wrapper_s_message_is_said_once() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let wrapped = anyhow::Error::new(sqlx::Error::Io(io)).context("migrating");
+        assert_eq!(
+            report(&wrapped),
+            "migrating: error communicating with database: invalid peer certificate: UnknownIssuer"
+        );
+    }
 }

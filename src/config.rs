@@ -1,8 +1,9 @@
 //! Configuration: typed structs filled from flags with environment fallbacks, with
 //! defaults that work on a laptop, validated at start. URLs, which may hold
-//! credentials, are never printed (`hide_env_values`, and [`redact`] in logs).
+//! credentials, are never printed (`hide_env_values`, and [`redact`] in logs and errors).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -23,6 +24,11 @@ pub struct BackendConfig {
     /// accelerator, never the store. Without it, delivery is in-process (one instance).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of a private CA that signed Redis's certificate, trusted beside the
+    /// system's roots (REDIS_URL must be `rediss://`).
+    #[arg(long, env = "AGENT_STREAM_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
 
     /// Prefix of every Redis key, for a shared Redis (e.g. `agent-stream:`).
     #[arg(long, env = "AGENT_STREAM_REDIS_PREFIX", default_value = "")]
@@ -185,6 +191,13 @@ impl BackendConfig {
         anyhow::ensure!(
             self.database_url().is_some() || self.redis_url().is_none(),
             "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
+        );
+        anyhow::ensure!(
+            self.redis_tls_ca.is_none()
+                || self
+                    .redis_url()
+                    .is_some_and(|url| url.starts_with(REDIS_TLS_SCHEME)),
+            "--redis-tls-ca is set but REDIS_URL does not start with {REDIS_TLS_SCHEME}: the CA is only used over TLS"
         );
         anyhow::ensure!(
             self.stream_maxlen >= 1,
@@ -351,20 +364,80 @@ impl ServeConfig {
     }
 }
 
-/// A URL with its password replaced, for logs.
+/// The scheme of a Redis URL over TLS.
+pub const REDIS_TLS_SCHEME: &str = "rediss://";
+
+/// Query parameters whose values [`redact`] shows: settings that are never secret.
+/// Every other value is masked, so a secret under a name not foreseen here (libpq's
+/// `sslpassword`, an `sslkey` given inline, a `token`, …) is masked too.
+pub const SHOWN_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "db",
+    "application_name",
+    "connect_timeout",
+    "statement-cache-capacity",
+    "target_session_attrs",
+    "protocol",
+];
+
+/// What stands for a secret in a redacted URL.
+const MASK: &str = "***";
+
+/// A URL without its secrets, for logs and errors: the user and password
+/// (`user:password@` becomes `***@`), the value of every query parameter not in
+/// [`SHOWN_URL_PARAMETERS`] (`?password=…`, `?sslpassword=…`, …), and a fragment
+/// (but redis's `#insecure`).
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => "(unparsable URL)".to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(unparsable URL)".to_owned();
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Fails only for URLs that cannot have a user (`unix:`, `data:`): none to hide.
+        let _ = parsed.set_password(None);
+        let _ = parsed.set_username(MASK);
     }
+    if let Some(query) = parsed.query() {
+        // Pair by pair as written, so what is shown reads as it was given.
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let (key, _) = pair.split_once('=').unwrap_or((pair, ""));
+                let name: String = url::form_urlencoded::parse(key.as_bytes())
+                    .map(|(name, _)| name.into_owned())
+                    .collect();
+                if SHOWN_URL_PARAMETERS.contains(&name.as_str()) {
+                    pair.to_owned()
+                } else {
+                    format!("{key}={MASK}")
+                }
+            })
+            .collect();
+        parsed.set_query(Some(&redacted.join("&")));
+    }
+    if parsed
+        .fragment()
+        .is_some_and(|fragment| fragment != "insecure")
+    {
+        parsed.set_fragment(Some(MASK));
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use std::time::Duration;
+
+    use super::{redact, BackendConfig};
 
     #[test]
     fn credentials_never_reach_the_log() {
@@ -372,6 +445,65 @@ mod tests {
             redact("postgres://u:secret@db:5432/x"),
             "postgres://***@db:5432/x"
         );
+        assert_eq!(
+            redact("redis://:secret@cache:6379/0"),
+            "redis://***@cache:6379/0"
+        );
+        assert_eq!(redact("rediss://token@cache/"), "rediss://***@cache/");
         assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn query_values_are_masked_unless_they_are_known_settings() {
+        assert_eq!(
+            redact("postgres://db/x?sslmode=verify-full&password=s1&sslpassword=s2&sslrootcert=/ca.pem"),
+            "postgres://db/x?sslmode=verify-full&password=***&sslpassword=***&sslrootcert=/ca.pem"
+        );
+        assert_eq!(
+            redact("rediss://cache:6380/?password=s1&Token=s2&api-key=s3&db=2"),
+            "rediss://cache:6380/?password=***&Token=***&api-key=***&db=2"
+        );
+        let inline_key = "postgres://db/x?sslkey=-----BEGIN%20PRIVATE%20KEY-----abc";
+        assert!(!redact(inline_key).contains("abc"));
+    }
+
+    #[test]
+    fn a_fragment_is_masked_but_for_redis_s_insecure() {
+        assert_eq!(
+            redact("rediss://cache/#insecure"),
+            "rediss://cache/#insecure"
+        );
+        assert_eq!(redact("redis://cache/#s3cret"), "redis://cache/#***");
+    }
+
+    #[test]
+    fn a_redis_ca_needs_a_rediss_url() {
+        let mut config = BackendConfig {
+            database_url: Some("postgres://db/x".into()),
+            redis_url: Some("redis://cache/".into()),
+            redis_tls_ca: Some("/ca.pem".into()),
+            redis_prefix: String::new(),
+            stream_maxlen: 1000,
+            finished_stream_ttl: Duration::from_secs(3600),
+            running_stream_ttl: Duration::from_secs(3600),
+            stream_inline_bytes: 64 * 1024,
+            redis_readers: 4,
+            database_timeout: Duration::from_secs(1),
+            database_max_connections: 16,
+            follower_buffer: 256,
+        };
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("--redis-tls-ca is set but REDIS_URL"),
+            "{refused}"
+        );
+        config.redis_url = Some("rediss://cache/".into());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_not_echoed() {
+        assert_eq!(redact("postgres://u:secret@db:port/x"), "(unparsable URL)");
+        assert_eq!(redact("secret"), "(unparsable URL)");
     }
 }

@@ -53,12 +53,7 @@ impl Backends {
             config.database_max_connections,
             config.database_timeout,
         )?;
-        store.migrate().await.with_context(|| {
-            format!(
-                "could not prepare PostgreSQL at {}: is it running and reachable?",
-                redact(database_url)
-            )
-        })?;
+        store.migrate().await?;
         let epoch = store.epoch().await.with_context(|| {
             format!(
                 "could not read the store's epoch from PostgreSQL at {}",
@@ -70,6 +65,7 @@ impl Backends {
             Some(redis_url) => {
                 let feed = RedisFeed::connect_lazy(RedisFeedConfig {
                     url: redis_url.to_owned(),
+                    tls_ca: config.redis_tls_ca.clone(),
                     prefix: config.redis_prefix.clone(),
                     stream_maxlen: config.stream_maxlen,
                     finished_ttl: config.finished_stream_ttl,
@@ -79,7 +75,7 @@ impl Backends {
                     readers: config.redis_readers,
                     follower_buffer: config.follower_buffer,
                 })?;
-                if let Err(error) = feed.ping().await {
+                if let Some(error) = feed.check_at_start().await? {
                     tracing::warn!(redis = %redact(redis_url), error = format!("{:#}", error.0), "Redis does not answer yet: serving from PostgreSQL until it does");
                 } else {
                     tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix, "Redis Streams live feed ready");

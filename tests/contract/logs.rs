@@ -1,7 +1,9 @@
 //! Logs and traces: every call has a request id, echoed in `x-request-id` and carried by
 //! every log line written while serving it; logs are text or JSON (`--log-format`); no
 //! message payload and no token is logged above debug, and a query string (which may
-//! carry `access_token=`) is not logged at all.
+//! carry `access_token=`) is not logged at all. Nor is any secret of DATABASE_URL or
+//! REDIS_URL: their user and password, and any query parameter that is not a known
+//! setting, are masked wherever a URL is logged or told in an error.
 
 use std::process::Stdio;
 
@@ -10,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::support::{process_id, Backend, TestApp, WAIT};
+use crate::support::{fresh_database, process_id, Backend, TestApp, WAIT};
 
 /// `agent-stream serve` on the embedded store and a port of its choosing, with its
 /// stderr (the logs) captured.
@@ -23,6 +25,11 @@ struct Server {
 
 impl Server {
     async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Like [`Server::start`], with these environment variables (e.g. DATABASE_URL).
+    async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent-stream"))
             .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
             .args(args)
@@ -30,6 +37,7 @@ impl Server {
             .env_remove("REDIS_URL")
             .env_remove("AGENT_STREAM_LOG")
             .env_remove("AGENT_STREAM_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -222,4 +230,97 @@ async fn a_request_id_is_made_for_each_call_or_kept_from_the_client_and_echoed()
         .await
         .unwrap();
     assert_eq!(id_of(kept), "lb-7f3a");
+}
+
+/// A port nothing listens on (bound, then released).
+async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_the_database_or_redis_url_is_logged_even_at_debug() {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let secrets: Vec<String> = ["userinfo", "query", "sslpassword", "redis"]
+        .iter()
+        .map(|part| format!("SECRET-{part}-{unique}"))
+        .collect();
+    let database = url::Url::parse(&fresh_database().await).unwrap();
+    // Trust authentication: PostgreSQL takes any password, so the server starts.
+    let database_url = format!(
+        "postgres://{}:{}@{}:{}{}?password={}&sslpassword={}&application_name=logs-test",
+        database.username(),
+        secrets[0],
+        database.host_str().unwrap(),
+        database.port().unwrap(),
+        database.path(),
+        secrets[1],
+        secrets[2],
+    );
+    // Nothing listens there: the start warns that Redis does not answer yet, with its URL.
+    let redis_url = format!(
+        "redis://127.0.0.1:{}/?password={}",
+        closed_port().await,
+        secrets[3]
+    );
+    let server = Server::start_with_env(
+        &["--log", "debug"],
+        &[("DATABASE_URL", &database_url), ("REDIS_URL", &redis_url)],
+    )
+    .await;
+    // Logged before the server listens, so among the lines `start` read.
+    let warned = server
+        .seen
+        .iter()
+        .find(|line| line.contains("Redis does not answer yet"))
+        .unwrap_or_else(|| panic!("no warning that Redis does not answer: {:#?}", server.seen));
+    assert!(warned.contains("password=***"), "{warned}");
+    let (marker, token) = marker_and_secret();
+    append_and_follow(&server, &marker, &token).await;
+    let logs = server.stop().await.join("\n");
+
+    assert!(logs.contains("PostgreSQL store ready"), "{logs}");
+    assert!(
+        logs.contains("sslpassword"),
+        "the dropped parameter is named: {logs}"
+    );
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{secret} was logged: {logs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_tells_the_database_url_without_its_secrets() {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let (in_userinfo, in_query) = (format!("PW1-{unique}"), format!("PW2-{unique}"));
+    let database_url = format!(
+        "postgres://app:{in_userinfo}@127.0.0.1:{}/x?password={in_query}&sslmode=disable",
+        closed_port().await
+    );
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(env!("CARGO_BIN_EXE_agent-stream"))
+            .args(["migrate"])
+            .env("DATABASE_URL", &database_url)
+            .env_remove("AGENT_STREAM_LOG")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("migrate gives up within its timeout")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("postgres://***@127.0.0.1:")
+            && stderr.contains("/x?password=***&sslmode=disable"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&in_userinfo) && !stderr.contains(&in_query),
+        "{stderr}"
+    );
 }

@@ -25,4 +25,5 @@ mod redis_faults;
 mod retention;
 mod snapshot;
 mod tail;
+mod tls;
 mod viewer;

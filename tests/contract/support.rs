@@ -44,9 +44,9 @@ pub struct TestRedis {
     pub keys: Keys,
 }
 
-fn required_env(name: &str) -> String {
+pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: the real-backend tests need PostgreSQL and Redis. Run the suite with `bash .ci/test`, which starts both, or set DATABASE_URL and REDIS_URL")
+        panic!("{name} is not set: the real-backend tests need PostgreSQL and Redis (the TLS tests over TLS too). Run the suite with `bash .ci/test`, which starts them and sets it, or set DATABASE_URL and REDIS_URL (and AGENT_STREAM_TEST_TLS_*: see .ci/test)")
     })
 }
 
@@ -80,29 +80,34 @@ fn serve_on(
 
 /// A fresh database on the server of DATABASE_URL, with its URL.
 pub async fn fresh_database() -> String {
+    fresh_database_on(&required_env("DATABASE_URL")).await
+}
+
+/// A fresh database on the server of `admin_url`, with its URL (`admin_url`'s
+/// parameters kept).
+pub async fn fresh_database_on(admin_url: &str) -> String {
     let name = format!("agent_stream_test_{}", uuid::Uuid::new_v4().simple());
-    create_database(&name).await;
-    let admin_url = required_env("DATABASE_URL");
+    create_database_on(admin_url, &name).await;
     let (base, query) = match admin_url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
-        None => (admin_url.as_str(), String::new()),
+        None => (admin_url, String::new()),
     };
     let (server, _) = base
         .rsplit_once('/')
-        .expect("DATABASE_URL has a database path");
+        .expect("the admin URL has a database path");
     format!("{server}/{name}{query}")
 }
 
-async fn admin() -> sqlx::PgConnection {
+async fn admin_on(admin_url: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(&required_env("DATABASE_URL"))
+    sqlx::PgConnection::connect(admin_url)
         .await
-        .expect("connect to DATABASE_URL")
+        .expect("connect to the admin database")
 }
 
-async fn create_database(name: &str) {
+async fn create_database_on(admin_url: &str, name: &str) {
     sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin().await)
+        .execute(&mut admin_on(admin_url).await)
         .await
         .expect("create a test database");
 }
@@ -116,10 +121,10 @@ pub async fn recreate_database(database_url: &str) {
         .and_then(|base| base.rsplit('/').next())
         .expect("a database name");
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin().await)
+        .execute(&mut admin_on(&required_env("DATABASE_URL")).await)
         .await
         .expect("drop the test database");
-    create_database(name).await;
+    create_database_on(&required_env("DATABASE_URL"), name).await;
 }
 
 impl TestApp {
@@ -150,6 +155,7 @@ impl TestApp {
         let backend_config = BackendConfig {
             database_url: Some(database_url),
             redis_url: Some(redis_url.clone()),
+            redis_tls_ca: None,
             redis_prefix: prefix.clone(),
             stream_maxlen: 1000,
             finished_stream_ttl: Duration::from_secs(3600),
@@ -175,6 +181,39 @@ impl TestApp {
         let mut app = Self::spawn_on(Backend::Real, backends, Some(redis), tune).await;
         app.backend_config = Some(backend_config);
         app
+    }
+
+    /// Spawns on the TLS servers that `bash .ci/test` starts (AGENT_STREAM_TEST_TLS_*):
+    /// PostgreSQL with `sslmode=verify-full` and Redis over `rediss://`, trusting the
+    /// test CA beside the system's roots.
+    pub async fn spawn_tls() -> Self {
+        let backend_config = BackendConfig {
+            database_url: Some(
+                fresh_database_on(&required_env("AGENT_STREAM_TEST_TLS_DATABASE_URL")).await,
+            ),
+            redis_url: Some(required_env("AGENT_STREAM_TEST_TLS_REDIS_URL")),
+            redis_tls_ca: Some(required_env("AGENT_STREAM_TEST_TLS_CA").into()),
+            redis_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),
+            stream_maxlen: 1000,
+            finished_stream_ttl: Duration::from_secs(3600),
+            running_stream_ttl: Duration::from_secs(3600),
+            stream_inline_bytes: 64 * 1024,
+            redis_readers: 2,
+            database_timeout: Duration::from_secs(1),
+            database_max_connections: 8,
+            follower_buffer: 256,
+        };
+        let backends = Backends::connect(&backend_config)
+            .await
+            .expect("connect the TLS backends");
+        let mut app = Self::spawn_on(Backend::Real, backends, None, |_| {}).await;
+        app.backend_config = Some(backend_config);
+        app
+    }
+
+    /// Whether the live feed is Redis and answers.
+    pub fn feed_is_live_redis(&self) -> bool {
+        self.backends.feed.name() == "redis" && self.backends.feed.is_live()
     }
 
     /// Spawns a server on the given ports.

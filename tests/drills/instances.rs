@@ -181,12 +181,41 @@ fn raw_exchange(port: u16, request: &[u8]) -> Option<String> {
 
 // --- Redis -------------------------------------------------------------------------
 
+/// The test CA and the server certificate it signed (for the name `localhost`), which
+/// `bash .ci/test` makes: AGENT_STREAM_TEST_TLS_CA, _CERT and _KEY.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn from_env() -> Self {
+        let file = |name: &str| {
+            let path = env_nonempty(name).unwrap_or_else(|| {
+                panic!("{name} is not set: the TLS drills need the test CA and server certificate that `bash .ci/test` makes (see start_tls_servers there)")
+            });
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "{name}={} is not a file", path.display());
+            path
+        };
+        Self {
+            ca: file("AGENT_STREAM_TEST_TLS_CA"),
+            cert: file("AGENT_STREAM_TEST_TLS_CERT"),
+            key: file("AGENT_STREAM_TEST_TLS_KEY"),
+        }
+    }
+}
+
 /// A private `redis-server` without persistence.
 pub struct Redis {
     binary: PathBuf,
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Over TLS only, with one user `agent` and this password.
+    tls: Option<(TlsFiles, String)>,
 }
 
 impl Redis {
@@ -220,7 +249,27 @@ impl Redis {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
+            tls: None,
         }
+    }
+
+    /// Starts a Redis that speaks TLS only, with `tls`'s certificate, and whose only
+    /// user is `agent` with a password (so AUTH goes over TLS too).
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        let mut redis = Self::reserve();
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        fs::write(
+            redis.acl_path(),
+            format!("user default off\nuser agent on >{password} ~* &* +@all\n"),
+        )
+        .expect("write the Redis ACL file");
+        redis.tls = Some((tls, password));
+        redis.launch();
+        redis
+    }
+
+    fn acl_path(&self) -> PathBuf {
+        self.dir.path().join("users.acl")
     }
 
     pub fn port(&self) -> u16 {
@@ -228,7 +277,10 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.tls {
+            Some((_, password)) => format!("rediss://agent:{password}@localhost:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -247,9 +299,22 @@ impl Redis {
     /// Starts (or restarts) it on its port and waits until it answers PING.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "Redis is already running");
-        let child = Command::new(&self.binary)
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut command = Command::new(&self.binary);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some((tls, _)) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no", "--aclfile"])
+                .arg(self.acl_path()),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no"])
             .arg("--dir")
@@ -262,12 +327,16 @@ impl Redis {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.binary.display()));
         self.child = Some(child);
-        let (port, log) = (self.port, self.log_path());
+        let (port, log, tls) = (self.port, self.log_path(), self.tls.is_some());
         wait_until(
             &format!("redis-server on port {port}"),
             START_TIMEOUT,
             self.child.as_mut(),
-            || raw_exchange(port, b"PING\r\n").is_some_and(|a| a.starts_with("+PONG")),
+            // Over TLS, that it takes connections: an empty Redis is ready once it does.
+            || match tls {
+                false => raw_exchange(port, b"PING\r\n").is_some_and(|a| a.starts_with("+PONG")),
+                true => TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok(),
+            },
             || tail(&log, 20),
         );
     }
@@ -347,6 +416,37 @@ impl Postgres {
     /// Like [`Postgres::start`], with `settings` (lines of `postgresql.conf`, such as
     /// `shared_preload_libraries = 'pg_stat_statements'`) added to the drills' own.
     pub fn start_with(settings: &str) -> Self {
+        let mut pg = Self::init(settings);
+        pg.launch();
+        pg
+    }
+
+    /// Like [`Postgres::start`], with TLS on (`ssl = on`) with `tls`'s certificate;
+    /// plain connections are still taken.
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        let mut pg =
+            Self::init("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
+        let data = pg.data();
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        fs::copy(&tls.cert, &cert).expect("copy the server certificate");
+        fs::copy(&tls.key, &key).expect("copy the server key");
+        // PostgreSQL wants its key readable by its user alone.
+        if let Some(user) = &pg.user {
+            run_quiet(
+                Command::new("chown").arg(user).arg(&cert).arg(&key),
+                "chown the TLS files",
+            );
+        }
+        run_quiet(
+            Command::new("chmod").arg("600").arg(&key),
+            "chmod the TLS key",
+        );
+        pg.launch();
+        pg
+    }
+
+    /// initdb into a fresh directory with the drills' settings and `settings`.
+    fn init(settings: &str) -> Self {
         let user = is_root().then(|| {
             env_nonempty("AGENT_STREAM_TEST_PG_USER").unwrap_or_else(|| "postgres".to_owned())
         });
@@ -382,8 +482,6 @@ impl Postgres {
             .open(data.join("postgresql.conf"))
             .and_then(|mut file| file.write_all(conf.as_bytes()))
             .expect("write postgresql.conf");
-        let mut pg = pg;
-        pg.launch();
         pg
     }
 
@@ -417,6 +515,16 @@ impl Postgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL over TLS that verifies everything: `localhost`, the name the test
+    /// certificate is for, with `sslmode=verify-full` and the test CA.
+    pub fn verify_full_url(&self, tls: &TlsFiles) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            tls.ca.display()
+        )
     }
 
     pub fn is_running(&self) -> bool {

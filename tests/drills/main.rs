@@ -8,7 +8,9 @@
 //! come from AGENT_STREAM_TEST_PG_BINDIR (else `pg_config --bindir`) and
 //! AGENT_STREAM_TEST_REDIS_SERVER (else `redis-server` on PATH); as root, PostgreSQL
 //! runs as AGENT_STREAM_TEST_PG_USER (else `postgres`). A drill that cannot find them
-//! fails; it is never skipped. Drills run one at a time.
+//! fails; it is never skipped. Drills run one at a time. The TLS drill also needs the
+//! test CA and server certificate `.ci/test` makes (AGENT_STREAM_TEST_TLS_CA, _CERT,
+//! _KEY).
 
 mod client;
 mod instances;
@@ -17,3 +19,4 @@ mod rig;
 mod postgres_drills;
 mod redis_drills;
 mod server_drills;
+mod tls_drills;

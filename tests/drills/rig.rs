@@ -10,7 +10,7 @@ use crate::client::{
     process_id, verify_appends, verify_exact, wait_for, Api, AppendRecord, Appender,
     AppenderConfig, Attempt, FollowSpec, FollowState, Follower, Format, Outcome,
 };
-use crate::instances::{Postgres, Redis, Server};
+use crate::instances::{Postgres, Redis, Server, TlsFiles};
 
 /// The drills run one at a time: each starts a PostgreSQL, a Redis and a server, and
 /// their timing assertions should not depend on how many others share the CPU.
@@ -89,6 +89,30 @@ impl Rig {
             Redis::reserve()
         };
         let server = Server::start(&pg.url(), Some(&redis.url()), args);
+        let api = Api::new(&server.base());
+        Self {
+            server,
+            redis,
+            pg,
+            api,
+            process: process_id(label),
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    /// Like [`Rig::start`] with Redis running, over TLS: PostgreSQL with ssl on and a
+    /// TLS-only Redis with a password, both with the test certificate, and the server
+    /// on `sslmode=verify-full` and `rediss://` with `--redis-tls-ca`.
+    pub fn start_tls(label: &str, args: &[&str]) -> Self {
+        let tls = TlsFiles::from_env();
+        let pg = Postgres::start_tls(&tls);
+        let redis = Redis::start_tls(tls.clone());
+        let ca = tls.ca.display().to_string();
+        let args: Vec<&str> = ["--redis-tls-ca", ca.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let server = Server::start(&pg.verify_full_url(&tls), Some(&redis.url()), &args);
         let api = Api::new(&server.base());
         Self {
             server,

@@ -7,6 +7,7 @@
 //! one process get distinct, gap-free seqs and commit in seq order; so a reader that
 //! sees seq `n` committed knows every seq below it is committed too.
 
+mod options;
 mod sql;
 
 use std::time::Duration;
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
+use crate::adapters::tls;
+use crate::config::redact;
 use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
     StreamId,
@@ -29,18 +32,28 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A pooled connection idle this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// How a PostgreSQL TLS failure says which CA to give.
+const HOW_TO_TRUST: &str = "sslrootcert=FILE in DATABASE_URL";
+
 pub struct PostgresStore {
     pool: PgPool,
+    /// `host:port` (or the socket), for messages.
+    server: String,
+    /// DATABASE_URL without its secrets, for messages.
+    redacted_url: String,
 }
 
 impl PostgresStore {
-    /// Sets up a pool for `database_url`; connections are opened on first use.
-    /// `acquire_timeout` bounds how long a call waits for a connection.
+    /// Sets up a pool for `database_url` (read as libpq reads it: see [`options`]);
+    /// connections are opened on first use. `acquire_timeout` bounds how long a call
+    /// waits for a connection.
     pub fn connect_lazy(
         database_url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let options = options::connect_options(database_url)?;
+        let server = options::server(&options);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -56,17 +69,32 @@ impl PostgresStore {
                     Ok(true)
                 })
             })
-            .connect_lazy(database_url)
-            .context("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)")?;
-        Ok(Self { pool })
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            server,
+            redacted_url: redact(database_url),
+        })
     }
 
-    /// Applies the migrations that have not run yet.
+    /// Applies the migrations that have not run yet: the first use of the server, so
+    /// its error says which server, and a TLS failure says why in one sentence.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .context("applying the database migrations failed")
+        let Err(error) = MIGRATOR.run(&self.pool).await else {
+            return Ok(());
+        };
+        let error = anyhow::Error::new(error);
+        if let Some(failure) = tls::failure(&error) {
+            anyhow::bail!(
+                "could not connect to PostgreSQL at {} over TLS: {}",
+                self.server,
+                failure.explain(HOW_TO_TRUST)
+            );
+        }
+        Err(error.context(format!(
+            "could not prepare PostgreSQL at {}: is it running and reachable? Applying the database migrations failed",
+            self.redacted_url
+        )))
     }
 
     /// The database's epoch, made by the migrations: run [`Self::migrate`] first.

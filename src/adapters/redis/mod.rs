@@ -21,12 +21,15 @@
 //! it from PostgreSQL. A failed `XADD` is logged and counted, never an append failure.
 //!
 //! Commands go over one multiplexed, self-reconnecting connection; blocking reads go
-//! over the readers' own connections ([`reader`]).
+//! over the readers' own connections ([`reader`]). All of them come from one
+//! `redis::Client`, so with a `rediss://` URL every one is TLS, verified against the
+//! system's roots and the private CA of `--redis-tls-ca` ([`crate::adapters::tls`]).
 
 pub mod keys;
 mod reader;
 
 use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
+use crate::adapters::tls;
 use crate::domain::{ProcessId, StoredMessage, StreamId};
 use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed};
 use keys::{Keys, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
@@ -45,6 +49,8 @@ use reader::Reader;
 #[derive(Debug, Clone)]
 pub struct RedisFeedConfig {
     pub url: String,
+    /// PEM file of a private CA trusted beside the system's roots (`rediss://` only).
+    pub tls_ca: Option<PathBuf>,
     /// Prepended to every key; empty by default.
     pub prefix: String,
     /// `MAXLEN ~` of every `XADD`.
@@ -63,8 +69,18 @@ pub struct RedisFeedConfig {
     pub follower_buffer: usize,
 }
 
+/// How a Redis TLS failure says which CA to give.
+const HOW_TO_TRUST: &str = "--redis-tls-ca FILE";
+
+/// What a malformed REDIS_URL is told with (never the URL itself: it may hold a
+/// password).
+const INVALID_URL: &str =
+    "REDIS_URL is not a valid Redis URL (redis://host:port/db, or rediss:// for TLS)";
+
 pub struct RedisFeed {
     commands: ConnectionManager,
+    /// `host:port` (or the socket), for messages.
+    server: String,
     keys: Keys,
     config: RedisFeedConfig,
     readers: Vec<Arc<Reader>>,
@@ -77,8 +93,8 @@ impl RedisFeed {
     /// Sets up the feed without waiting for Redis: commands fail (and are logged) until
     /// it answers. Readers connect when first needed, and keep trying.
     pub fn connect_lazy(config: RedisFeedConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.url.as_str())
-            .context("REDIS_URL is not a valid Redis URL (redis://host:port/db)")?;
+        let client = client(&config.url, config.tls_ca.as_deref())?;
+        let server = client.get_connection_info().addr().to_string();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -104,6 +120,7 @@ impl RedisFeed {
             .collect();
         Ok(Self {
             commands,
+            server,
             keys: Keys::new(config.prefix.clone()),
             config,
             readers,
@@ -115,6 +132,27 @@ impl RedisFeed {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Pings Redis at start. Redis not answering yet is no error (followers poll
+    /// PostgreSQL until it does), but a TLS failure is: it will not mend by itself.
+    pub async fn check_at_start(&self) -> anyhow::Result<Option<FeedError>> {
+        let mut commands = self.commands.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut commands).await;
+        let Err(error) = pong else {
+            self.health.mark_up();
+            return Ok(None);
+        };
+        // Before the outage is logged: a TLS failure is said once, as the start's error.
+        if let Some(failure) = tls::failure(&anyhow::Error::new(error.clone())) {
+            anyhow::bail!(
+                "could not connect to Redis at {} over TLS: {}",
+                self.server,
+                failure.explain(HOW_TO_TRUST)
+            );
+        }
+        self.health.mark_down("PING", &error);
+        Ok(Some(FeedError(anyhow::Error::new(error).context("PING"))))
     }
 
     /// Sends a write. While Redis is down, appends do not wait on it: the write is
@@ -254,6 +292,24 @@ impl LiveFeed for RedisFeed {
     }
 }
 
+/// The client every connection comes from: over TLS for `rediss://`, trusting the
+/// system's roots and, when given, the CA in `tls_ca`.
+fn client(url: &str, tls_ca: Option<&Path>) -> anyhow::Result<redis::Client> {
+    tls::use_ring();
+    let Some(ca) = tls_ca else {
+        return redis::Client::open(url).map_err(|_| anyhow::anyhow!(INVALID_URL));
+    };
+    let pem = std::fs::read(ca)
+        .with_context(|| format!("--redis-tls-ca {} cannot be read", ca.display()))?;
+    let extra = tls::pem_certificates(&pem)
+        .with_context(|| format!("--redis-tls-ca {} is not usable", ca.display()))?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(tls::system_roots_and(&extra)),
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|_| anyhow::anyhow!(INVALID_URL))
+}
+
 async fn send(
     mut commands: ConnectionManager,
     health: &Health,
@@ -296,5 +352,34 @@ async fn wake(reader: Arc<Reader>, mut commands: ConnectionManager, generation: 
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client;
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_is_named_at_start() {
+        let url = "rediss://cache:6380/";
+        let missing = client(url, Some("/nonexistent/ca.pem".as_ref())).unwrap_err();
+        assert!(
+            format!("{missing:#}").starts_with("--redis-tls-ca /nonexistent/ca.pem cannot be read"),
+            "{missing:#}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let refused = client(url, Some(&not_pem)).unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(
+            format!("{refused:#}").contains("holds no PEM certificate"),
+            "{refused:#}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_repeating_it() {
+        let error = client("redis://:hunter2@cache:port/", None).unwrap_err();
+        assert!(!format!("{error:#}").contains("hunter2"), "{error:#}");
     }
 }
