@@ -149,10 +149,9 @@ impl NewMessage {
                 .collect::<Result<_, _>>()?;
             Ok((messages, true))
         } else {
-            Ok((
-                vec![Self::parse(body.trim_ascii(), max_message_bytes)?],
-                false,
-            ))
+            let raw = body.trim_ascii();
+            within(raw, max_message_bytes)?;
+            Ok((vec![Self::parse_checked(raw)?], false))
         }
     }
 

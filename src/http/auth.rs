@@ -69,7 +69,7 @@ pub fn needs(route: &str, method: &Method) -> Needs {
 
 /// The check of a [`Needs::BodyProcess`] route, once its handler knows the process:
 /// the same 403 as a `/processes/{id}` route's, and nothing about whether it exists.
-pub fn require(grant: &Grant, process: &ProcessId, needed: Scope) -> Result<(), Response> {
+pub fn require(grant: &Grant, process: &ProcessId, needed: Scope) -> Result<(), ApiError> {
     if grant.allows(process, needed) {
         Ok(())
     } else {
@@ -107,7 +107,8 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         match process_id(&mut parts).await {
             Ok(Some(process)) => {
                 if !claims.processes.covers(&process) || !claims.scope.includes(scope) {
-                    return forbidden(&claims.processes, claims.scope, &process, scope);
+                    return forbidden(&claims.processes, claims.scope, &process, scope)
+                        .into_response();
                 }
             }
             // A malformed id matches no claim and tells nothing: the handler answers
@@ -210,7 +211,7 @@ fn unauthorized(error: AuthError, presented: bool) -> Response {
 
 /// A 403 that says only what the token and the request say: nothing about whether the
 /// process exists.
-fn forbidden(processes: &Processes, scope: Scope, process: &ProcessId, needed: Scope) -> Response {
+fn forbidden(processes: &Processes, scope: Scope, process: &ProcessId, needed: Scope) -> ApiError {
     let message = if processes.covers(process) {
         format!(
             "this token's scope is {scope}; this call needs a {needed} token for process {process}"
@@ -218,7 +219,7 @@ fn forbidden(processes: &Processes, scope: Scope, process: &ProcessId, needed: S
     } else {
         format!("this token does not cover process {process}")
     };
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// Whether the request is a browser loading a page.

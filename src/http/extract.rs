@@ -153,3 +153,45 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
     }
     Ok(buffer.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn negotiate(accept: Option<&str>, follow: Option<bool>) -> Format {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, accept.parse().unwrap());
+        }
+        Format::negotiate(&headers, follow)
+    }
+
+    #[test]
+    fn a_follow_is_asked_for_by_name_and_anything_else_gets_the_array() {
+        for (accept, follow, expected) in [
+            (None, None, Format::Snapshot),
+            (Some("*/*"), None, Format::Snapshot),
+            (Some("application/json"), None, Format::Snapshot),
+            (Some("text/html, */*;q=0.8"), None, Format::Snapshot),
+            (Some("text/event-stream"), None, Format::Sse),
+            (
+                Some("application/json, text/event-stream"),
+                None,
+                Format::Sse,
+            ),
+            (Some("Application/X-NDJSON"), None, Format::Ndjson),
+            (None, Some(true), Format::Ndjson),
+            (Some("*/*"), Some(true), Format::Ndjson),
+            (Some("application/json"), Some(true), Format::Ndjson),
+            (Some("text/event-stream"), Some(true), Format::Sse),
+            (Some("text/event-stream"), Some(false), Format::Snapshot),
+            (Some("application/x-ndjson"), Some(false), Format::Snapshot),
+        ] {
+            assert_eq!(
+                negotiate(accept, follow),
+                expected,
+                "{accept:?} follow={follow:?}"
+            );
+        }
+    }
+}

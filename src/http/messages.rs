@@ -2,6 +2,7 @@
 //! as a follow over SSE or NDJSON, or as the JSON array of the messages.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -62,9 +63,7 @@ pub async fn webhook(
 ) -> Result<Response, ApiError> {
     let body = read_body(body, state.config.max_body_bytes).await?;
     let (process, message) = NewMessage::parse_notification(&body, state.config.max_message_bytes)?;
-    if let Err(refusal) = require(&grant, &process, Scope::Write) {
-        return Ok(refusal);
-    }
+    require(&grant, &process, Scope::Write)?;
     let outcome = state
         .writer
         .append(&process, std::slice::from_ref(&message))
@@ -199,7 +198,7 @@ async fn snapshot(
 
 /// Where a snapshot's body has got to.
 struct SnapshotPages {
-    store: std::sync::Arc<dyn MessageStore>,
+    store: Arc<dyn MessageStore>,
     process: ProcessId,
     /// The seq of the last message written (or the cursor's).
     after: u64,
