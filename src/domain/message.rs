@@ -558,7 +558,7 @@ mod tests {
                     }
                     for (field, value) in [("agent", agent), ("model", model)] {
                         if let Some(value) = value {
-                            message.insert(field.into(), value.into());
+                            message.insert(field.into(), value);
                         }
                     }
                     message.insert("payload".into(), payload);
