@@ -25,7 +25,6 @@ use super::processes::{self, ProcessView};
 use super::AppState;
 use crate::auth::{Grant, Processes};
 use crate::domain::{ProcessId, RecentProcess};
-use crate::ports::StoreError;
 
 const INDEX_PAGE: &str = include_str!("viewer/index.html");
 const PROCESS_PAGE: &str = include_str!("viewer/process.html");
@@ -76,18 +75,16 @@ pub async fn index() -> Response {
 }
 
 /// `GET /processes/{id}`: the viewer for a browser, the process's JSON for anyone else.
-/// An unknown process is the contract's JSON 404 either way.
+/// A process not known yet gets the page (which waits for its agent to start) but the
+/// contract's JSON 404 for its record.
 pub async fn show(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
     headers: HeaderMap,
 ) -> Response {
     let mut response = if prefers_html(&headers) {
-        match state.store.process(&process).await {
-            Ok(Some(_)) => page(StatusCode::OK, PROCESS_PAGE),
-            Ok(None) => ApiError::from(StoreError::UnknownProcess(process)).into_response(),
-            Err(error) => ApiError::from(error).into_response(),
-        }
+        // Served for a process not known yet too: the page waits for its agent to start.
+        page(StatusCode::OK, PROCESS_PAGE)
     } else {
         processes::show(State(state), ProcessPath(process))
             .await
@@ -136,8 +133,9 @@ pub async fn list(
     Extension(grant): Extension<Grant>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ProcessList>, ApiError> {
-    let limit =
-        MessagesQuery::parse(query.as_deref())?.limit(DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let limit = MessagesQuery::parse(query.as_deref())?
+        .limit(MAX_LIST_LIMIT)?
+        .unwrap_or(DEFAULT_LIST_LIMIT);
     // A caller sees only the processes its token names: no way to learn of the others.
     let only: Option<Vec<ProcessId>> = match grant.processes() {
         Processes::All => None,
