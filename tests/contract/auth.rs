@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::on_every_backend;
 use crate::support::{messages, process_id, seqs, Backend, Format, TestApp, WAIT};
 
 const SECRET: &str = "contract-test-secret-0123456789abcdef";
@@ -23,7 +24,7 @@ fn secret() -> Secret {
 }
 
 /// A server that checks tokens signed with [`SECRET`].
-async fn spawn(backend: Backend) -> TestApp {
+pub(crate) async fn spawn(backend: Backend) -> TestApp {
     TestApp::spawn_with(backend, |config| {
         config.auth = Some(Arc::new(Verifier::new(&secret())));
     })
@@ -39,7 +40,7 @@ fn ids<S: AsRef<str>>(processes: &[S]) -> Processes {
     )
 }
 
-fn token<S: AsRef<str>>(processes: &[S], scope: Scope) -> String {
+pub(crate) fn token<S: AsRef<str>>(processes: &[S], scope: Scope) -> String {
     Minter::new(&secret())
         .mint(ids(processes), scope, Duration::from_secs(600), None)
         .expect("mint")
@@ -646,28 +647,6 @@ async fn a_page_opened_with_an_access_token_hands_it_to_the_browser_as_a_strict_
     );
 }
 
-/// Runs each test once per backend on a server that checks tokens.
-macro_rules! with_auth_on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::spawn($crate::support::Backend::Memory).await).await
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::spawn($crate::support::Backend::Real).await).await
-                }
-            )*
-        }
-    };
-}
-
 /// `GET /processes` (and the page at `/` built on it) lists only what the token names:
 /// the list is no way to learn of other processes.
 async fn the_process_list_shows_a_token_only_its_processes(app: TestApp) {
@@ -785,7 +764,8 @@ async fn the_webhook_needs_a_write_token_for_the_process_its_body_names(app: Tes
     assert_eq!(body, json!({ "id": "w-1", "stream_id": "1-0" }));
 }
 
-with_auth_on_every_backend!(
+on_every_backend!(
+    spawn = crate::auth::spawn;
     the_webhook_needs_a_write_token_for_the_process_its_body_names,
     every_protected_call_without_a_token_is_a_401_whether_or_not_the_process_exists,
     bad_expired_foreign_or_unsigned_tokens_are_a_401,

@@ -659,15 +659,16 @@ pub fn seqs(messages: &[Value]) -> Vec<u64> {
 }
 
 /// Runs each listed `async fn name(app: TestApp)` once per backend: `memory::name` and
-/// `real::name`.
+/// `real::name`, on a server from `TestApp::spawn`, or from `spawn = path;` (an
+/// `async fn(Backend) -> TestApp`, e.g. one that turns auth on).
 #[macro_export]
 macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
+    (spawn = $spawn:path; $($name:ident),* $(,)?) => {
         mod memory {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::support::TestApp::spawn($crate::support::Backend::Memory).await).await
+                    super::$name($spawn($crate::support::Backend::Memory).await).await
                 }
             )*
         }
@@ -675,9 +676,12 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::support::TestApp::spawn($crate::support::Backend::Real).await).await
+                    super::$name($spawn($crate::support::Backend::Real).await).await
                 }
             )*
         }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_every_backend!(spawn = $crate::support::TestApp::spawn; $($name),*);
     };
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::browser::{Browser, Proxy};
 use crate::on_every_backend;
 use crate::support::{messages, process_id, session, TestApp};
+use agent_stream::auth::Scope;
 
 on_every_backend!(
     the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothing,
@@ -19,6 +20,14 @@ on_every_backend!(
     the_list_as_json_is_ordered_by_last_activity_and_bounded,
     the_viewer_of_a_process_not_known_yet_waits_for_its_agent_then_follows_it,
 );
+
+mod with_auth {
+    crate::on_every_backend!(
+        spawn = crate::auth::spawn;
+        a_page_opened_with_a_token_follows_by_its_cookie_with_the_token_gone_from_the_address,
+    );
+    use super::*;
+}
 
 /// The stream IDs of the timeline's items, in page order.
 const STREAM_IDS: &str =
@@ -211,8 +220,8 @@ async fn the_list_shows_the_processes_last_active_first_and_links_to_each(app: T
     .await;
 
     let browser = Browser::launch().await;
-    // A token in the page's URL goes along on every call and link (the service ignores it
-    // until it checks one).
+    // A token in the page's address leaves it at once: the page's calls and links carry
+    // none (with auth on, the cookie the page was served with does).
     browser.open(&app.url("/?access_token=t0ken")).await;
     let rows = browser
         .wait_until(
@@ -231,9 +240,11 @@ async fn the_list_shows_the_processes_last_active_first_and_links_to_each(app: T
     let link = browser
         .eval("return document.querySelector('#processes tbody a').href")
         .await;
+    assert_eq!(link, json!(app.url(&format!("/processes/{first}"))));
     assert_eq!(
-        link,
-        json!(app.url(&format!("/processes/{first}?access_token=t0ken")))
+        browser.eval("return location.href").await,
+        json!(app.url("/")),
+        "the token is gone from the address (and so from the history)"
     );
     browser
         .client
@@ -276,10 +287,10 @@ async fn the_list_shows_the_processes_last_active_first_and_links_to_each(app: T
             "unknown": "SomethingNew (shown as JSON)",
             "unknown_json": {"detail": "<script>alert(1)</script>"},
             "calls": [
-                app.url(&format!("/processes/{first}?access_token=t0ken")),
-                app.url(&format!("/processes/{first}/messages?access_token=t0ken")),
+                app.url(&format!("/processes/{first}")),
+                app.url(&format!("/processes/{first}/messages")),
             ],
-            "back_link": app.url("/?access_token=t0ken"),
+            "back_link": app.url("/"),
         }),
         "message content is text, never HTML"
     );
@@ -421,4 +432,66 @@ async fn the_list_as_json_is_ordered_by_last_activity_and_bounded(app: TestApp) 
         assert_eq!(status, 400, "{bad}");
         assert_eq!(body["error"]["code"], "invalid_limit");
     }
+}
+
+/// The token a page was opened with becomes an HttpOnly cookie; the page strips it from
+/// its address (so from the history) and sends it in no link or request.
+async fn a_page_opened_with_a_token_follows_by_its_cookie_with_the_token_gone_from_the_address(
+    app: TestApp,
+) {
+    let process = process_id();
+    let writer = crate::auth::token(&[&process], Scope::Write);
+    let reader = crate::auth::token(&[&process], Scope::Read);
+    let appended = app
+        .http
+        .post(app.url(&format!("/processes/{process}/messages")))
+        .bearer_auth(&writer)
+        .json(&messages("m", 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(appended.status(), 201);
+
+    let browser = Browser::launch().await;
+    browser
+        .open(&app.url(&format!("/processes/{process}?access_token={reader}")))
+        .await;
+    browser
+        .wait_until(
+            "the messages, read with the cookie",
+            STREAM_IDS,
+            stream_ids(1..=3),
+        )
+        .await;
+    // No request the page made carries the token (the follow, closed by the page on its
+    // end, may be missing from the list: an aborted request has no timing entry).
+    let calls = browser
+        .eval(
+            "return performance.getEntriesByType('resource')
+               .filter(e => e.name.includes('/processes/'))
+               .map(e => e.name)",
+        )
+        .await;
+    let calls = calls.as_array().expect("a list");
+    assert!(
+        calls.contains(&json!(app.url(&format!("/processes/{process}")))),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|call| !call.to_string().contains("access_token")),
+        "{calls:?}"
+    );
+    let seen = browser
+        .eval("return { address: location.href, back_link: document.querySelector('nav a').href };")
+        .await;
+    assert_eq!(
+        seen,
+        json!({
+            "address": app.url(&format!("/processes/{process}")),
+            "back_link": app.url("/"),
+        })
+    );
+    browser.close().await;
 }

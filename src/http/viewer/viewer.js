@@ -3,16 +3,20 @@
 // nodes and attributes only, never from HTML. No framework, no build step.
 'use strict';
 
-// A token in the page's own URL goes along on every call, so the viewer works whether
-// the service takes `Authorization`, `?access_token=` or a cookie (same-origin cookies go
-// with every call by default).
-const token = new URLSearchParams(location.search).get('access_token');
+// A page opened with `?access_token=` got the token back as an HttpOnly cookie (the
+// service does that for a page, reads only), and same-origin cookies go with every call
+// the page makes. So the token leaves the address at once, before any link or request
+// is made from it: it would otherwise stay in the history and reach proxies' logs.
+const address = new URL(location.href);
+if (address.searchParams.has('access_token')) {
+  address.searchParams.delete('access_token');
+  history.replaceState(history.state, '', address.href);
+}
 
-/** `path` (relative to this page) with `params` and the page's access token. */
+/** `path` (relative to this page) with `params`. */
 function api(path, params = {}) {
   const url = new URL(path, location.href);
   for (const [name, value] of Object.entries(params)) url.searchParams.set(name, value);
-  if (token) url.searchParams.set('access_token', token);
   return url.href;
 }
 
@@ -93,7 +97,6 @@ function processPage() {
 
   document.title = `${id} · agent-stream`;
   document.getElementById('process-id').textContent = id;
-  for (const link of document.querySelectorAll('a[data-keep-token]')) link.href = api(link.getAttribute('href'));
 
   function setConnection(state, text) {
     connection.dataset.state = state;
