@@ -63,6 +63,9 @@ pub struct NewMessage {
     pub id: String,
     pub kind: String,
     pub turn: Option<i64>,
+    /// `agent` and `model` as sent, as JSON (a string, or any JSON value: the existing
+    /// worker sends `model` as an object), without insignificant whitespace; `None`
+    /// when absent or null.
     pub agent: Option<String>,
     pub model: Option<String>,
     /// The payload object, as sent but without insignificant whitespace.
@@ -78,9 +81,9 @@ struct WriterMessage {
     #[serde(default)]
     turn: Option<i64>,
     #[serde(default)]
-    agent: Option<String>,
+    agent: Option<Box<RawValue>>,
     #[serde(default)]
-    model: Option<String>,
+    model: Option<Box<RawValue>>,
     payload: Box<RawValue>,
 }
 
@@ -169,8 +172,8 @@ impl NewMessage {
             id,
             kind: message.kind,
             turn: message.turn,
-            agent: message.agent,
-            model: message.model,
+            agent: message.agent.map(|raw| minify_json(raw.get()).into_owned()),
+            model: message.model.map(|raw| minify_json(raw.get()).into_owned()),
             payload: minify_json(payload).into_owned(),
         })
     }
@@ -203,7 +206,7 @@ impl NewMessage {
         ] {
             out.extend_from_slice(field);
             match value {
-                Some(value) => push_str(&mut out, value),
+                Some(value) => out.extend_from_slice(value.as_bytes()),
                 None => out.extend_from_slice(b"null"),
             }
         }
@@ -322,6 +325,22 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["turn"], serde_json::Value::Null);
         assert_eq!(value["agent"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn agent_and_model_may_be_any_json_value_and_are_stored_as_sent() {
+        let body = br#"{"type":"T","agent":"CLAUDE_CODE","model":{ "ai_model": "claude-sonnet-4-5", "version": null },"payload":{}}"#;
+        let (messages, _) = NewMessage::parse_body(body, LIMIT, 1000).unwrap();
+        let json = messages[0].render(1, Utc::now()).json;
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["agent"], "CLAUDE_CODE");
+        assert_eq!(
+            value["model"],
+            serde_json::json!({"ai_model": "claude-sonnet-4-5", "version": null})
+        );
+        assert!(std::str::from_utf8(&json)
+            .unwrap()
+            .contains(r#""model":{"ai_model":"claude-sonnet-4-5","version":null}"#));
     }
 
     #[test]
@@ -543,12 +562,6 @@ mod tests {
             let Some(message) = value.as_object() else {
                 return false;
             };
-            let optional_string = |field: &str| {
-                matches!(
-                    message.get(field),
-                    None | Some(Value::Null | Value::String(_))
-                )
-            };
             let id_ok = match message.get("id") {
                 None | Some(Value::Null) => true,
                 Some(Value::String(id)) => {
@@ -567,8 +580,7 @@ mod tests {
                 && message.get("payload").is_some_and(Value::is_object)
                 && id_ok
                 && turn_ok
-                && optional_string("agent")
-                && optional_string("model")
+            // `agent` and `model` may be any JSON value.
         }
 
         fn is_valid_body(value: &Value) -> bool {
@@ -601,8 +613,12 @@ mod tests {
             }
             prop_assert_eq!(Some(parsed.kind.as_str()), sent["type"].as_str());
             prop_assert_eq!(parsed.turn, sent["turn"].as_i64());
-            prop_assert_eq!(parsed.agent.as_deref(), sent["agent"].as_str());
-            prop_assert_eq!(parsed.model.as_deref(), sent["model"].as_str());
+            for (field, kept) in [("agent", &parsed.agent), ("model", &parsed.model)] {
+                let kept: Value = kept
+                    .as_deref()
+                    .map_or(Value::Null, |raw| serde_json::from_str(raw).unwrap());
+                prop_assert_eq!(&kept, &reparsed[field], "{} is kept as sent", field);
+            }
             let compact = serde_json::to_string(&sent["payload"]).unwrap();
             prop_assert_eq!(
                 &parsed.payload,
