@@ -5,11 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use clap::Args;
 
 use crate::auth::AuthConfig;
 use crate::follow::FollowConfig;
-use crate::http::HttpConfig;
+use crate::http::{parse_origin, HttpConfig};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
@@ -76,6 +77,17 @@ pub struct ServeConfig {
     /// (catches a message whose Redis XADD never happened, or Redis being down).
     #[arg(long, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
+
+    /// Origins whose pages may call the API from a browser (CORS), exactly as the
+    /// browser sends them, e.g. `https://app.example.com`: repeat the flag or separate
+    /// them with commas. None by default: only pages of the service's own origin.
+    #[arg(
+        long = "allow-origin",
+        env = "AGENT_STREAM_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origins: Vec<String>,
 
     /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
     #[arg(long, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -237,7 +249,21 @@ impl ServeConfig {
             self.tcp_unsent_bytes >= 16 * 1024,
             "--tcp-unsent-bytes must be at least 16384"
         );
+        self.allowed_origins()?;
         Ok(())
+    }
+
+    /// `--allow-origin`, checked; empty entries (`a,,b`, or the variable set empty)
+    /// are passed over.
+    pub fn allowed_origins(&self) -> anyhow::Result<Vec<HeaderValue>> {
+        self.allow_origins
+            .iter()
+            .map(|origin| origin.trim())
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| {
+                parse_origin(origin).map_err(|why| anyhow::anyhow!("--allow-origin: {why}"))
+            })
+            .collect()
     }
 
     /// The HTTP configuration, without auth: the caller sets `auth` from
@@ -255,6 +281,8 @@ impl ServeConfig {
             write_timeout: self.write_timeout,
             tcp_unsent_bytes: self.tcp_unsent_bytes,
             heartbeat: self.heartbeat,
+            // Checked by `validate`, which runs first.
+            allowed_origins: self.allowed_origins().unwrap_or_default(),
             follow: FollowConfig {
                 page_size: self.catch_up_page,
                 page_bytes: self.catch_up_page_bytes,

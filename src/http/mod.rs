@@ -2,6 +2,7 @@
 //! algorithm. [`router`] is pure, so tests can drive it in-process or bind it to a port.
 
 mod auth;
+mod cors;
 mod error;
 mod extract;
 mod health;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +30,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use auth::{needs, Needs, ACCESS_TOKEN};
+pub use cors::parse_origin;
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
 
@@ -63,6 +65,8 @@ pub struct HttpConfig {
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
+    /// Origins whose pages a browser lets read the answers (CORS); none by default.
+    pub allowed_origins: Vec<HeaderValue>,
     /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
     /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
     pub auth: Option<Arc<Verifier>>,
@@ -83,6 +87,7 @@ impl Default for HttpConfig {
             tcp_unsent_bytes: 128 * 1024,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
+            allowed_origins: Vec::new(),
             auth: None,
         }
     }
@@ -130,7 +135,8 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors::layer(&state.config.allowed_origins);
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
@@ -181,7 +187,13 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a preflight is answered before auth (it carries no token), and every
+    // answer, errors included, names the origin so the page can read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Bounds the time to a response's head: the whole of a non-streaming call, and the

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod cors;
 mod follow;
 mod fuzz;
 mod limits;
