@@ -153,10 +153,9 @@ describe('followProcess', () => {
     await waitFor('3 messages', () => seen.messages.length === 3);
     server.freeze();
     try {
-      const frozenAt = Date.now();
-      await waitFor('the silence to be noticed', () => seen.statuses.includes('reconnecting'), 5 * HEARTBEAT_MS);
-      const noticedAfter = Date.now() - frozenAt;
-      assert.ok(noticedAfter >= 1.5 * HEARTBEAT_MS, `noticed after ${noticedAfter} ms, before twice the heartbeat`);
+      // Noticed within twice the heartbeat of the last thing received (give or take a
+      // heartbeat before the freeze); the idle test above shows it is not noticed sooner.
+      await waitFor('the silence to be noticed', () => seen.statuses.includes('reconnecting'), 4 * HEARTBEAT_MS);
     } finally {
       server.thaw();
     }
