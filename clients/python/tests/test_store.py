@@ -120,12 +120,32 @@ async def test_a_retry_after_a_lost_answer_stores_the_message_once(server, proce
     assert [m["id"] for m in stored] == [message_id]
 
 
+class CountFailures(httpx.AsyncBaseTransport):
+    """Passes requests on, counting those that fail to get an answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.failures = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.inner.handle_async_request(request)
+        except httpx.TransportError:
+            self.failures += 1
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def test_a_crash_and_restart_mid_session_loses_and_doubles_nothing(server, process_id):
     count = 60
     ids: list[str] = []
+    transport = CountFailures()
 
     async def worker() -> None:
-        async with store_for(server, timeout=2.0) as store:
+        async with httpx.AsyncClient(transport=transport, timeout=2.0) as http:
+            store = store_for(server, http_client=http)
             for turn in range(1, count + 1):
                 ids.append(await store.append(process_id, MODEL, turn, said(f"step {turn}"), "CLAUDE_CODE"))
                 await anyio.sleep(0.01)
@@ -146,6 +166,7 @@ async def test_a_crash_and_restart_mid_session_loses_and_doubles_nothing(server,
         server.kill9()
         await anyio.to_thread.run_sync(server.start)
 
+    assert transport.failures > 0, "the worker met the crashes and retried"
     async with store_for(server) as store:
         stored = await store.get(process_id)
     assert [m["id"] for m in stored] == ids
