@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use clap::Args;
 
 use crate::auth::AuthConfig;
 use crate::follow::FollowConfig;
-use crate::http::{connections, HttpConfig};
+use crate::http::{connections, parse_origin, HttpConfig};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
@@ -93,6 +94,17 @@ pub struct ServeConfig {
     /// (catches a message whose Redis XADD never happened, or Redis being down).
     #[arg(long, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
+
+    /// Origins whose pages may call the API from a browser (CORS), exactly as the
+    /// browser sends them, e.g. `https://app.example.com`: repeat the flag or separate
+    /// them with commas. None by default: only pages of the service's own origin.
+    #[arg(
+        long = "allow-origin",
+        env = "AGENT_STREAM_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origins: Vec<String>,
 
     /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
     #[arg(long, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -303,6 +315,7 @@ impl ServeConfig {
             self.http2_keep_alive >= Duration::from_secs(1),
             "--http2-keep-alive must be at least 1s"
         );
+        self.allowed_origins()?;
         Ok(())
     }
 
@@ -331,6 +344,19 @@ impl ServeConfig {
         }
     }
 
+    /// `--allow-origin`, checked; empty entries (`a,,b`, or the variable set empty)
+    /// are passed over.
+    pub fn allowed_origins(&self) -> anyhow::Result<Vec<HeaderValue>> {
+        self.allow_origins
+            .iter()
+            .map(|origin| origin.trim())
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| {
+                parse_origin(origin).map_err(|why| anyhow::anyhow!("--allow-origin: {why}"))
+            })
+            .collect()
+    }
+
     /// The HTTP configuration, without auth: the caller sets `auth` from
     /// `self.auth`, which needs the address it listens on.
     pub fn http(&self) -> HttpConfig {
@@ -350,6 +376,8 @@ impl ServeConfig {
             idle_timeout: self.idle_timeout,
             http2_keep_alive: self.http2_keep_alive,
             heartbeat: self.heartbeat,
+            // Checked by `validate`, which runs first.
+            allowed_origins: self.allowed_origins().unwrap_or_default(),
             follow: FollowConfig {
                 page_size: self.catch_up_page,
                 page_bytes: self.catch_up_page_bytes,

@@ -382,6 +382,22 @@ mod tests {
     }
 
     #[test]
+    fn agent_and_model_may_be_any_json_value_and_are_stored_as_sent() {
+        let body = br#"{"type":"T","agent":"CLAUDE_CODE","model":{ "ai_model": "claude-sonnet-4-5", "version": null },"payload":{}}"#;
+        let (messages, _) = NewMessage::parse_body(body, LIMIT, 1000).unwrap();
+        let json = messages[0].render(1, Utc::now()).json;
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["agent"], "CLAUDE_CODE");
+        assert_eq!(
+            value["model"],
+            serde_json::json!({"ai_model": "claude-sonnet-4-5", "version": null})
+        );
+        assert!(std::str::from_utf8(&json)
+            .unwrap()
+            .contains(r#""model":{"ai_model":"claude-sonnet-4-5","version":null}"#));
+    }
+
+    #[test]
     fn bad_messages_are_refused_with_a_reason() {
         for bad in [
             &br#"{"type":"T"}"#[..],

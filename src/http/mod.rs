@@ -3,6 +3,7 @@
 
 mod auth;
 pub mod connections;
+mod cors;
 mod error;
 mod extract;
 mod health;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +31,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use auth::{needs, Needs, ACCESS_TOKEN};
+pub use cors::parse_origin;
 pub use error::ApiError;
 pub use write_timeout::WriteTimeout;
 
@@ -72,6 +74,8 @@ pub struct HttpConfig {
     /// SSE comment or NDJSON empty line after this long without a message.
     pub heartbeat: Duration,
     pub follow: FollowConfig,
+    /// Origins whose pages a browser lets read the answers (CORS); none by default.
+    pub allowed_origins: Vec<HeaderValue>,
     /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
     /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
     pub auth: Option<Arc<Verifier>>,
@@ -102,6 +106,7 @@ impl Default for HttpConfig {
             http2_keep_alive: HTTP2_KEEP_ALIVE,
             heartbeat: Duration::from_secs(15),
             follow: FollowConfig::default(),
+            allowed_origins: Vec::new(),
             auth: None,
             only_loopback_hosts: false,
         }
@@ -165,7 +170,8 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors::layer(&state.config.allowed_origins);
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
@@ -218,7 +224,13 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(middleware::map_request(request_log::keep_valid_request_id))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a preflight is answered before auth (it carries no token), and every
+    // answer, errors included, names the origin so the page can read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Bounds the time to a response's head: the whole of a non-streaming call, and the

@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod connections;
+mod cors;
 mod follow;
 mod foreign_entries;
 mod fuzz;
