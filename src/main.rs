@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     match agent_stream::cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", agent_stream::report::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -61,6 +61,7 @@ impl SecretArgs {
 
 /// The auth flags of `serve` and `demo`.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Auth")]
 pub struct AuthConfig {
     #[command(flatten)]
     pub secret: SecretArgs,
