@@ -15,8 +15,11 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tracing::{Instrument, Span};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
+use super::openapi::{
+    AppendAnswer, AppendBody, Message, ProcessIdParam, ReadHeaders, ReadParams, Refusals,
+};
 use super::AppState;
 use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
 use crate::follow::FollowEvent;
@@ -33,12 +36,37 @@ const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 /// whatever `limit` says: the client pages on with `after`.
 const SNAPSHOT_MAX_BYTES: usize = 16 << 20;
 
-#[derive(Serialize)]
-struct AppendedView<'a> {
+/// What an append answers per message.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Appended, example = json!({"id": "m1", "stream_id": "1-0"}))]
+pub struct AppendedView<'a> {
     id: &'a str,
+    #[schema(pattern = "^[0-9]+-0$")]
     stream_id: String,
 }
 
+/// The OpenAPI document's name for [`AppendedView`].
+pub type Appended = AppendedView<'static>;
+
+#[utoipa::path(
+    post,
+    path = "/processes/{id}/messages",
+    tag = "messages",
+    operation_id = "append_messages",
+    summary = "Append one message, or an array of them in order",
+    description = "One transaction: each message gets the next seq of its process, then goes to the live feed. The process is registered if new. A message whose `id` is already stored for this process is not stored again: its first `stream_id` is answered (200 when every message was already stored). A rejected body stores nothing.",
+    params(ProcessIdParam),
+    request_body(description = "One message, or a JSON array of them (at most `--max-batch-messages`, 1000 by default).", content = AppendBody),
+    responses(
+        (status = 201, description = "Stored: one `{id, stream_id}`, or an array of them in the body's order.", body = AppendAnswer),
+        (status = 200, description = "Every message was stored before (same ids): their first stream IDs.", body = AppendAnswer),
+        (status = 400, description = "Malformed process id or body: not a message or an array of them, or not I-JSON.", body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
+        (status = 413, description = "A message over `--max-message-bytes` (1 MiB), a body over `--max-body-bytes`, or too many messages.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn append(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -71,6 +99,26 @@ pub async fn append(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/processes/{id}/messages",
+    tag = "messages",
+    operation_id = "read_messages",
+    summary = "The messages after a cursor: a JSON array, or a follow",
+    description = "By `Accept` and `follow`:\n\n- no `Accept`, `*/*` or `application/json` (and `follow` not `true`), or `follow=false`: the JSON array of the messages after the cursor, in order (what the existing API answers here). Without `limit`, every message after the cursor.\n- `text/event-stream`: an SSE follow. Per message `id: <stream_id>`, `event: message`, `data: <message JSON>`; then, once the process is finished, `event: end`, `data: {\"status\": \"…\"}` with the id `<last seq>-1`, and the response ends. A comment line at least every 15 s while idle. Reconnecting with the end's id gets 204.\n- `application/x-ndjson`, or `follow=true` with any other `Accept`: an NDJSON follow, one message per line, then `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`. An empty line at least every 15 s while idle.\n\nA process not known yet reads as empty: `[]`, or a follow that stays open and delivers from its first message on.",
+    params(ProcessIdParam, ReadParams, ReadHeaders),
+    responses(
+        (status = 200, description = "The JSON array, or a follow (a stream that lasts until the process's end or the client leaves).", content(
+            (Vec<Message> = "application/json"),
+            (String = "text/event-stream"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 204, description = "An SSE follow of a finished process from its end's id: nothing more will come (a browser's EventSource stops for good)."),
+        (status = 400, description = "Malformed process id, cursor (`after` or `Last-Event-ID`), `limit` or `follow`.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn read(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -83,6 +131,24 @@ pub async fn read(
 }
 
 /// `/messages/stream`: the existing API's NDJSON path; `follow=false` still snapshots.
+#[utoipa::path(
+    get,
+    path = "/processes/{id}/messages/stream",
+    tag = "messages",
+    operation_id = "follow_messages_ndjson",
+    summary = "An NDJSON follow, whatever `Accept` says",
+    description = "The existing API's streaming path: one message per line, then the end line `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`; an empty line at least every 15 s while idle. `follow=false` answers the JSON array instead.",
+    params(ProcessIdParam, ReadParams, ReadHeaders),
+    responses(
+        (status = 200, description = "The follow (or, with `follow=false`, the JSON array).", content(
+            (String = "application/x-ndjson"),
+            (Vec<Message> = "application/json"),
+        )),
+        (status = 400, description = "Malformed process id, cursor, `limit` or `follow`.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn read_ndjson(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
