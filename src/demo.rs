@@ -168,10 +168,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "\nagent-stream demo: a recorded Claude Code session ({} messages) will play into process {process}\n\n\
          {intro}\
-         Follow it live (NDJSON, one message per line):\n    curl -N{bearer} {base}/messages\n\n\
+         Follow it live (NDJSON, one message per line):\n    curl -N{bearer} {base}/messages/stream\n\n\
          Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream'{bearer} {base}/messages\n\n\
-         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} '{base}/messages?after=10-0'\n\n\
+         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} '{base}/messages/stream?after=10-0'\n\n\
          The process and its status:\n    curl{bearer} {base}\n\n\
+         Every message so far, as one JSON array (what the existing UI's poller reads):\n    curl{bearer} {base}/messages\n\n\
          In a terminal, one line per message (resumes by itself after a drop):\n    cargo run --release -- tail --url http://{address}{tail_token} {process}\n\n\
          {browser}\
          The session starts when the first of these follows the process (or in {}), then one message every {}. Ctrl-C stops the server.\n",

@@ -274,7 +274,7 @@ impl Follower {
     /// Acts on a look's answer: catch up if the store has more than was delivered
     /// (an idle look first gives the feed one more interval), end if the process is
     /// finished and everything was delivered, else go on waiting. `None` if the look
-    /// found nothing (shutdown, or the process is gone).
+    /// found nothing (shutdown).
     fn looked(&mut self, info: Option<ProcessInfo>, fresh: bool) -> Option<()> {
         let info = info?;
         self.heard_at = Instant::now();
@@ -358,7 +358,7 @@ impl Follower {
 
 /// The process's status: a read that began after this call, or when not `fresh`, one
 /// younger than `max_age`. Reads of one process take turns, so followers asking
-/// together share one. `None` once `cancel` is, or if the process is gone.
+/// together share one. `None` once `cancel` is.
 async fn status(
     shared: Arc<Followers>,
     process: ProcessId,
@@ -379,7 +379,10 @@ async fn status(
     }
     let started = Instant::now();
     let store = &shared.store;
-    let info = retry(&cancel, &shared.reads, || store.process(&process)).await??;
+    // A process not known yet waits as an empty running one for its first message.
+    let info = retry(&cancel, &shared.reads, || store.process(&process))
+        .await?
+        .unwrap_or_else(|| ProcessInfo::not_known_yet(process.clone()));
     *last = Some(StatusRead {
         started,
         info: info.clone(),

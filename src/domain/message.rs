@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{DomainError, StreamId};
+use super::{ijson, DomainError, ProcessId, StreamId};
 
 /// A writer's message id can be any string up to this size (UUIDs are 36).
 pub const MAX_MESSAGE_ID_BYTES: usize = 256;
@@ -63,6 +63,9 @@ pub struct NewMessage {
     pub id: String,
     pub kind: String,
     pub turn: Option<i64>,
+    /// `agent` and `model` as sent (a string, or any JSON value: the existing worker
+    /// sends `model` as an object), without insignificant whitespace; `None` when absent
+    /// or null.
     pub agent: Option<String>,
     pub model: Option<String>,
     /// The payload object, as sent but without insignificant whitespace.
@@ -78,10 +81,20 @@ struct WriterMessage {
     #[serde(default)]
     turn: Option<i64>,
     #[serde(default)]
-    agent: Option<String>,
+    agent: Option<Box<RawValue>>,
     #[serde(default)]
-    model: Option<String>,
+    model: Option<Box<RawValue>>,
     payload: Box<RawValue>,
+}
+
+/// The existing worker's notification (`POST /webhooks/messages`), in snake or camel
+/// case.
+#[derive(Deserialize)]
+struct Notification<'a> {
+    #[serde(alias = "processId")]
+    process_id: String,
+    #[serde(alias = "agentMessage", borrow)]
+    agent_message: &'a RawValue,
 }
 
 impl NewMessage {
@@ -94,7 +107,9 @@ impl NewMessage {
         max_messages: usize,
     ) -> Result<(Vec<Self>, bool), DomainError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first == Some(&b'[') {
+        let is_batch = first == Some(&b'[');
+        ijson::check(body, usize::from(is_batch)).map_err(invalid)?;
+        if is_batch {
             let overflowed = Cell::new(false);
             let mut deserializer = serde_json::Deserializer::from_slice(body);
             let items = BoundedArray {
@@ -120,31 +135,35 @@ impl NewMessage {
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    Self::parse(raw.get().as_bytes(), max_message_bytes).map_err(|e| match e {
-                        DomainError::InvalidMessage(why) => {
-                            DomainError::InvalidMessage(format!("message {i} of the array: {why}"))
-                        }
-                        other => other,
-                    })
+                    let raw = raw.get().as_bytes();
+                    // The I-JSON rules were checked on the whole array.
+                    within(raw, max_message_bytes)
+                        .and_then(|()| Self::parse_checked(raw))
+                        .map_err(|e| match e {
+                            DomainError::InvalidMessage(why) => DomainError::InvalidMessage(
+                                format!("message {i} of the array: {why}"),
+                            ),
+                            other => other,
+                        })
                 })
                 .collect::<Result<_, _>>()?;
             Ok((messages, true))
         } else {
-            Ok((
-                vec![Self::parse(body.trim_ascii(), max_message_bytes)?],
-                false,
-            ))
+            let raw = body.trim_ascii();
+            within(raw, max_message_bytes)?;
+            Ok((vec![Self::parse_checked(raw)?], false))
         }
     }
 
     /// Parses one message object of at most `max_bytes` bytes.
     pub fn parse(raw: &[u8], max_bytes: usize) -> Result<Self, DomainError> {
-        if raw.len() > max_bytes {
-            return Err(DomainError::MessageTooLarge {
-                size: raw.len(),
-                limit: max_bytes,
-            });
-        }
+        within(raw, max_bytes)?;
+        ijson::check(raw, 0).map_err(invalid)?;
+        Self::parse_checked(raw)
+    }
+
+    /// Parses one message object whose size and I-JSON rules were checked.
+    fn parse_checked(raw: &[u8]) -> Result<Self, DomainError> {
         let message: WriterMessage = serde_json::from_slice(raw).map_err(|e| {
             DomainError::InvalidMessage(format!(
                 "{e}; a message is an object with \"type\" (string) and \"payload\" (object), and optionally \"id\", \"turn\" (integer), \"agent\" and \"model\""
@@ -169,10 +188,30 @@ impl NewMessage {
             id,
             kind: message.kind,
             turn: message.turn,
-            agent: message.agent,
-            model: message.model,
+            agent: message.agent.as_deref().and_then(as_sent),
+            model: message.model.as_deref().and_then(as_sent),
             payload: minify_json(payload).into_owned(),
         })
+    }
+
+    /// Parses the existing worker's notification, `{"process_id": "…", "agent_message":
+    /// {AgentMessage}}` (or `processId` / `agentMessage`), into the process it names and
+    /// its one message.
+    pub fn parse_notification(
+        body: &[u8],
+        max_message_bytes: usize,
+    ) -> Result<(ProcessId, Self), DomainError> {
+        ijson::check(body, 1).map_err(invalid)?;
+        let notification: Notification = serde_json::from_slice(body).map_err(|e| {
+            DomainError::InvalidMessage(format!(
+                "{e}; a notification is {{\"process_id\": \"…\", \"agent_message\": {{\"id\", \"type\", \"turn\", \"agent\", \"model\", \"payload\"}}}}"
+            ))
+        })?;
+        let process = ProcessId::parse(&notification.process_id)?;
+        let message = notification.agent_message.get().as_bytes();
+        within(message, max_message_bytes)?;
+        let message = Self::parse_checked(message)?;
+        Ok((process, message))
     }
 
     /// Renders the wire JSON of this message stored at `seq`.
@@ -202,15 +241,33 @@ impl NewMessage {
             (&b",\"model\":"[..], &self.model),
         ] {
             out.extend_from_slice(field);
-            match value {
-                Some(value) => push_str(&mut out, value),
-                None => out.extend_from_slice(b"null"),
-            }
+            out.extend_from_slice(value.as_deref().unwrap_or("null").as_bytes());
         }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_bytes());
         out
     }
+}
+
+/// Refuses a message over `max_bytes` bytes of JSON.
+fn within(raw: &[u8], max_bytes: usize) -> Result<(), DomainError> {
+    if raw.len() > max_bytes {
+        return Err(DomainError::MessageTooLarge {
+            size: raw.len(),
+            limit: max_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn invalid(violation: ijson::Violation) -> DomainError {
+    DomainError::InvalidMessage(violation.to_string())
+}
+
+/// `agent` or `model` as stored: the JSON value as sent, minified; `None` for null.
+fn as_sent(value: &RawValue) -> Option<String> {
+    let value = value.get();
+    (value != "null").then(|| minify_json(value).into_owned())
 }
 
 /// `created_at` as the wire JSON writes it: RFC 3339, UTC, microseconds
@@ -291,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_message_renders_with_the_existing_fields_first_and_the_payload_untouched() {
-        let body = br#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e400}}"#;
+        let body = br#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e300}}"#;
         let (messages, batch) = NewMessage::parse_body(body, LIMIT, 1000).unwrap();
         assert!(!batch);
         let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z")
@@ -300,7 +357,7 @@ mod tests {
         let stored = messages[0].render(42, created);
         assert_eq!(
             std::str::from_utf8(&stored.json).unwrap(),
-            r#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e400},"stream_id":"42-0","created_at":"2026-11-27T10:15:03.123456Z"}"#
+            r#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e300},"stream_id":"42-0","created_at":"2026-11-27T10:15:03.123456Z"}"#
         );
     }
 
@@ -473,14 +530,21 @@ mod tests {
             .boxed()
         }
 
-        /// A valid message: `type` and `payload`, and any of `id`, `turn`, `agent`, `model`.
+        /// A valid message: `type` and `payload`, and any of `id`, `turn`, `agent`, `model`
+        /// (those two a string or any JSON value).
         fn valid_message() -> BoxedStrategy<Value> {
             (
                 proptest::option::of(valid_id()),
                 tricky_string(),
                 proptest::option::of(any::<i64>()),
-                proptest::option::of(tricky_string()),
-                proptest::option::of(tricky_string()),
+                proptest::option::of(prop_oneof![
+                    tricky_string().prop_map(Value::from),
+                    json_value()
+                ]),
+                proptest::option::of(prop_oneof![
+                    tricky_string().prop_map(Value::from),
+                    json_value()
+                ]),
                 json_object(),
             )
                 .prop_map(|(id, kind, turn, agent, model, payload)| {
@@ -494,7 +558,7 @@ mod tests {
                     }
                     for (field, value) in [("agent", agent), ("model", model)] {
                         if let Some(value) = value {
-                            message.insert(field.into(), value.into());
+                            message.insert(field.into(), value);
                         }
                     }
                     message.insert("payload".into(), payload);
@@ -543,12 +607,6 @@ mod tests {
             let Some(message) = value.as_object() else {
                 return false;
             };
-            let optional_string = |field: &str| {
-                matches!(
-                    message.get(field),
-                    None | Some(Value::Null | Value::String(_))
-                )
-            };
             let id_ok = match message.get("id") {
                 None | Some(Value::Null) => true,
                 Some(Value::String(id)) => {
@@ -567,8 +625,6 @@ mod tests {
                 && message.get("payload").is_some_and(Value::is_object)
                 && id_ok
                 && turn_ok
-                && optional_string("agent")
-                && optional_string("model")
         }
 
         fn is_valid_body(value: &Value) -> bool {
@@ -601,8 +657,14 @@ mod tests {
             }
             prop_assert_eq!(Some(parsed.kind.as_str()), sent["type"].as_str());
             prop_assert_eq!(parsed.turn, sent["turn"].as_i64());
-            prop_assert_eq!(parsed.agent.as_deref(), sent["agent"].as_str());
-            prop_assert_eq!(parsed.model.as_deref(), sent["model"].as_str());
+            // `agent` and `model` are kept as sent, any JSON value, but for whitespace.
+            for (field, parsed) in [("agent", &parsed.agent), ("model", &parsed.model)] {
+                let expected = match sent.get(field) {
+                    None | Some(Value::Null) => None,
+                    Some(value) => Some(serde_json::to_string(value).unwrap()),
+                };
+                prop_assert_eq!(parsed, &expected, "{}", field);
+            }
             let compact = serde_json::to_string(&sent["payload"]).unwrap();
             prop_assert_eq!(
                 &parsed.payload,
@@ -621,6 +683,14 @@ mod tests {
             let rendered: Value = serde_json::from_slice(&stored.json).unwrap();
             prop_assert_eq!(&rendered["id"], &json!(parsed.id));
             prop_assert_eq!(&rendered["type"], &sent["type"]);
+            prop_assert_eq!(
+                &rendered["agent"],
+                &reparsed.get("agent").cloned().unwrap_or(Value::Null)
+            );
+            prop_assert_eq!(
+                &rendered["model"],
+                &reparsed.get("model").cloned().unwrap_or(Value::Null)
+            );
             prop_assert_eq!(rendered["turn"].as_i64(), parsed.turn);
             prop_assert_eq!(&rendered["payload"], &reparsed["payload"]);
             prop_assert_eq!(&rendered["stream_id"], &json!("42-0"));

@@ -2,6 +2,7 @@
 //! client input acceptable. Nothing here knows about HTTP, PostgreSQL or Redis.
 
 mod error;
+pub mod ijson;
 mod message;
 mod process;
 mod stream_id;

@@ -115,6 +115,19 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// How a process that is not known yet reads to a caller allowed to read it: running,
+    /// with no messages. The platform opens a process's page before its agent has
+    /// started, and that page must wait for the first message, not fail.
+    pub fn not_known_yet(process_id: ProcessId) -> Self {
+        Self {
+            process_id,
+            status: ProcessStatus::Running,
+            last_seq: 0,
+            created_at: Utc::now(),
+            finished_at: None,
+        }
+    }
+
     pub fn last_stream_id(&self) -> StreamId {
         StreamId::message(self.last_seq)
     }

@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::viewer::{prefers_html, token_page};
 use super::AppState;
 use crate::auth::config::COOKIE;
-use crate::auth::{AuthError, Claims, Grant, Scope};
+use crate::auth::{AuthError, Claims, Grant, Processes, Scope};
 use crate::domain::ProcessId;
 
 /// The query parameter a token may come in.
@@ -41,11 +41,17 @@ pub enum Needs {
     Token,
     /// A token that grants `Scope` on the route's `{id}`.
     Process(Scope),
+    /// A token that grants `Scope` on the process the request's body names (the
+    /// worker's webhook): the middleware checks the token, and the handler checks its
+    /// [`Grant`] with [`require`] once it has parsed the body, before it stores anything.
+    BodyProcess(Scope),
 }
 
 /// The rule, by the route's pattern and method. Routes under `/processes/{id}` need a
 /// token for that process: `read` to `GET` them, `write` for anything else. The
-/// probes and the OpenAPI document are open. Every other route, including any added later, needs a valid token.
+/// probes and the OpenAPI document are open. The worker's webhook needs a `write` token
+/// for the process its body names. Every other route, including any added later, needs
+/// a valid token.
 /// `/metrics` carries no process ids and is scraped without tokens.
 pub fn needs(route: &str, method: &Method) -> Needs {
     match route {
@@ -59,7 +65,18 @@ pub fn needs(route: &str, method: &Method) -> Needs {
                 Scope::Write
             })
         }
+        "/webhooks/messages" => Needs::BodyProcess(Scope::Write),
         _ => Needs::Token,
+    }
+}
+
+/// The check of a [`Needs::BodyProcess`] route, once its handler knows the process:
+/// the same 403 as a `/processes/{id}` route's, and nothing about whether it exists.
+pub fn require(grant: &Grant, process: &ProcessId, needed: Scope) -> Result<(), ApiError> {
+    if grant.allows(process, needed) {
+        Ok(())
+    } else {
+        Err(forbidden(grant.processes(), grant.scope(), process, needed))
     }
 }
 
@@ -93,7 +110,8 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         match process_id(&mut parts).await {
             Ok(Some(process)) => {
                 if !claims.processes.covers(&process) || !claims.scope.includes(scope) {
-                    return forbidden(&claims, &process, scope);
+                    return forbidden(&claims.processes, claims.scope, &process, scope)
+                        .into_response();
                 }
             }
             // A malformed id matches no claim and tells nothing: the handler answers
@@ -201,16 +219,15 @@ fn unauthorized(error: AuthError, presented: bool, parts: &Parts) -> Response {
 
 /// A 403 that says only what the token and the request say: nothing about whether the
 /// process exists.
-fn forbidden(claims: &Claims, process: &ProcessId, needed: Scope) -> Response {
-    let message = if claims.processes.covers(process) {
+fn forbidden(processes: &Processes, scope: Scope, process: &ProcessId, needed: Scope) -> ApiError {
+    let message = if processes.covers(process) {
         format!(
-            "this token's scope is {}; this call needs a {needed} token for process {process}",
-            claims.scope
+            "this token's scope is {scope}; this call needs a {needed} token for process {process}"
         )
     } else {
         format!("this token does not cover process {process}")
     };
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// Whether the request is a browser loading a page.
@@ -281,5 +298,9 @@ mod tests {
         );
         assert_eq!(needs("/", &Method::GET), Needs::Token);
         assert_eq!(needs("/processes", &Method::GET), Needs::Token);
+        assert_eq!(
+            needs("/webhooks/messages", &Method::POST),
+            Needs::BodyProcess(Scope::Write)
+        );
     }
 }

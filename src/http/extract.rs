@@ -66,13 +66,14 @@ impl MessagesQuery {
         }
     }
 
-    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+    /// `limit`, from 1 to `max`; `None` when not given.
+    pub fn limit(&self, max: usize) -> Result<Option<usize>, ApiError> {
         let Some(raw) = self.limit.as_deref() else {
-            return Ok(default);
+            return Ok(None);
         };
         match raw.parse::<usize>() {
             Ok(limit) if (1..=max).contains(&limit) && raw.bytes().all(|b| b.is_ascii_digit()) => {
-                Ok(limit)
+                Ok(Some(limit))
             }
             _ => Err(ApiError::bad_request(
                 "invalid_limit",
@@ -91,6 +92,11 @@ pub enum Format {
 }
 
 impl Format {
+    /// The contract's rule. A follow is asked for by name: `text/event-stream` (SSE),
+    /// `application/x-ndjson`, or `follow=true` (SSE if accepted, else NDJSON). Anything
+    /// else (no `Accept`, `*/*`, `application/json`, …) gets the JSON array, because
+    /// that is what the existing API answers there and what its UI's poller (`fetch`,
+    /// then `response.json()`) needs. `follow=false` is always the array.
     pub fn negotiate(headers: &HeaderMap, follow: Option<bool>) -> Self {
         let accepts = |wanted: &str| {
             headers
@@ -108,8 +114,9 @@ impl Format {
         match follow {
             Some(false) => Self::Snapshot,
             _ if accepts("text/event-stream") => Self::Sse,
-            None if accepts("application/json") => Self::Snapshot,
-            _ => Self::Ndjson,
+            Some(true) => Self::Ndjson,
+            None if accepts("application/x-ndjson") => Self::Ndjson,
+            None => Self::Snapshot,
         }
     }
 }
@@ -145,4 +152,46 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
         return Err(ApiError::payload_too_large(limit));
     }
     Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn negotiate(accept: Option<&str>, follow: Option<bool>) -> Format {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, accept.parse().unwrap());
+        }
+        Format::negotiate(&headers, follow)
+    }
+
+    #[test]
+    fn a_follow_is_asked_for_by_name_and_anything_else_gets_the_array() {
+        for (accept, follow, expected) in [
+            (None, None, Format::Snapshot),
+            (Some("*/*"), None, Format::Snapshot),
+            (Some("application/json"), None, Format::Snapshot),
+            (Some("text/html, */*;q=0.8"), None, Format::Snapshot),
+            (Some("text/event-stream"), None, Format::Sse),
+            (
+                Some("application/json, text/event-stream"),
+                None,
+                Format::Sse,
+            ),
+            (Some("Application/X-NDJSON"), None, Format::Ndjson),
+            (None, Some(true), Format::Ndjson),
+            (Some("*/*"), Some(true), Format::Ndjson),
+            (Some("application/json"), Some(true), Format::Ndjson),
+            (Some("text/event-stream"), Some(true), Format::Sse),
+            (Some("text/event-stream"), Some(false), Format::Snapshot),
+            (Some("application/x-ndjson"), Some(false), Format::Snapshot),
+        ] {
+            assert_eq!(
+                negotiate(accept, follow),
+                expected,
+                "{accept:?} follow={follow:?}"
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! Message calls: append (`POST`), and read (`GET`) as a follow over SSE or NDJSON, or
-//! as a JSON snapshot page.
+//! Message calls: append (`POST`, and the existing worker's webhook), and read (`GET`)
+//! as a follow over SSE or NDJSON, or as the JSON array of the messages.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,32 +10,31 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tracing::{Instrument, Span};
 
+use super::auth::require;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
 use super::openapi::{
     AppendAnswer, AppendBody, Message, ProcessIdParam, ReadHeaders, ReadParams, Refusals,
+    WebhookBody,
 };
 use super::AppState;
+use crate::auth::{Grant, Scope};
 use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
 use crate::follow::FollowEvent;
 use crate::metrics::FollowMetrics;
-use crate::ports::StoreError;
+use crate::ports::{AppendOutcome, MessageStore, StoreError};
 
-/// Snapshot pages: `limit` defaults to this…
-const DEFAULT_LIMIT: usize = 1000;
-/// …and may not exceed this.
+/// A snapshot's `limit` may not exceed this.
 const MAX_LIMIT: usize = 10_000;
 /// The `retry:` hint of an SSE follow that the server's shutdown ended.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
-/// A snapshot page stops past this many bytes of messages (after its first message),
-/// whatever `limit` says: the client pages on with `after`.
-const SNAPSHOT_MAX_BYTES: usize = 16 << 20;
 
 /// What an append answers per message.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -79,6 +79,48 @@ pub async fn append(
         state.config.max_batch_messages,
     )?;
     let outcome = state.writer.append(&process, &messages).await?;
+    Ok(appended(&outcome, is_batch))
+}
+
+/// `POST /webhooks/messages`: the existing worker's notification of one message,
+/// appended exactly as `POST /processes/{id}/messages` appends it. The body names the
+/// process, so the token is checked against it here, after parsing and before storing.
+#[utoipa::path(
+    post,
+    path = "/webhooks/messages",
+    tag = "messages",
+    operation_id = "webhook_message",
+    summary = "The existing worker's notification of one message",
+    description = "Appends `agent_message` to `process_id` exactly as `POST /processes/{id}/messages` would (registering the process if new; an `id` already stored answers its first `stream_id` with 200). `processId` and `agentMessage` (camelCase) are accepted too. The token must allow writing the process the body names.",
+    request_body = WebhookBody,
+    responses(
+        (status = 201, description = "Stored.", body = Appended),
+        (status = 200, description = "Already stored (same id): its first stream ID.", body = Appended),
+        (status = 400, description = "Malformed body, process id or message, or not I-JSON.", body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
+        (status = 413, description = "The message or the body is over the limit.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
+pub async fn webhook(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, state.config.max_body_bytes).await?;
+    let (process, message) = NewMessage::parse_notification(&body, state.config.max_message_bytes)?;
+    require(&grant, &process, Scope::Write)?;
+    let outcome = state
+        .writer
+        .append(&process, std::slice::from_ref(&message))
+        .await?;
+    Ok(appended(&outcome, false))
+}
+
+/// 201 when anything was stored, else 200 (every id was already stored), with each
+/// message's `{id, stream_id}`: an array for a batch.
+fn appended(outcome: &AppendOutcome, is_batch: bool) -> Response {
     let status = if outcome.results.iter().any(|r| r.created) {
         StatusCode::CREATED
     } else {
@@ -92,11 +134,10 @@ pub async fn append(
             stream_id: r.stream_id.to_string(),
         })
         .collect();
-    Ok(if is_batch {
-        (status, Json(views)).into_response()
-    } else {
-        (status, Json(&views[0])).into_response()
-    })
+    match (is_batch, views.first()) {
+        (false, Some(view)) => (status, Json(view)).into_response(),
+        _ => (status, Json(views)).into_response(),
+    }
 }
 
 #[utoipa::path(
@@ -172,14 +213,17 @@ async fn respond(
     format: Format,
 ) -> Result<Response, ApiError> {
     let cursor = query.cursor(headers)?;
-    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = query.limit(MAX_LIMIT)?;
+    // A process not known yet reads as an empty running one: its snapshot is `[]`, and
+    // a follow waits for its first message (the platform opens a process's page before
+    // its agent has started).
     let info = state
         .store
         .process(&process)
         .await?
-        .ok_or_else(|| StoreError::UnknownProcess(process.clone()))?;
+        .unwrap_or_else(|| ProcessInfo::not_known_yet(process));
     match format {
-        Format::Snapshot => snapshot(&state, &process, cursor, limit).await,
+        Format::Snapshot => snapshot(&state, info, cursor, limit).await,
         Format::Sse if info.status.finished().is_some() && cursor.has_seen_end(info.last_seq) => {
             // The client has the end: 204 stops a browser's EventSource for good.
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -189,34 +233,116 @@ async fn respond(
     }
 }
 
+/// The JSON array of the messages after `cursor`, up to the last one committed when
+/// the call came in (`info.last_seq`), at most `limit`. It is read from the store a
+/// page at a time (the follows' page size and bytes) as the client takes the body, so
+/// a response holds at most about one page in memory, however long the process, and a
+/// client that stops reading stops the reads (and is cut off by the write timeout).
+/// The first page is read before the head goes out, so a store that is down is a 503;
+/// a later page that fails ends the body early, which the client sees as JSON that
+/// does not parse (and asks again).
 async fn snapshot(
     state: &AppState,
-    process: &ProcessId,
+    info: ProcessInfo,
     cursor: Cursor,
-    limit: usize,
+    limit: Option<usize>,
 ) -> Result<Response, ApiError> {
-    let messages = state
-        .store
-        .read_after(process, cursor.after_seq(), limit, SNAPSHOT_MAX_BYTES)
-        .await?;
-    let mut body =
-        BytesMut::with_capacity(messages.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
-    body.put_u8(b'[');
-    for (i, message) in messages.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
+    let mut pages = SnapshotPages {
+        store: state.store.clone(),
+        process: info.process_id,
+        after: cursor.after_seq(),
+        upto: info.last_seq,
+        left: limit.unwrap_or(usize::MAX),
+        page_size: state.config.follow.page_size.max(1),
+        page_bytes: state.config.follow.page_bytes,
+        opened: false,
+    };
+    let first = pages.next_chunk().await?;
+    let rest = futures::stream::unfold(Some(pages), |pages| async move {
+        let mut pages = pages?;
+        match pages.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(pages))),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(process = %pages.process, error = format!("{:#}", anyhow::Error::new(error)), "a snapshot page could not be read: ending the body early");
+                Some((
+                    Err(std::io::Error::other("the store failed mid-snapshot")),
+                    None,
+                ))
+            }
         }
-        body.put_slice(&message.json);
+    });
+    let body = futures::stream::iter(first.map(Ok)).chain(rest);
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Where a snapshot's body has got to.
+struct SnapshotPages {
+    store: Arc<dyn MessageStore>,
+    process: ProcessId,
+    /// The seq of the last message written (or the cursor's).
+    after: u64,
+    /// The last seq the snapshot covers.
+    upto: u64,
+    /// Messages the `limit` still allows.
+    left: usize,
+    page_size: usize,
+    page_bytes: usize,
+    /// Whether `[` went out.
+    opened: bool,
+}
+
+impl SnapshotPages {
+    /// The next piece of the array: `[` and the first page, then `,`-led pages, then
+    /// `]` with the last; `None` once `]` went out.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let done = self.after >= self.upto || self.left == 0;
+        if done && self.opened {
+            return Ok(None);
+        }
+        let page = if done {
+            Vec::new()
+        } else {
+            let limit = self.page_size.min(self.left);
+            self.store
+                .read_after(&self.process, self.after, limit, self.page_bytes)
+                .await?
+        };
+        let page: Vec<_> = page
+            .into_iter()
+            .take_while(|m| m.seq <= self.upto)
+            .collect();
+        let mut chunk =
+            BytesMut::with_capacity(page.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
+        if !self.opened {
+            chunk.put_u8(b'[');
+        }
+        for (i, message) in page.iter().enumerate() {
+            if self.opened || i > 0 {
+                chunk.put_u8(b',');
+            }
+            chunk.put_slice(&message.json);
+        }
+        self.opened = true;
+        self.left -= page.len();
+        match page.last() {
+            Some(last) => self.after = last.seq,
+            // Nothing more in the store (a cursor past the end, say): close the array.
+            None => self.upto = self.after,
+        }
+        if self.after >= self.upto || self.left == 0 {
+            chunk.put_u8(b']');
+            // Nothing else to send: the next call says so.
+            self.upto = self.after;
+            self.left = 0;
+        }
+        Ok(Some(chunk.freeze()))
     }
-    body.put_u8(b']');
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.freeze(),
-    )
-        .into_response())
 }
 
 /// The follow behind a streaming response. It holds one of the instance's follow

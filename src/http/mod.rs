@@ -153,6 +153,7 @@ pub fn router(state: AppState) -> Router {
             "/processes/{id}/messages/stream",
             get(messages::read_ndjson),
         )
+        .route("/webhooks/messages", post(messages::webhook))
         // Every route above is behind auth (the rule is `auth::needs`): add routes above
         // this line. Unmatched paths get the 404 below without a check.
         .route_layer(middleware::from_fn_with_state(

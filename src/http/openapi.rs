@@ -46,6 +46,7 @@ pub const COOKIE_TOKEN: &str = "cookie";
         messages::read,
         messages::append,
         messages::read_ndjson,
+        messages::webhook,
     ),
     components(schemas(Message, NewMessage, super::error::ErrorBody)),
     modifiers(&Security),
@@ -149,7 +150,11 @@ pub struct Message {
 pub struct NewMessage {
     /// The writer's id: sending one makes the append idempotent (the same id again
     /// stores nothing and answers the first `stream_id`). A UUID is made when absent.
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     id: Option<String>,
     #[serde(rename = "type")]
     kind: String,
@@ -159,13 +164,52 @@ pub struct NewMessage {
     payload: serde_json::Map<String, serde_json::Value>,
 }
 
-/// An append's body: one message, or an array of them in order.
+/// An append's body: one message, or an array of at least one of them, in order.
+pub struct AppendBody;
+
+impl utoipa::PartialSchema for AppendBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        use utoipa::openapi::Ref;
+        OneOfBuilder::new()
+            .description(Some(
+                "One message, or an array of at least one of them, in order.",
+            ))
+            .item(Ref::from_schema_name("NewMessage"))
+            .item(
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name("NewMessage"))
+                    .min_items(Some(1)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for AppendBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "NewMessage".into(),
+            <NewMessage as utoipa::PartialSchema>::schema(),
+        ));
+        NewMessage::schemas(schemas);
+    }
+}
+
+/// The existing worker's notification: one message for the process it names.
 #[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // parsed by `domain::NewMessage::parse_body`
-pub enum AppendBody {
-    One(NewMessage),
-    Many(Vec<NewMessage>),
+#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "agent_message": {"id": "m1", "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE", "model": {"ai_model": "claude-sonnet-4-5", "version": "20250929"}, "payload": {"content": []}}}))]
+#[allow(dead_code)] // parsed by `domain::NewMessage::parse_notification`
+pub struct WebhookBody {
+    /// The process (`processId` is accepted too).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+    process_id: String,
+    /// The message (`agentMessage` is accepted too).
+    agent_message: NewMessage,
 }
 
 /// An append's answer: one `{id, stream_id}` for a message, an array of them (in the
@@ -176,6 +220,16 @@ pub enum AppendBody {
 pub enum AppendAnswer {
     One(super::messages::Appended),
     Many(Vec<super::messages::Appended>),
+}
+
+/// The viewer's assets.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // matched by `viewer::asset`
+pub enum AssetName {
+    #[serde(rename = "viewer.js")]
+    Script,
+    #[serde(rename = "viewer.css")]
+    Style,
 }
 
 /// The `{id}` of every `/processes/{id}…` route.

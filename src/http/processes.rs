@@ -94,6 +94,7 @@ pub async fn register(
 struct FinishRequest {
     /// `succeeded`, `failed`, `cancelled`, or another word: 1 to 64 characters of
     /// `A-Z a-z 0-9 . _ -`, not `running`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     status: String,
 }
 

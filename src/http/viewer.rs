@@ -21,12 +21,11 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{MessagesQuery, ProcessPath};
-use super::openapi::{ProcessIdParam, Refusals};
+use super::openapi::{AssetName, ProcessIdParam, Refusals};
 use super::processes::{self, ProcessView};
 use super::AppState;
 use crate::auth::{Grant, Processes};
 use crate::domain::{ProcessId, RecentProcess};
-use crate::ports::StoreError;
 
 const INDEX_PAGE: &str = include_str!("viewer/index.html");
 const PROCESS_PAGE: &str = include_str!("viewer/process.html");
@@ -92,7 +91,8 @@ pub async fn index() -> Response {
 }
 
 /// `GET /processes/{id}`: the viewer for a browser, the process's JSON for anyone else.
-/// An unknown process is the contract's JSON 404 either way.
+/// A process not known yet gets the page (which waits for its agent to start) but the
+/// contract's JSON 404 for its record.
 #[utoipa::path(
     get,
     path = "/processes/{id}",
@@ -118,11 +118,8 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Response {
     let mut response = if prefers_html(&headers) {
-        match state.store.process(&process).await {
-            Ok(Some(_)) => page(StatusCode::OK, PROCESS_PAGE),
-            Ok(None) => ApiError::from(StoreError::UnknownProcess(process)).into_response(),
-            Err(error) => ApiError::from(error).into_response(),
-        }
+        // Served for a process not known yet too: the page waits for its agent to start.
+        page(StatusCode::OK, PROCESS_PAGE)
     } else {
         processes::show(State(state), ProcessPath(process))
             .await
@@ -188,8 +185,9 @@ pub async fn list(
     Extension(grant): Extension<Grant>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ProcessList>, ApiError> {
-    let limit =
-        MessagesQuery::parse(query.as_deref())?.limit(DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let limit = MessagesQuery::parse(query.as_deref())?
+        .limit(MAX_LIST_LIMIT)?
+        .unwrap_or(DEFAULT_LIST_LIMIT);
     // A caller sees only the processes its token names: no way to learn of the others.
     let only: Option<Vec<ProcessId>> = match grant.processes() {
         Processes::All => None,
@@ -206,7 +204,7 @@ pub async fn list(
     tag = "viewer",
     summary = "The viewer's script and style",
     params(
-        ("name" = String, Path, description = "`viewer.js` or `viewer.css`."),
+        ("name" = inline(AssetName), Path, description = "`viewer.js` or `viewer.css`; any other name is a 404."),
         ("If-None-Match" = Option<String>, Header, description = "An ETag seen before: 304 when it still matches."),
     ),
     responses(

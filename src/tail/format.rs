@@ -132,6 +132,16 @@ pub fn end(status: &str, stream_id: &str) -> Line {
     }
 }
 
+/// The line of a message this client could not parse: its text as it came.
+pub fn unparsed(raw: &str) -> Line {
+    Line {
+        stream_id: "?".into(),
+        label: "raw".into(),
+        tone: Tone::Quiet,
+        text: raw.to_owned(),
+    }
+}
+
 /// The content of an SDK message (`payload.content`), or of an API-shaped one
 /// (`payload.message.content`).
 fn content(payload: &Value) -> Option<&Value> {

@@ -35,8 +35,9 @@ pub const EXIT_SUCCEEDED: u8 = 0;
 /// Exit status when the process ended with any other status (`failed`, `cancelled`, …).
 pub const EXIT_OTHER_STATUS: u8 = 1;
 /// Exit status when the process could not be followed: bad arguments, a refusal by the
-/// server (unknown process, bad token, …), a server never reached (without `--wait`), or
-/// one unreachable for `--retry-for`.
+/// server (bad token, …), a server never reached (without `--wait`), or one unreachable
+/// for `--retry-for`. (A process not known yet is waited for: its agent may not have
+/// started.)
 pub const EXIT_CANNOT_FOLLOW: u8 = 2;
 
 /// First wait before reconnecting; it doubles on each failure in a row…
@@ -55,8 +56,9 @@ const PIPE_WIDTH: usize = 220;
 #[command(after_help = "\
 Exit status: 0 when the process ends `succeeded`, 1 when it ends with any other status \
 (`failed`, `cancelled`, …), 2 when it cannot be followed (bad arguments, the server \
-refuses: unknown process, bad token, …, the server cannot be reached at all (without \
---wait), or it stays unreachable for --retry-for).")]
+refuses: bad token, …, the server cannot be reached at all (without --wait), or it stays \
+unreachable for --retry-for). A process not known yet is waited for, as its agent may not \
+have started.")]
 pub struct TailArgs {
     /// The process to follow.
     pub process: String,
@@ -265,12 +267,22 @@ async fn attempt(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // a heartbeat
             }
-            let value: Value = serde_json::from_slice(&line).with_context(|| {
-                format!(
-                    "the server sent a line that is not JSON: {:?}",
-                    String::from_utf8_lossy(&line[..line.len().min(200)])
-                )
-            })?;
+            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+                // A line this client cannot parse (JSON stored before the server
+                // refused what common parsers cannot read back, say) is shown as it
+                // came, and the follow goes on.
+                let stream_id = raw_stream_id(&line);
+                if stream_id.as_ref().is_some_and(|id| id <= after) {
+                    continue; // already printed: never twice
+                }
+                if !output.raw(&line, stream_id.as_ref()) {
+                    return Ok(Attempt::OutputClosed);
+                }
+                if let Some(stream_id) = stream_id {
+                    *after = stream_id;
+                }
+                continue;
+            };
             if value["event"] == "end" {
                 let status = value["status"].as_str().unwrap_or("unknown").to_owned();
                 let stream_id = value["stream_id"].as_str().unwrap_or("?");
@@ -297,6 +309,18 @@ async fn attempt(
             *after = stream_id;
         }
     }
+}
+
+/// The stream ID of a message line that does not parse, read from the service's own
+/// field, which the wire JSON writes last but one: `…,"stream_id":"42-0","created_at":…}`.
+fn raw_stream_id(line: &[u8]) -> Option<StreamId> {
+    const FIELD: &[u8] = b"\"stream_id\":\"";
+    let at = line
+        .windows(FIELD.len())
+        .rposition(|window| window == FIELD)?
+        + FIELD.len();
+    let len = line[at..].iter().position(|&b| b == b'"')?;
+    StreamId::parse(std::str::from_utf8(&line[at..at + len]).ok()?).ok()
 }
 
 /// A clear sentence for a 4xx that asking again would not change.
@@ -402,6 +426,21 @@ impl Output {
                 .is_ok();
         }
         let line = format::message(value).render(self.width(), self.colour);
+        self.print(&line)
+    }
+
+    /// Prints a line that does not parse as it came (lossy UTF-8); `false` when stdout
+    /// is closed.
+    fn raw(&mut self, line: &[u8], stream_id: Option<&StreamId>) -> bool {
+        let text = String::from_utf8_lossy(line);
+        if self.json {
+            return self.print(&text);
+        }
+        let mut line = format::unparsed(&text);
+        if let Some(stream_id) = stream_id {
+            line.stream_id = stream_id.to_string();
+        }
+        let line = line.render(self.width(), self.colour);
         self.print(&line)
     }
 

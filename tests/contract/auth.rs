@@ -461,7 +461,7 @@ async fn star_tokens_cover_every_process(app: TestApp) {
     assert_error(status, &answer, StatusCode::FORBIDDEN, "forbidden");
 }
 
-async fn an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_404_for_one_that_does(
+async fn an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_reads_as_empty_for_one_that_does(
     app: TestApp,
 ) {
     let known = finished_process(&app).await;
@@ -503,7 +503,11 @@ async fn an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_404_fo
         None,
     )
     .await;
-    assert_error(status, &answer, StatusCode::NOT_FOUND, "process_not_found");
+    assert_eq!(
+        (status, answer),
+        (StatusCode::OK, serde_json::json!([])),
+        "a process not known yet reads as empty to a caller allowed to read it"
+    );
 }
 
 async fn a_malformed_id_is_a_400_for_any_valid_token_and_a_401_without_one(app: TestApp) {
@@ -723,14 +727,73 @@ async fn the_viewer_assets_need_no_token(app: TestApp) {
     }
 }
 
+/// The worker's webhook names its process in the body: a `write` token for that very
+/// process, checked before anything is stored.
+async fn the_webhook_needs_a_write_token_for_the_process_its_body_names(app: TestApp) {
+    let (process, other) = (process_id(), process_id());
+    let notification = json!({
+        "process_id": process,
+        "agent_message": messages("w", 1)[0].clone(),
+    });
+    let (reader, stranger) = (
+        token(&[&process], Scope::Read),
+        token(&[&other], Scope::Write),
+    );
+    for (auth, expected, code) in [
+        (Auth::None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (
+            Auth::Bearer("not-a-token"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (Auth::Bearer(&reader), StatusCode::FORBIDDEN, "forbidden"),
+        (Auth::Bearer(&stranger), StatusCode::FORBIDDEN, "forbidden"),
+    ] {
+        let (status, body) = call(
+            &app,
+            Method::POST,
+            "/webhooks/messages",
+            auth,
+            Some(notification.clone()),
+        )
+        .await;
+        assert_error(status, &body, expected, code);
+    }
+    let writer = token(&[&process], Scope::Write);
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("/processes/{process}"),
+        Auth::Bearer(&writer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused notification stores nothing"
+    );
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/webhooks/messages",
+        Auth::Bearer(&writer),
+        Some(notification),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body, json!({ "id": "w-1", "stream_id": "1-0" }));
+}
+
 with_auth_on_every_backend!(
+    the_webhook_needs_a_write_token_for_the_process_its_body_names,
     every_protected_call_without_a_token_is_a_401_whether_or_not_the_process_exists,
     bad_expired_foreign_or_unsigned_tokens_are_a_401,
     a_read_token_follows_snapshots_and_shows_its_process_by_header_query_or_cookie,
     a_read_token_is_403_on_other_processes_and_on_every_write,
     a_write_token_registers_appends_finishes_and_reads_its_process_only,
     star_tokens_cover_every_process,
-    an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_404_for_one_that_does,
+    an_unknown_process_is_403_for_a_token_that_does_not_cover_it_and_reads_as_empty_for_one_that_does,
     a_malformed_id_is_a_400_for_any_valid_token_and_a_401_without_one,
     the_probes_need_no_token,
     a_cookie_never_authorizes_a_write,

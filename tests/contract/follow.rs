@@ -21,6 +21,7 @@ on_every_backend!(
     the_stream_path_is_ndjson,
     follow_format_follows_accept,
     live_messages_are_byte_for_byte_the_stored_ones,
+    a_follow_opened_before_the_process_is_known_gets_every_message_then_the_end,
 );
 
 async fn a_follow_sends_history_then_live_messages_then_the_end(app: TestApp) {
@@ -38,6 +39,46 @@ async fn a_follow_sends_history_then_live_messages_then_the_end(app: TestApp) {
         app.finish(&process, "succeeded").await;
         let (rest, end) = follow.until_end().await;
         assert!(rest.is_empty());
+        assert_eq!(
+            end,
+            End {
+                status: "succeeded".into(),
+                stream_id: "5-1".into()
+            }
+        );
+    }
+}
+
+/// The platform opens a process's page before its agent has booted: the follow waits
+/// for a process nobody registered yet, then delivers it from its first message on.
+async fn a_follow_opened_before_the_process_is_known_gets_every_message_then_the_end(app: TestApp) {
+    let process = process_id();
+    let stream = app.url(&format!("/processes/{process}/messages/stream"));
+    let mut follows = vec![
+        app.follow(&process, Format::Sse, None).await,
+        app.follow(&process, Format::Ndjson, None).await,
+        // The existing API's streaming path, as a client that accepts anything asks.
+        app.follow_request(
+            Format::Ndjson,
+            app.http.get(&stream).header("accept", "*/*"),
+        )
+        .await,
+    ];
+    for follow in &mut follows {
+        assert!(
+            matches!(
+                follow.next_within(Duration::from_millis(300)).await,
+                None | Some(Some(Item::Heartbeat))
+            ),
+            "nothing to deliver yet, and the follow stays open"
+        );
+    }
+    app.append(&process, &messages("m", 2)).await;
+    app.append_batch(&process, &messages("n", 3)).await;
+    app.finish(&process, "succeeded").await;
+    for follow in follows {
+        let (got, end) = follow.until_end().await;
+        assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
         assert_eq!(
             end,
             End {
@@ -243,9 +284,13 @@ async fn follow_format_follows_accept(app: TestApp) {
     for (accept, content_type) in [
         (Some("text/event-stream"), "text/event-stream"),
         (Some("application/x-ndjson"), "application/x-ndjson"),
-        (Some("*/*"), "application/x-ndjson"),
-        (None, "application/x-ndjson"),
+        (Some("*/*"), "application/json"),
+        (None, "application/json"),
         (Some("application/json"), "application/json"),
+        (
+            Some("text/html, application/json;q=0.9, */*;q=0.1"),
+            "application/json",
+        ),
     ] {
         let request = app.http.get(&url);
         let request = match accept {
@@ -269,15 +314,17 @@ async fn an_idle_follow_sends_heartbeats() {
             config.heartbeat = Duration::from_millis(300)
         })
         .await;
-        let process = process_id();
+        let (process, not_known_yet) = (process_id(), process_id());
         app.put_process(&process).await;
-        for format in [Format::Sse, Format::Ndjson] {
-            let mut follow = app.follow(&process, format, None).await;
-            assert_eq!(
-                follow.next_within(Duration::from_secs(5)).await,
-                Some(Some(Item::Heartbeat)),
-                "{format:?} on {backend:?}"
-            );
+        for process in [&process, &not_known_yet] {
+            for format in [Format::Sse, Format::Ndjson] {
+                let mut follow = app.follow(process, format, None).await;
+                assert_eq!(
+                    follow.next_within(Duration::from_secs(5)).await,
+                    Some(Some(Item::Heartbeat)),
+                    "{format:?} on {backend:?}"
+                );
+            }
         }
     }
 }

@@ -63,7 +63,7 @@ async fn follows_past_the_instance_limit_are_a_503() {
         let _second = app.follow(&process, Format::Ndjson, None).await;
         let refused = app
             .http
-            .get(app.url(&format!("/processes/{process}/messages")))
+            .get(app.url(&format!("/processes/{process}/messages/stream")))
             .send()
             .await
             .unwrap();

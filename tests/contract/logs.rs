@@ -119,7 +119,7 @@ async fn append_and_follow(server: &Server, marker: &str, secret: &str) -> Strin
     assert_eq!(refused.status(), 400);
     let follow = http
         .get(server.url(&format!(
-            "/processes/{process}/messages?access_token={secret}"
+            "/processes/{process}/messages?follow=true&access_token={secret}"
         )))
         .bearer_auth(secret)
         .send()

@@ -17,6 +17,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod model;
+mod platform;
 mod processes;
 mod redis_faults;
 mod snapshot;

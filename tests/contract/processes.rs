@@ -7,7 +7,7 @@ use crate::support::{messages, process_id, TestApp};
 
 on_every_backend!(
     registering_answers_201_then_200_with_the_process,
-    an_unknown_process_is_a_404_for_every_read,
+    a_process_not_known_yet_reads_as_empty_and_running_but_its_record_is_a_404,
     appending_makes_a_process_known,
     finishing_is_idempotent_for_the_same_status_and_409_for_another,
     finishing_an_unknown_process_is_a_404,
@@ -33,21 +33,58 @@ async fn registering_answers_201_then_200_with_the_process(app: TestApp) {
     assert_eq!(again["created_at"], body["created_at"]);
 }
 
-async fn an_unknown_process_is_a_404_for_every_read(app: TestApp) {
+/// The platform opens a process's page before its agent has started: reading a
+/// process not known yet is not an error, but its record (and finishing it) is.
+async fn a_process_not_known_yet_reads_as_empty_and_running_but_its_record_is_a_404(app: TestApp) {
     let process = process_id();
+    let response = app
+        .http
+        .get(app.url(&format!("/processes/{process}")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "process_not_found");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&process));
+
+    let messages = format!("/processes/{process}/messages");
     for (path, accept) in [
-        (format!("/processes/{process}"), "application/json"),
+        (messages.clone(), Some("application/json")),
+        (messages.clone(), Some("*/*")),
+        (messages.clone(), None),
         (
-            format!("/processes/{process}/messages"),
-            "text/event-stream",
+            format!("{messages}?follow=false"),
+            Some("text/event-stream"),
         ),
+        (format!("{messages}/stream?follow=false"), None),
+    ] {
+        let request = app.http.get(app.url(&path));
+        let request = match accept {
+            Some(accept) => request.header("accept", accept),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} ({accept:?})");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            serde_json::json!([]),
+            "{path} ({accept:?})"
+        );
+    }
+    for (path, accept, content_type) in [
+        (messages.clone(), "text/event-stream", "text/event-stream"),
         (
-            format!("/processes/{process}/messages"),
+            messages.clone(),
+            "application/x-ndjson",
             "application/x-ndjson",
         ),
-        (format!("/processes/{process}/messages"), "application/json"),
-        (format!("/processes/{process}/messages?follow=false"), "*/*"),
-        (format!("/processes/{process}/messages/stream"), "*/*"),
+        (format!("{messages}/stream"), "*/*", "application/x-ndjson"),
     ] {
         let response = app
             .http
@@ -56,14 +93,14 @@ async fn an_unknown_process_is_a_404_for_every_read(app: TestApp) {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 404, "{path} ({accept})");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "process_not_found", "{path}");
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&process));
+        assert_eq!(response.status(), 200, "{path} ({accept}) follows");
+        assert_eq!(response.headers()["content-type"], content_type);
     }
+    assert_eq!(
+        app.get_process(&process).await.status(),
+        404,
+        "reading a process registers nothing"
+    );
 }
 
 async fn appending_makes_a_process_known(app: TestApp) {

@@ -124,6 +124,7 @@ on_every_backend!(
     tail_json_prints_exactly_the_messages_and_exits_1_when_the_process_failed,
     tail_from_a_stream_id_starts_right_after_it,
     tail_resumes_after_the_server_restarts_without_losing_or_repeating_a_message,
+    tail_of_a_process_not_known_yet_waits_for_its_first_message,
 );
 
 async fn tail_prints_history_then_live_messages_each_once_in_order_and_exits_0_on_success(
@@ -217,17 +218,96 @@ async fn tail_resumes_after_the_server_restarts_without_losing_or_repeating_a_me
     assert_eq!(code, 0, "stderr: {stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_of_an_unknown_process_says_so_and_exits_2() {
-    let app = TestApp::spawn(crate::support::Backend::Memory).await;
+/// The platform opens a process's page before its agent has started; `tail` too waits
+/// for a process not known yet, and prints it from its first message.
+async fn tail_of_a_process_not_known_yet_waits_for_its_first_message(app: TestApp) {
     let process = process_id();
-    let (printed, stderr, code) = Tail::start(&app, &process, &[]).exit().await;
-    assert!(printed.is_empty());
+    let mut tail = Tail::start(&app, &process, &["--json"]);
+    // Nothing to print yet; it must not give up meanwhile.
     assert!(
-        stderr.contains(&format!("process {process} is not known")),
-        "the server's message reaches the user: {stderr}"
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tail.stdout.next_line()
+        )
+        .await
+        .is_err(),
+        "tail waits quietly"
     );
-    assert_eq!(code, 2);
+    app.append(&process, &messages("m", 2)).await;
+    let printed = tail.lines(2).await;
+    app.finish(&process, "succeeded").await;
+    let (rest, stderr, code) = tail.exit().await;
+    let expected: Vec<String> = stored(&app, &process)
+        .await
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    let printed: Vec<String> = printed
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap().to_string())
+        .collect();
+    assert_eq!(printed, expected);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(code, 0, "stderr: {stderr}");
+}
+
+/// A line `tail` cannot parse (JSON stored before the server refused what common
+/// parsers cannot read back) is printed as it came, and the follow goes on. The server
+/// here is a stand-in that answers with such a line, since agent-stream no longer
+/// stores one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_a_line_it_cannot_parse_as_it_came_and_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let good = |seq: u64| {
+        format!(
+            r#"{{"id":"m{seq}","type":"T","turn":{seq},"agent":null,"model":null,"payload":{{}},"stream_id":"{seq}-0","created_at":"2026-11-27T10:15:03.123456Z"}}"#
+        )
+    };
+    let unreadable = r#"{"id":"m2","type":"T","turn":2,"agent":null,"model":null,"payload":{"s":"\ud800","n":1e400},"stream_id":"2-0","created_at":"2026-11-27T10:15:03.123456Z"}"#;
+    let lines = vec![good(1), unreadable.to_owned(), good(3)];
+    let body = format!(
+        "{}\n{{\"event\":\"end\",\"status\":\"succeeded\",\"stream_id\":\"3-1\"}}\n",
+        lines.join("\n")
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    // One answer per run of tail below.
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(body.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        }
+    });
+    let mut raw = format::unparsed(unreadable);
+    raw.stream_id = "2-0".into();
+    let message = |json: String| format::message(&serde_json::from_str(&json).unwrap());
+    for (extra, expected) in [
+        (vec!["--json"], lines.clone()),
+        (
+            vec![],
+            vec![
+                message(good(1)).render(220, false),
+                raw.render(220, false),
+                message(good(3)).render(220, false),
+                format::end("succeeded", "3-1").render(220, false),
+            ],
+        ),
+    ] {
+        let (printed, stderr, code) = Tail::start_at(&base, &process_id(), &extra).exit().await;
+        assert_eq!(printed, expected, "{extra:?}; stderr: {stderr}");
+        assert_eq!(code, 0, "{extra:?}; stderr: {stderr}");
+    }
+    server.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

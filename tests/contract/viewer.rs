@@ -17,6 +17,7 @@ on_every_backend!(
     the_list_shows_the_processes_last_active_first_and_links_to_each,
     a_browser_gets_the_viewer_and_an_api_client_the_json_as_before,
     the_list_as_json_is_ordered_by_last_activity_and_bounded,
+    the_viewer_of_a_process_not_known_yet_waits_for_its_agent_then_follows_it,
 );
 
 /// The stream IDs of the timeline's items, in page order.
@@ -183,6 +184,46 @@ async fn the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothi
     browser.close().await;
 }
 
+/// The platform opens a process's page before its agent has started.
+async fn the_viewer_of_a_process_not_known_yet_waits_for_its_agent_then_follows_it(app: TestApp) {
+    let process = process_id();
+    let browser = Browser::launch().await;
+    browser
+        .open(&format!("{}/processes/{process}", app.base))
+        .await;
+    browser
+        .wait_until(
+            "the page to wait for the agent",
+            CONNECTION,
+            json!("waiting"),
+        )
+        .await;
+    let said = browser
+        .eval("return document.getElementById('connection').textContent")
+        .await;
+    assert!(
+        said.as_str()
+            .unwrap()
+            .starts_with("Waiting for the agent to start"),
+        "{said}"
+    );
+    browser.screenshot("viewer-waiting").await;
+
+    app.append(&process, &session()[..3]).await;
+    browser
+        .wait_until("the first messages", STREAM_IDS, stream_ids(1..=3))
+        .await;
+    browser
+        .wait_until("the follow to be live", CONNECTION, json!("live"))
+        .await;
+    assert_eq!(app.finish(&process, "succeeded").await.status(), 200);
+    browser
+        .wait_until("the end", CONNECTION, json!("finished"))
+        .await;
+    assert_eq!(browser.eval(STREAM_IDS).await, stream_ids(1..=3));
+    browser.close().await;
+}
+
 async fn the_list_shows_the_processes_last_active_first_and_links_to_each(app: TestApp) {
     let (first, second, third) = (process_id(), process_id(), process_id());
     app.put_process(&first).await;
@@ -324,15 +365,20 @@ async fn a_browser_gets_the_viewer_and_an_api_client_the_json_as_before(app: Tes
     }
     assert_eq!(json["message_count"], 2);
 
-    let unknown = app
+    // A process not known yet: the page (which waits for its agent), but no record.
+    let not_known_yet = app.url(&format!("/processes/{}", process_id()));
+    let page = app
         .http
-        .get(app.url(&format!("/processes/{}", process_id())))
+        .get(&not_known_yet)
         .header(header::ACCEPT, BROWSER_ACCEPT)
         .send()
         .await
         .unwrap();
-    assert_eq!(unknown.status(), 404);
-    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let record = app.http.get(&not_known_yet).send().await.unwrap();
+    assert_eq!(record.status(), 404);
+    let body: Value = record.json().await.unwrap();
     assert_eq!(body["error"]["code"], "process_not_found");
 
     let index = app.http.get(app.url("/")).send().await.unwrap();

@@ -88,6 +88,8 @@ function processPage() {
   const unshown = [];
   let source = null;
   let retryDelay = 1000;
+  /** Whether the process was not known yet when the page opened: its agent has not started. */
+  let waiting = false;
 
   document.title = `${id} · agent-stream`;
   document.getElementById('process-id').textContent = id;
@@ -104,12 +106,22 @@ function processPage() {
       status.textContent = info.status;
       document.getElementById('started').replaceChildren(h('time', { datetime: info.created_at }, when(info.created_at)));
     } catch (error) {
-      if (error.status >= 400 && error.status < 500) {
+      // Not known yet: the platform opens a process's page before its agent starts.
+      // The follow waits for the first message.
+      if (error.status === 404) {
+        waiting = true;
+        status.textContent = 'waiting';
+      } else if (error.status >= 400 && error.status < 500) {
         setConnection('closed', `Cannot show this process: ${error.message}`);
         return;
       }
     }
     connect();
+  }
+
+  function setLive() {
+    if (waiting && !lastSeq) setConnection('waiting', 'Waiting for the agent to start: its messages appear here as soon as it does.');
+    else setConnection('live', 'Live: new messages appear as the agent works.');
   }
 
   // The page reconnects by itself rather than leaving it to EventSource, which gives up
@@ -119,7 +131,7 @@ function processPage() {
     source = new EventSource(api(`${location.pathname}/messages`, lastSeq ? { after: lastSeq } : {}), { withCredentials: true });
     source.onopen = () => {
       retryDelay = 1000;
-      setConnection('live', 'Live: new messages appear as the agent works.');
+      setLive();
     };
     source.addEventListener('message', (event) => show(event));
     source.addEventListener('end', (event) => {
@@ -143,11 +155,24 @@ function processPage() {
     const seq = Number.parseInt(event.lastEventId, 10);
     // Seqs only grow: anything at or below the last one shown is a repeat, never shown twice.
     if (!(seq > lastSeq)) return;
+    if (waiting && !lastSeq) {
+      waiting = false;
+      status.textContent = 'running';
+      setLive();
+    }
     lastSeq = seq;
-    let message;
-    try { message = JSON.parse(event.data); } catch { message = { type: 'unreadable', payload: event.data }; }
+    // A message this page cannot parse or lay out is shown as the text that came, and
+    // the page goes on with the next one.
+    let item;
+    try { item = render(JSON.parse(event.data), event.lastEventId); } catch { item = unreadable(event.data, event.lastEventId); }
     if (!unshown.length) requestAnimationFrame(flush);
-    unshown.push(render(message, event.lastEventId));
+    unshown.push(item);
+  }
+
+  function unreadable(text, streamId) {
+    return h('li', { class: 'message unreadable', 'data-stream-id': streamId },
+      h('p', { class: 'meta' }, h('span', { class: 'who' }, 'Unreadable message'), ' (shown as it came)'),
+      h('pre', {}, text));
   }
 
   // Items go in once per frame, so a catch-up of thousands of messages lays out the page
