@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
 
 use crate::adapters::postgres::PostgresStore;
 use crate::auth::TokenArgs;
@@ -32,6 +31,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Logs",
         env = "AGENT_STREAM_LOG",
         default_value = "info,sqlx=warn"
     )]
@@ -41,6 +41,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Logs",
         env = "AGENT_STREAM_LOG_FORMAT",
         value_enum,
         default_value_t = LogFormat::Text
@@ -54,9 +55,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Under `-h`, which shows the flags a first run needs; `--help` shows them all.
+const SHORT_HELP_NOTE: &str =
+    "These are the flags a first run needs; --help lists every flag (limits, follow tuning, Redis and PostgreSQL tuning) with its environment variable.";
+
+/// Under `--help`.
+const LONG_HELP_NOTE: &str =
+    "Each flag can also be set by the environment variable shown; a flag wins over its variable.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API.
+    #[command(after_help = SHORT_HELP_NOTE, after_long_help = LONG_HELP_NOTE)]
     Serve(ServeConfig),
     /// Apply the PostgreSQL migrations and exit.
     Migrate {
@@ -70,6 +80,7 @@ pub enum Command {
     /// per message, resuming by itself after a drop, exiting with the process's status.
     Tail(TailArgs),
     /// Serve, and play a recorded agent session into a fresh process at a human pace.
+    #[command(after_help = SHORT_HELP_NOTE, after_long_help = LONG_HELP_NOTE)]
     Demo(DemoArgs),
     /// Mint a token (printed on stdout) for the processes and scope given, signed with
     /// the secret the service runs with.
@@ -95,23 +106,6 @@ pub struct AppendArgs {
 
     #[command(flatten)]
     pub backend: BackendConfig,
-}
-
-/// An error and its causes on one line, each said once: sqlx, redis and io errors
-/// often repeat their cause in their own message, which `{:#}` would print twice.
-pub fn report(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let said = cause.to_string();
-        if text.contains(&said) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&said);
-    }
-    text
 }
 
 /// Logs go to stderr. Message payloads and tokens are never logged above `debug`.
@@ -163,9 +157,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ..config.http()
     };
     let backends = Backends::connect(&config.backend).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("could not listen on {}", config.listen))?;
+    let listener = startup::bind(config.listen).await?;
     // The bound address, which differs from `--listen` for port 0.
     let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
@@ -229,19 +221,4 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
         tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq, "process finished");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::report;
-
-    #[test]
-    fn a_cause_repeated_in_its_wrapper_s_message_is_said_once() {
-        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
-        let wrapped = anyhow::Error::new(sqlx::Error::Io(io)).context("migrating");
-        assert_eq!(
-            report(&wrapped),
-            "migrating: error communicating with database: invalid peer certificate: UnknownIssuer"
-        );
-    }
 }

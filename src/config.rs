@@ -15,6 +15,7 @@ use crate::http::{connections, parse_origin, HttpConfig};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "PostgreSQL and Redis")]
 pub struct BackendConfig {
     /// PostgreSQL URL. Without it (and without REDIS_URL), the embedded in-memory
     /// store is used: nothing survives a restart.
@@ -32,48 +33,69 @@ pub struct BackendConfig {
     pub redis_tls_ca: Option<PathBuf>,
 
     /// Prefix of every Redis key, for a shared Redis (e.g. `agent-stream:`).
-    #[arg(long, env = "AGENT_STREAM_REDIS_PREFIX", default_value = "")]
+    #[arg(
+        long,
+        hide_short_help = true,
+        env = "AGENT_STREAM_REDIS_PREFIX",
+        default_value = ""
+    )]
     pub redis_prefix: String,
 
     /// Entries kept per Redis stream (`XADD … MAXLEN ~ N`).
-    #[arg(long, env = "AGENT_STREAM_STREAM_MAXLEN", default_value_t = 1000)]
+    #[arg(
+        long,
+        hide_short_help = true,
+        env = "AGENT_STREAM_STREAM_MAXLEN",
+        default_value_t = 1000
+    )]
     pub stream_maxlen: u64,
 
     /// How long a finished process's Redis stream is kept (`EXPIRE`), e.g. `1h`, `30m`.
-    #[arg(long, env = "AGENT_STREAM_FINISHED_STREAM_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_FINISHED_STREAM_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub finished_stream_ttl: Duration,
 
     /// How long a running process's Redis stream is kept after its last append
     /// (`EXPIRE`, refreshed by each append), so an abandoned process's stream goes.
-    #[arg(long, env = "AGENT_STREAM_RUNNING_STREAM_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_RUNNING_STREAM_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub running_stream_ttl: Duration,
 
     /// Largest message, in bytes of its JSON, that goes through Redis whole; a larger
     /// one goes as its seq alone and followers read it from PostgreSQL. A stream then
     /// holds at most --stream-maxlen times this many bytes of messages.
-    #[arg(long, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = 64 * 1024)]
     pub stream_inline_bytes: usize,
 
     /// Redis connections that read streams (each blocks in one XREAD for many
     /// processes), so connections stay bounded however many clients follow.
-    #[arg(long, env = "AGENT_STREAM_REDIS_READERS", default_value_t = 4)]
+    #[arg(
+        long,
+        hide_short_help = true,
+        env = "AGENT_STREAM_REDIS_READERS",
+        default_value_t = 4
+    )]
     pub redis_readers: usize,
 
     /// How long a call waits for a PostgreSQL connection before it answers 503 (this
     /// is also how long it takes to notice that PostgreSQL went away).
-    #[arg(long, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub database_timeout: Duration,
 
     /// PostgreSQL connections in the pool.
     #[arg(
         long,
+        hide_short_help = true,
         env = "AGENT_STREAM_DATABASE_MAX_CONNECTIONS",
         default_value_t = 16
     )]
     pub database_max_connections: u32,
 
     /// Live events a follower may fall behind before it catches up from the store.
-    #[arg(long, env = "AGENT_STREAM_FOLLOWER_BUFFER", default_value_t = 256)]
+    #[arg(
+        long,
+        hide_short_help = true,
+        env = "AGENT_STREAM_FOLLOWER_BUFFER",
+        default_value_t = 256
+    )]
     pub follower_buffer: usize,
 }
 
@@ -81,7 +103,12 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
-    #[arg(long, env = "AGENT_STREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        help_heading = "Listening",
+        env = "AGENT_STREAM_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     #[command(flatten)]
@@ -92,7 +119,7 @@ pub struct ServeConfig {
 
     /// How long a follower waits on a silent live feed before it asks the store
     /// (catches a message whose Redis XADD never happened, or Redis being down).
-    #[arg(long, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
 
     /// Origins whose pages may call the API from a browser (CORS), exactly as the
@@ -100,6 +127,8 @@ pub struct ServeConfig {
     /// them with commas. None by default: only pages of the service's own origin.
     #[arg(
         long = "allow-origin",
+        help_heading = "Listening",
+        hide_short_help = true,
         env = "AGENT_STREAM_ALLOW_ORIGINS",
         value_name = "ORIGIN",
         value_delimiter = ','
@@ -107,84 +136,107 @@ pub struct ServeConfig {
     pub allow_origins: Vec<String>,
 
     /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
-    #[arg(long, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
 
     /// Largest request body, in bytes (one message or an array of them).
-    #[arg(long, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
 
     /// Messages per catch-up read from the store.
-    #[arg(long, env = "AGENT_STREAM_CATCH_UP_PAGE", default_value_t = 200)]
+    #[arg(
+        long,
+        help_heading = "Follows",
+        hide_short_help = true,
+        env = "AGENT_STREAM_CATCH_UP_PAGE",
+        default_value_t = 200
+    )]
     pub catch_up_page: usize,
 
     /// Bytes per catch-up read from the store (at least one message is read): bounds
     /// what a follower whose client stopped reading holds.
-    #[arg(long, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = 1 << 20)]
     pub catch_up_page_bytes: usize,
 
     /// How often a follower asks the store while the live feed (Redis) is down.
-    #[arg(long, env = "AGENT_STREAM_DEGRADED_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_DEGRADED_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub degraded_poll: Duration,
 
     /// Messages in one append request (an array), at most.
-    #[arg(long, env = "AGENT_STREAM_MAX_BATCH_MESSAGES", default_value_t = 1000)]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        hide_short_help = true,
+        env = "AGENT_STREAM_MAX_BATCH_MESSAGES",
+        default_value_t = 1000
+    )]
     pub max_batch_messages: usize,
 
     /// Follows open at once on this instance, at most; past it, a 503.
-    #[arg(long, env = "AGENT_STREAM_MAX_FOLLOWS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        hide_short_help = true,
+        env = "AGENT_STREAM_MAX_FOLLOWS",
+        default_value_t = 10_000
+    )]
     pub max_follows: usize,
 
     /// Follows one token may have open at once on this instance, at most; past it, a
     /// 429 (so one token cannot take every --max-follows slot).
-    #[arg(long, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = crate::http::MAX_FOLLOWS_PER_TOKEN)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = crate::http::MAX_FOLLOWS_PER_TOKEN)]
     pub max_follows_per_token: usize,
 
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
-    #[arg(long, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
     /// Time a client has to send a request's headers; past it, the connection is closed.
-    #[arg(long, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Largest request head (request line and headers), in bytes.
-    #[arg(long, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
 
     /// A connection whose writes stay blocked this long (its client stopped reading) is
     /// closed; the client resumes from its cursor when it reconnects.
-    #[arg(long, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
     /// Bytes a connection may hold in the kernel not yet sent (Linux
     /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
-    #[arg(long, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = 128 * 1024)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = 128 * 1024)]
     pub tcp_unsent_bytes: u32,
 
     /// Connections open at once, at most; past it, a new connection is closed at once.
     /// Default: the descriptor limit (`ulimit -n`) less room for the PostgreSQL and
     /// Redis connections and 64 more.
-    #[arg(long, env = "AGENT_STREAM_MAX_CONNECTIONS")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        hide_short_help = true,
+        env = "AGENT_STREAM_MAX_CONNECTIONS"
+    )]
     pub max_connections: Option<usize>,
 
     /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
     /// and HTTP/2 alike). A connection that has not started a request within
     /// --header-read-timeout of being accepted is closed then.
-    #[arg(long, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
     /// one within as long is closed.
-    #[arg(long, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub http2_keep_alive: Duration,
 
     /// On SIGTERM, how long requests in flight may take to finish.
-    #[arg(long, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Listening", hide_short_help = true, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 

@@ -10,7 +10,7 @@
 //! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
 //! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all
 //! from [`config`]. [`auth`] checks the tokens that say who may read and write which
-//! processes. [`metrics`] names what `/metrics` reports.
+//! processes. [`metrics`] names what `/metrics` reports. [`report`] says errors in one line.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +24,7 @@ pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod ports;
+pub mod report;
 pub mod startup;
 pub mod tail;
 pub mod writer;

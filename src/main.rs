@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     match agent_stream::cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", agent_stream::cli::report(&error));
+            eprintln!("error: {}", agent_stream::report::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -2,9 +2,10 @@
 //! server on a bound listener until a shutdown future resolves.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use anyhow::Context;
@@ -76,7 +77,7 @@ impl Backends {
                     follower_buffer: config.follower_buffer,
                 })?;
                 if let Some(error) = feed.check_at_start().await? {
-                    tracing::warn!(redis = %redact(redis_url), error = format!("{:#}", error.0), "Redis does not answer yet: serving from PostgreSQL until it does");
+                    tracing::warn!(redis = %redact(redis_url), error = crate::report::one_line(&error.0), "Redis does not answer yet: serving from PostgreSQL until it does");
                 } else {
                     tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix, "Redis Streams live feed ready");
                 }
@@ -104,6 +105,25 @@ impl Backends {
     pub fn writer(&self) -> Writer {
         Writer::new(self.store.clone(), self.feed.clone())
     }
+}
+
+/// Binds the address to serve on. A taken or unusable address says which flag changes it.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|error| {
+        let why = match error.kind() {
+            io::ErrorKind::AddrInUse => {
+                "the port is taken by another program: stop it, or choose another address with --listen (e.g. --listen 127.0.0.1:9090)"
+            }
+            io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges: choose another with --listen (e.g. --listen 127.0.0.1:8080)"
+            }
+            io::ErrorKind::AddrNotAvailable => {
+                "this machine has no such address: choose one of its own with --listen (e.g. --listen 127.0.0.1:8080)"
+            }
+            _ => "choose another address with --listen",
+        };
+        anyhow::anyhow!("could not listen on {address} ({error}): {why}")
+    })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. Then it stops accepting,

@@ -132,7 +132,8 @@ impl<S: MessageStore> TrackedStore<S> {
     fn observe<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match result {
             Err(StoreError::Unavailable(error)) => {
-                self.health.mark_down(what, &format!("{error:#}"));
+                self.health
+                    .mark_down(what, &crate::report::one_line(&error));
                 Err(StoreError::Unavailable(error))
             }
             Err(StoreError::Busy) => {

@@ -60,7 +60,8 @@ impl SecretArgs {
 }
 
 /// The auth flags of `serve` and `demo`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Auth")]
 pub struct AuthConfig {
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -77,7 +78,7 @@ pub struct AuthConfig {
 
     /// Longest token lifetime accepted: a token whose `exp` lies further ahead is
     /// refused (401), e.g. `30d`, `12h`.
-    #[arg(long, env = "AGENT_STREAM_MAX_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
     pub max_token_ttl: Duration,
 }
 

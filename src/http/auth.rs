@@ -25,6 +25,7 @@ use cookie::{Cookie, SameSite};
 
 use super::connections;
 use super::error::ApiError;
+use super::viewer::{prefers_html, token_page};
 use super::AppState;
 use crate::auth::config::COOKIE;
 use crate::auth::{AuthError, Claims, Grant, Processes, Scope};
@@ -51,13 +52,15 @@ pub enum Needs {
 
 /// The rule, by the route's pattern and method. Routes under `/processes/{id}` need a
 /// token for that process: `read` to `GET` them, `write` for anything else. The
-/// probes are open. The worker's webhook needs a `write` token for the process its
-/// body names. Every other route, including any added later, needs a valid token.
+/// probes and the OpenAPI document are open. The worker's webhook needs a `write` token
+/// for the process its body names. Every other route, including any added later, needs
+/// a valid token.
 /// `/metrics` carries no process ids and is scraped without tokens.
 pub fn needs(route: &str, method: &Method) -> Needs {
     match route {
         // The viewer's script and style: the same for everyone, no data in them.
-        "/healthz" | "/readyz" | "/metrics" | "/assets/{name}" => Needs::Nothing,
+        // The contract's document: the same for everyone, no data in it.
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/assets/{name}" => Needs::Nothing,
         route if route == "/processes/{id}" || route.starts_with("/processes/{id}/") => {
             Needs::Process(if method == Method::GET || method == Method::HEAD {
                 Scope::Read
@@ -104,11 +107,11 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         return next.run(Request::from_parts(parts, body)).await;
     }
     let Some((token, source)) = token(&parts) else {
-        return unauthorized(AuthError::Missing, false);
+        return unauthorized(AuthError::Missing, false, &parts);
     };
     let claims = match verifier.verify(&token) {
         Ok(claims) => claims,
-        Err(error) => return unauthorized(error, true),
+        Err(error) => return unauthorized(error, true, &parts),
     };
     if let Needs::Process(scope) = needs {
         match process_id(&mut parts).await {
@@ -340,9 +343,14 @@ async fn process_id(parts: &mut Parts) -> Result<Option<ProcessId>, Response> {
     }
 }
 
-fn unauthorized(error: AuthError, presented: bool) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string()).into_response();
+/// The contract's JSON 401; a browser opening a page gets a page that says how to get a
+/// token instead of raw JSON.
+fn unauthorized(error: AuthError, presented: bool, parts: &Parts) -> Response {
+    let mut response = if parts.method == Method::GET && prefers_html(&parts.headers) {
+        token_page(parts.uri.path(), &error.to_string())
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string()).into_response()
+    };
     // RFC 6750 §3: say which scheme, and whether the token given was the problem.
     let challenge = if presented {
         "Bearer realm=\"agent-stream\", error=\"invalid_token\""
@@ -457,6 +465,7 @@ mod tests {
         assert_eq!(needs("/healthz", &Method::GET), Needs::Nothing);
         assert_eq!(needs("/readyz", &Method::GET), Needs::Nothing);
         assert_eq!(needs("/assets/{name}", &Method::GET), Needs::Nothing);
+        assert_eq!(needs("/openapi.json", &Method::GET), Needs::Nothing);
         assert_eq!(
             needs("/processes/{id}", &Method::GET),
             Needs::Process(Scope::Read)

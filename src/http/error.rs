@@ -96,14 +96,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(serde::Serialize)]
-struct Body<'a> {
+/// Every error's body, as the OpenAPI document names it.
+pub type ErrorBody = Body<'static>;
+
+/// The contract's error body: `{"error": {"code": "…", "message": "…"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody, example = json!({"error": {"code": "invalid_cursor", "message": "the cursor must be a stream ID such as 42-0"}}))]
+pub struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 struct Detail<'a> {
+    /// Stable, for programs: `invalid_process_id`, `invalid_cursor`, `process_not_found`,
+    /// `process_finished`, `unauthorized`, `store_unavailable`, …
     code: &'a str,
+    /// For people: what went wrong and what to do.
     message: &'a str,
 }
 

@@ -12,10 +12,30 @@ use super::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    summary = "The process is up",
+    responses((status = 200, description = "Always, while the process serves.", body = Object, example = json!({"status": "ok"}))),
+    security(()),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    summary = "PostgreSQL and Redis answer",
+    description = "200 when the store and the live feed both answer (within 2 s), else 503 naming which does not. `checks` names each backend with `up` or `down`.",
+    responses(
+        (status = 200, description = "Ready.", body = Object, example = json!({"status": "ready", "checks": {"postgres": "up", "redis": "up"}})),
+        (status = 503, description = "A backend does not answer: the contract's error, plus `status` and `checks`.", body = Object, example = json!({"error": {"code": "not_ready", "message": "redis does not answer"}, "status": "not_ready", "checks": {"postgres": "up", "redis": "down"}})),
+    ),
+    security(()),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (store, feed) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),

@@ -18,8 +18,12 @@ use serde::Serialize;
 use tracing::{Instrument, Span};
 
 use super::auth::require;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
+use super::openapi::{
+    AppendAnswer, AppendBody, Message, ProcessIdParam, ReadHeaders, ReadParams, Refusals,
+    WebhookBody,
+};
 use super::AppState;
 use crate::auth::{Grant, Scope};
 use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
@@ -32,12 +36,37 @@ const MAX_LIMIT: usize = 10_000;
 /// The `retry:` hint of an SSE follow that the server's shutdown ended.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 
-#[derive(Serialize)]
-struct AppendedView<'a> {
+/// What an append answers per message.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Appended, example = json!({"id": "m1", "stream_id": "1-0"}))]
+pub struct AppendedView<'a> {
     id: &'a str,
+    #[schema(pattern = "^[0-9]+-0$")]
     stream_id: String,
 }
 
+/// The OpenAPI document's name for [`AppendedView`].
+pub type Appended = AppendedView<'static>;
+
+#[utoipa::path(
+    post,
+    path = "/processes/{id}/messages",
+    tag = "messages",
+    operation_id = "append_messages",
+    summary = "Append one message, or an array of them in order",
+    description = "One transaction: each message gets the next seq of its process, then goes to the live feed. The process is registered if new. A message whose `id` is already stored for this process is not stored again: its first `stream_id` is answered (200 when every message was already stored). A rejected body stores nothing.",
+    params(ProcessIdParam),
+    request_body(description = "One message, or a JSON array of them (at most `--max-batch-messages`, 1000 by default).", content = AppendBody),
+    responses(
+        (status = 201, description = "Stored: one `{id, stream_id}`, or an array of them in the body's order.", body = AppendAnswer),
+        (status = 200, description = "Every message was stored before (same ids): their first stream IDs.", body = AppendAnswer),
+        (status = 400, description = "Malformed process id or body: not a message or an array of them, or not I-JSON.", body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
+        (status = 413, description = "A message over `--max-message-bytes` (1 MiB), a body over `--max-body-bytes`, or too many messages.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn append(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -56,6 +85,24 @@ pub async fn append(
 /// `POST /webhooks/messages`: the existing worker's notification of one message,
 /// appended exactly as `POST /processes/{id}/messages` appends it. The body names the
 /// process, so the token is checked against it here, after parsing and before storing.
+#[utoipa::path(
+    post,
+    path = "/webhooks/messages",
+    tag = "messages",
+    operation_id = "webhook_message",
+    summary = "The existing worker's notification of one message",
+    description = "Appends `agent_message` to `process_id` exactly as `POST /processes/{id}/messages` would (registering the process if new; an `id` already stored answers its first `stream_id` with 200). `processId` and `agentMessage` (camelCase) are accepted too. The token must allow writing the process the body names.",
+    request_body = WebhookBody,
+    responses(
+        (status = 201, description = "Stored.", body = Appended),
+        (status = 200, description = "Already stored (same id): its first stream ID.", body = Appended),
+        (status = 400, description = "Malformed body, process id or message, or not I-JSON.", body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
+        (status = 413, description = "The message or the body is over the limit.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn webhook(
     State(state): State<AppState>,
     Extension(grant): Extension<Grant>,
@@ -93,6 +140,26 @@ fn appended(outcome: &AppendOutcome, is_batch: bool) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/processes/{id}/messages",
+    tag = "messages",
+    operation_id = "read_messages",
+    summary = "The messages after a cursor: a JSON array, or a follow",
+    description = "By `Accept` and `follow`:\n\n- no `Accept`, `*/*` or `application/json` (and `follow` not `true`), or `follow=false`: the JSON array of the messages after the cursor, in order (what the existing API answers here). Without `limit`, every message after the cursor.\n- `text/event-stream`: an SSE follow. Per message `id: <stream_id>`, `event: message`, `data: <message JSON>`; then, once the process is finished, `event: end`, `data: {\"status\": \"…\"}` with the id `<last seq>-1`, and the response ends. A comment line at least every 15 s while idle. Reconnecting with the end's id gets 204.\n- `application/x-ndjson`, or `follow=true` with any other `Accept`: an NDJSON follow, one message per line, then `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`. An empty line at least every 15 s while idle.\n\nA process not known yet reads as empty: `[]`, or a follow that stays open and delivers from its first message on.",
+    params(ProcessIdParam, ReadParams, ReadHeaders),
+    responses(
+        (status = 200, description = "The JSON array, or a follow (a stream that lasts until the process's end or the client leaves).", content(
+            (Vec<Message> = "application/json"),
+            (String = "text/event-stream"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 204, description = "An SSE follow of a finished process from its end's id: nothing more will come (a browser's EventSource stops for good)."),
+        (status = 400, description = "Malformed process id, cursor (`after` or `Last-Event-ID`), `limit` or `follow`.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn read(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -105,6 +172,24 @@ pub async fn read(
 }
 
 /// `/messages/stream`: the existing API's NDJSON path; `follow=false` still snapshots.
+#[utoipa::path(
+    get,
+    path = "/processes/{id}/messages/stream",
+    tag = "messages",
+    operation_id = "follow_messages_ndjson",
+    summary = "An NDJSON follow, whatever `Accept` says",
+    description = "The existing API's streaming path: one message per line, then the end line `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`; an empty line at least every 15 s while idle. `follow=false` answers the JSON array instead.",
+    params(ProcessIdParam, ReadParams, ReadHeaders),
+    responses(
+        (status = 200, description = "The follow (or, with `follow=false`, the JSON array).", content(
+            (String = "application/x-ndjson"),
+            (Vec<Message> = "application/json"),
+        )),
+        (status = 400, description = "Malformed process id, cursor, `limit` or `follow`.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn read_ndjson(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,

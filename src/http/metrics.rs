@@ -12,6 +12,15 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Reads the gauges that describe a state (pools, backends, degraded follows) as of
 /// now, then renders every metric.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    summary = "Prometheus metrics",
+    description = "The process's metrics in the Prometheus text format (listed in the README). Names no process, so open without a token.",
+    responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4")),
+    security(()),
+)]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     state.store.record_metrics();
     state.feed.record_metrics();

@@ -9,6 +9,7 @@ mod extract;
 mod health;
 mod messages;
 mod metrics;
+mod openapi;
 mod processes;
 mod request_log;
 mod viewer;
@@ -33,6 +34,7 @@ use tracing::Level;
 pub use auth::{needs, Needs, ACCESS_TOKEN};
 pub use cors::parse_origin;
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 pub use write_timeout::WriteTimeout;
 
 use crate::auth::Verifier;
@@ -175,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
+        .route("/openapi.json", get(openapi::document))
         .route("/", get(viewer::index))
         .route("/assets/{name}", get(viewer::asset))
         .route("/processes", get(viewer::list))

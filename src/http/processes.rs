@@ -7,20 +7,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, ProcessPath};
+use super::openapi::{ProcessIdParam, Refusals};
 use super::AppState;
 use crate::domain::{FinishStatus, ProcessInfo};
 use crate::ports::{Registration, StoreError};
 
 /// The contract's view of a process.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "status": "running", "last_stream_id": "42-0", "message_count": 42, "created_at": "2026-11-27T10:12:00.000000Z", "finished_at": null}))]
 pub struct ProcessView {
     process_id: String,
+    /// `running`, or the status it was finished with (`succeeded`, `failed`, …).
     status: String,
+    /// The stream ID of its last message; `0-0` before the first.
+    #[schema(pattern = "^[0-9]+-0$")]
     last_stream_id: String,
     message_count: u64,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     finished_at: Option<String>,
 }
 
@@ -52,6 +59,22 @@ pub async fn show(
     Ok(Json(ProcessView::from(&info)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/processes/{id}",
+    tag = "processes",
+    operation_id = "register_process",
+    summary = "Register a process",
+    description = "Idempotent: 201 when new, 200 when already known (running or finished). Optional: the first append registers the process too.",
+    params(ProcessIdParam),
+    responses(
+        (status = 201, description = "Registered.", body = ProcessView),
+        (status = 200, description = "Already known.", body = ProcessView),
+        (status = 400, description = "Malformed process id.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn register(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -66,14 +89,37 @@ pub async fn register(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "succeeded"}))]
 struct FinishRequest {
+    /// `succeeded`, `failed`, `cancelled`, or another word: 1 to 64 characters of
+    /// `A-Z a-z 0-9 . _ -`, not `running`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     status: String,
 }
 
 /// A finish body is a few bytes; anything much larger is not one.
 const MAX_FINISH_BODY: usize = 64 * 1024;
 
+#[utoipa::path(
+    post,
+    path = "/processes/{id}/finish",
+    tag = "processes",
+    operation_id = "finish_process",
+    summary = "Finish a process",
+    description = "Followers get the end event and their responses end; appends are refused from now on (409). The same status again is a no-op (200); another status is a 409.",
+    params(ProcessIdParam),
+    request_body = FinishRequest,
+    responses(
+        (status = 200, description = "Finished (now, or before with the same status).", body = ProcessView),
+        (status = 400, description = "Malformed process id, body or status.", body = ErrorBody),
+        (status = 404, description = "No such process.", body = ErrorBody),
+        (status = 409, description = "Already finished with another status (`status_conflict`).", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
 pub async fn finish(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,

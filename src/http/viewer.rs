@@ -19,8 +19,9 @@ use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{MessagesQuery, ProcessPath};
+use super::openapi::{AssetName, ProcessIdParam, Refusals};
 use super::processes::{self, ProcessView};
 use super::AppState;
 use crate::auth::{Grant, Processes};
@@ -28,6 +29,9 @@ use crate::domain::{ProcessId, RecentProcess};
 
 const INDEX_PAGE: &str = include_str!("viewer/index.html");
 const PROCESS_PAGE: &str = include_str!("viewer/process.html");
+/// What a browser gets instead of a 401's JSON: how to get a token. `{root}` (the way
+/// back to `/` from the page, for its stylesheet), `{path}` and `{reason}` are filled in.
+const TOKEN_PAGE: &str = include_str!("viewer/token.html");
 
 /// Nothing but this service's own script, style and calls; no frames, no forms, no base.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -70,6 +74,18 @@ static STYLE: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("text/css; charset=utf-8", include_str!("viewer/viewer.css")));
 
 /// `GET /`: the list of recent processes.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "viewer",
+    summary = "The viewer: recent processes",
+    description = "An HTML page that lists the processes last active (it reads `GET /processes`). Opened without a token, a browser gets a page that says how to get one.",
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html; charset=utf-8"),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn index() -> Response {
     page(StatusCode::OK, INDEX_PAGE)
 }
@@ -77,6 +93,25 @@ pub async fn index() -> Response {
 /// `GET /processes/{id}`: the viewer for a browser, the process's JSON for anyone else.
 /// A process not known yet gets the page (which waits for its agent to start) but the
 /// contract's JSON 404 for its record.
+#[utoipa::path(
+    get,
+    path = "/processes/{id}",
+    tag = "processes",
+    operation_id = "show_process",
+    summary = "A process and its status",
+    description = "The process's JSON; a browser (`Accept` ranking `text/html` above `application/json`) gets the viewer's page, which follows the process live. `Vary: Accept`.",
+    params(ProcessIdParam),
+    responses(
+        (status = 200, description = "The process (JSON), or the viewer's page (HTML).", content(
+            (ProcessView = "application/json"),
+            (String = "text/html; charset=utf-8"),
+        )),
+        (status = 400, description = "Malformed process id.", body = ErrorBody),
+        (status = 404, description = "No such process (`process_not_found`).", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     ProcessPath(process): ProcessPath,
@@ -98,14 +133,16 @@ pub async fn show(
 }
 
 /// One process in `GET /processes`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RecentView {
     #[serde(flatten)]
     process: ProcessView,
+    /// When its last message was appended, or it was registered or finished.
+    #[schema(format = DateTime)]
     last_activity_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ProcessList {
     processes: Vec<RecentView>,
 }
@@ -128,6 +165,21 @@ impl ProcessList {
 }
 
 /// `GET /processes?limit=`: the processes last active, most recent first, as JSON.
+#[utoipa::path(
+    get,
+    path = "/processes",
+    tag = "processes",
+    operation_id = "list_processes",
+    summary = "The processes last active",
+    description = "Most recent activity first; only the processes the token covers.",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (1 to 1000, default 100).")),
+    responses(
+        (status = 200, description = "The list.", body = ProcessList),
+        (status = 400, description = "Malformed `limit` or query string.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(grant): Extension<Grant>,
@@ -146,6 +198,27 @@ pub async fn list(
 }
 
 /// `GET /assets/{name}`: the viewer's script and style, revalidated by ETag.
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    tag = "viewer",
+    summary = "The viewer's script and style",
+    params(
+        ("name" = inline(AssetName), Path, description = "`viewer.js` or `viewer.css`; any other name is a 404."),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag seen before: 304 when it still matches."),
+    ),
+    responses(
+        (status = 200, description = "The asset, with its `ETag`.", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+        )),
+        (status = 304, description = "Not modified since the ETag given."),
+        (status = 404, description = "No such asset.", body = ErrorBody),
+        (status = 431, description = "The request head is too large.", body = ErrorBody),
+        (status = 503, description = "The call took too long.", body = ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     let asset: &Asset = match name.as_str() {
         "viewer.js" => &SCRIPT,
@@ -194,9 +267,67 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The 401 of a page opened without a (valid) token: how to get one, and why this one
+/// was refused.
+pub fn token_page(path: &str, reason: &str) -> Response {
+    let depth = path.matches('/').count().saturating_sub(1);
+    let fields = [
+        ("{root}", "../".repeat(depth)),
+        ("{path}", escape_html(path)),
+        ("{reason}", escape_html(&capitalized(reason))),
+    ];
+    // One pass over the template: a value is never searched for the other fields.
+    let mut body = String::with_capacity(TOKEN_PAGE.len() + 256);
+    let mut rest = TOKEN_PAGE;
+    while let Some(start) = rest.find('{') {
+        body.push_str(&rest[..start]);
+        rest = &rest[start..];
+        match fields.iter().find(|(name, _)| rest.starts_with(name)) {
+            Some((name, value)) => {
+                body.push_str(value);
+                rest = &rest[name.len()..];
+            }
+            None => {
+                body.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    body.push_str(rest);
+    page(StatusCode::UNAUTHORIZED, body)
+}
+
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// `no token given` as a sentence: `No token given.`
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut sentence: String = chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default();
+    if !sentence.ends_with('.') {
+        sentence.push('.');
+    }
+    sentence
+}
+
 /// An HTML page with the headers that keep it to its own assets. `no-referrer` keeps an
 /// `access_token` in the page's URL from leaving in a Referer.
-fn page(status: StatusCode, body: &'static str) -> Response {
+fn page(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     (
         status,
         [
@@ -206,7 +337,7 @@ fn page(status: StatusCode, body: &'static str) -> Response {
             (header::REFERRER_POLICY, "no-referrer"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -214,7 +345,7 @@ fn page(status: StatusCode, body: &'static str) -> Response {
 /// Whether `Accept` ranks `text/html` above `application/json`, each taking the `q` of
 /// its most specific matching range (RFC 9110 §12.5.1). A browser's
 /// `text/html,…,*/*;q=0.8` does; `*/*`, `application/json` and no `Accept` do not.
-fn prefers_html(headers: &HeaderMap) -> bool {
+pub fn prefers_html(headers: &HeaderMap) -> bool {
     let ranges: Vec<(&str, f32)> = headers
         .get_all(header::ACCEPT)
         .iter()

@@ -212,30 +212,37 @@ fn block_kind(block: &Value) -> BlockKind {
     }
 }
 
-/// `Bash: cargo test`: the tool and what the call is about (the command, the file, the
-/// pattern, …), or its input as compact JSON.
+/// `Bash: cargo test`: the tool and what the call is about ([`tool_subject`]).
 fn tool_use(block: &Value) -> String {
     let name = block["name"].as_str().unwrap_or("tool");
-    let input = &block["input"];
+    match tool_subject(&block["input"]) {
+        Some(subject) => format!("{name}: {subject}"),
+        None => name.to_owned(),
+    }
+}
+
+/// What a tool call is about, in one line: the command, the file, the pattern (`def
+/// compute_total in src` when it has a path), … (the first of [`TOOL_SUBJECTS`]), the
+/// counts of a todo list, or the input as compact JSON; `None` for an empty input.
+///
+/// The viewer (`http/viewer/viewer.js`, `toolSubject`) shows the same: both are held to
+/// the cases of `tests/fixtures/tool-summaries.json` (this module's tests, and the
+/// viewer's browser test).
+pub fn tool_subject(input: &Value) -> Option<String> {
     if let Some(todos) = input["todos"].as_array() {
-        return format!("{name}: {}", todo_counts(todos));
+        return Some(todo_counts(todos));
     }
     let subject = TOOL_SUBJECTS
         .iter()
         .find_map(|key| input[*key].as_str())
         .map(one_line);
     match subject {
-        Some(subject) if input["pattern"].is_string() && input["path"].is_string() => {
-            format!(
-                "{name}: {subject} in {}",
-                one_line(str_field(input, "path"))
-            )
-        }
-        Some(subject) => format!("{name}: {subject}"),
-        None if input.as_object().is_some_and(|o| o.is_empty()) || input.is_null() => {
-            name.to_owned()
-        }
-        None => format!("{name}: {}", compact(input)),
+        Some(subject) if input["pattern"].is_string() && input["path"].is_string() => Some(
+            format!("{subject} in {}", one_line(str_field(input, "path"))),
+        ),
+        Some(subject) => Some(subject),
+        None if input.as_object().is_some_and(|o| o.is_empty()) || input.is_null() => None,
+        None => Some(compact(input)),
     }
 }
 
@@ -423,6 +430,30 @@ mod tests {
         for line in &lines {
             assert!(!line.contains('\n'), "one line: {line:?}");
             assert!(line.chars().count() <= 120, "at most the width: {line:?}");
+        }
+    }
+
+    #[test]
+    fn tool_calls_read_as_the_shared_cases_say() {
+        let cases: Vec<Value> =
+            serde_json::from_str(include_str!("../../tests/fixtures/tool-summaries.json"))
+                .expect("the cases are JSON");
+        assert!(
+            cases.len() >= TOOL_SUBJECTS.len(),
+            "a case per subject key at least"
+        );
+        for key in TOOL_SUBJECTS {
+            assert!(
+                cases.iter().any(|case| case["input"].get(key).is_some()),
+                "a case for {key}"
+            );
+        }
+        for case in &cases {
+            assert_eq!(
+                tool_subject(&case["input"]).as_deref(),
+                case["subject"].as_str(),
+                "{case}"
+            );
         }
     }
 

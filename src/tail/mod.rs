@@ -10,6 +10,10 @@
 //! prints every message once and in order however often it has to reconnect: the
 //! contract's cursor does the work. Only whole lines count; a line cut by the drop is
 //! asked for again.
+//!
+//! A server it has never reached is another matter: a wrong `--url` or a server not
+//! started yet. It says so and exits at once, unless `--wait` asks it to wait for the
+//! server to come up.
 
 pub mod format;
 
@@ -31,8 +35,9 @@ pub const EXIT_SUCCEEDED: u8 = 0;
 /// Exit status when the process ended with any other status (`failed`, `cancelled`, …).
 pub const EXIT_OTHER_STATUS: u8 = 1;
 /// Exit status when the process could not be followed: bad arguments, a refusal by the
-/// server (bad token, …), or a server unreachable for `--retry-for`. (A process not
-/// known yet is waited for: its agent may not have started.)
+/// server (bad token, …), a server never reached (without `--wait`), or one unreachable
+/// for `--retry-for`. (A process not known yet is waited for: its agent may not have
+/// started.)
 pub const EXIT_CANNOT_FOLLOW: u8 = 2;
 
 /// First wait before reconnecting; it doubles on each failure in a row…
@@ -51,8 +56,9 @@ const PIPE_WIDTH: usize = 220;
 #[command(after_help = "\
 Exit status: 0 when the process ends `succeeded`, 1 when it ends with any other status \
 (`failed`, `cancelled`, …), 2 when it cannot be followed (bad arguments, the server \
-refuses: bad token, …, or the server stays unreachable for --retry-for). A process not known \
-yet is waited for, as its agent may not have started.")]
+refuses: bad token, …, the server cannot be reached at all (without --wait), or it stays \
+unreachable for --retry-for). A process not known yet is waited for, as its agent may not \
+have started.")]
 pub struct TailArgs {
     /// The process to follow.
     pub process: String,
@@ -79,9 +85,15 @@ pub struct TailArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Give up (exit 2) when the server cannot be reached for this long, e.g. `30s`, `1h`.
+    /// Once a follow has been cut (or, with --wait, before the first), give up (exit 2)
+    /// when the server stays unreachable this long, e.g. `30s`, `1h`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
+
+    /// Wait (up to --retry-for) for a server that cannot be reached yet, instead of
+    /// exiting at once: for a server that is still starting.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// Follows the process until its end; prints what goes wrong on stderr.
@@ -92,7 +104,7 @@ pub async fn run(args: TailArgs) -> ExitCode {
         // Whoever read our output (`| head`) has what they wanted.
         Ok(Outcome::OutputClosed) => ExitCode::from(EXIT_SUCCEEDED),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", crate::report::one_line(&error));
             ExitCode::from(EXIT_CANNOT_FOLLOW)
         }
     }
@@ -110,9 +122,11 @@ enum Attempt {
     },
     OutputClosed,
     /// Worth asking again: the connection failed or dropped, or the server had a
-    /// passing problem. `connected` when the follow had started streaming.
+    /// passing problem. `connected` when the follow had started streaming, `reached`
+    /// when the server answered at all.
     Dropped {
         connected: bool,
+        reached: bool,
         reason: String,
     },
 }
@@ -137,6 +151,7 @@ async fn follow(args: &TailArgs) -> anyhow::Result<Outcome> {
     let mut output = Output::new(args.json);
     let mut backoff = FIRST_BACKOFF;
     let mut failing_since: Option<Instant> = None;
+    let mut ever_reached = false;
     loop {
         let mut request = client
             .get(&endpoint)
@@ -148,7 +163,15 @@ async fn follow(args: &TailArgs) -> anyhow::Result<Outcome> {
         match attempt(request, &process, args, &mut after, &mut output).await? {
             Attempt::Ended { status } => return Ok(Outcome::Ended { status }),
             Attempt::OutputClosed => return Ok(Outcome::OutputClosed),
-            Attempt::Dropped { connected, reason } => {
+            Attempt::Dropped {
+                connected,
+                reached,
+                reason,
+            } => {
+                ever_reached |= reached;
+                if !ever_reached && !args.wait {
+                    bail!("{reason}. Is the server running there? Check --url (or AGENT_STREAM_URL), or pass --wait to wait for it to start");
+                }
                 if connected {
                     backoff = FIRST_BACKOFF;
                     failing_since = None;
@@ -184,12 +207,14 @@ async fn attempt(
         Ok(Err(error)) => {
             return Ok(Attempt::Dropped {
                 connected: false,
+                reached: false,
                 reason: format!("could not reach {}: {}", args.url, root_cause(&error)),
             })
         }
         Err(_) => {
             return Ok(Attempt::Dropped {
                 connected: false,
+                reached: false,
                 reason: format!("{} did not answer in {SILENCE_TIMEOUT:?}", args.url),
             })
         }
@@ -203,6 +228,7 @@ async fn attempt(
         {
             return Ok(Attempt::Dropped {
                 connected: false,
+                reached: true,
                 reason: format!("the server answered {status}: {message}"),
             });
         }
@@ -217,18 +243,21 @@ async fn attempt(
             Ok(Some(Err(error))) => {
                 return Ok(Attempt::Dropped {
                     connected: true,
+                    reached: true,
                     reason: format!("the follow broke off: {}", root_cause(&error)),
                 })
             }
             Ok(None) => {
                 return Ok(Attempt::Dropped {
                     connected: true,
+                    reached: true,
                     reason: "the server ended the follow before the process's end".into(),
                 })
             }
             Err(_) => {
                 return Ok(Attempt::Dropped {
                     connected: true,
+                    reached: true,
                     reason: format!("nothing came for {SILENCE_TIMEOUT:?}, not even a heartbeat"),
                 })
             }

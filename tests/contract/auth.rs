@@ -527,7 +527,7 @@ async fn a_malformed_id_is_a_400_for_any_valid_token_and_a_401_without_one(app: 
 }
 
 async fn the_probes_need_no_token(app: TestApp) {
-    for path in ["/healthz", "/readyz"] {
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let response = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
@@ -781,7 +781,77 @@ on_every_backend!(
     a_page_opened_with_an_access_token_hands_it_to_the_browser_as_a_strict_http_only_cookie,
     the_process_list_shows_a_token_only_its_processes,
     the_viewer_assets_need_no_token,
+    a_browser_without_a_token_gets_a_page_that_says_how_to_get_one,
 );
+
+async fn a_browser_without_a_token_gets_a_page_that_says_how_to_get_one(app: TestApp) {
+    let process = finished_process(&app).await;
+    for path in ["/".to_owned(), format!("/processes/{process}")] {
+        let page = request(&app, Method::GET, &path, Auth::None)
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            page.headers()["content-type"],
+            "text/html; charset=utf-8",
+            "{path}"
+        );
+        assert!(page.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer "));
+        assert!(page.headers().contains_key("content-security-policy"));
+        let html = page.text().await.unwrap();
+        for words in [
+            "?access_token=",
+            "agent-stream token --all --scope read",
+            "agent-stream demo",
+            &format!("<code>{path}?access_token=TOKEN</code>"),
+        ] {
+            assert!(html.contains(words), "{path}: {words:?} in {html}");
+        }
+        assert!(
+            !html.contains("{reason}") && !html.contains("{root}"),
+            "{html}"
+        );
+
+        let expired = Minter::new(&secret())
+            .sign(&Claims {
+                processes: ids(&[&process]),
+                scope: Scope::Read,
+                exp: jsonwebtoken::get_current_timestamp() - 120,
+                iat: None,
+                nbf: None,
+                sub: None,
+            })
+            .unwrap();
+        let page = request(&app, Method::GET, &path, Auth::Query(&expired))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            page.text()
+                .await
+                .unwrap()
+                .contains("The token has expired."),
+            "{path}: the page says why the token was refused"
+        );
+
+        // A program keeps the contract's JSON.
+        let response = request(&app, Method::GET, &path, Auth::None)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+}
 
 /// The binary with none of the environment's configuration.
 fn binary() -> tokio::process::Command {
@@ -1013,4 +1083,135 @@ async fn demo_prints_a_read_token_that_follows_its_process_and_nothing_else() {
         "the printed token covers the demo's process only"
     );
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn demo_waits_for_its_first_follower_and_says_so() {
+    let mut child = binary()
+        .args(["demo", "--listen", "127.0.0.1:0", "--pace", "1ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let (token, process_url) = tokio::time::timeout(WAIT, async {
+        let mut token = None;
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            printed.push(line.clone());
+            let line = line.trim();
+            if let Some(value) = line.strip_prefix("TOKEN=") {
+                token = Some(value.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("curl -H \"Authorization: Bearer $TOKEN\" ") {
+                return (token.expect("the token comes first"), url.to_owned());
+            }
+        }
+        panic!("demo exited before printing its commands");
+    })
+    .await
+    .expect("demo prints its commands in time");
+    let lines = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+
+    // The default start delay is a minute: only the follow can start the session here.
+    let body = tokio::time::timeout(WAIT, async {
+        reqwest::Client::new()
+            .get(format!("{process_url}/messages/stream"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the first follower starts the session, which ends");
+    let followed: Vec<Value> = body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(followed.len(), 33, "32 messages and the end");
+    child.kill().await.unwrap();
+    let rest = lines.await.unwrap();
+    let all = printed
+        .into_iter()
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for words in [
+        "The session starts when the first of these follows the process (or in 1m)",
+        "/?access_token=",
+        "A follower is here: playing the session (32 messages).",
+    ] {
+        assert!(all.contains(words), "{words:?} in {all}");
+    }
+}
+
+#[tokio::test]
+async fn serve_on_a_taken_port_names_the_listen_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let stderr = refused(&["--no-auth", "--listen", &address]).await;
+    assert!(
+        stderr.contains(&format!("could not listen on {address}"))
+            && stderr.contains("choose another address with --listen"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_says_once_that_postgresql_refuses_connections_and_what_to_check() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let url = format!("postgres://agent:secret@{address}/db");
+    let stderr = refused(&[
+        "--no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ])
+    .await;
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error line in {stderr}"));
+    assert_eq!(
+        error,
+        format!("error: could not prepare PostgreSQL (postgres://***@{address}/db): connection refused at {address}: is PostgreSQL running, on that port?")
+    );
+}
+
+#[tokio::test]
+async fn serve_says_a_malformed_database_url_once() {
+    let stderr = refused(&[
+        "--no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "localhost/db",
+    ])
+    .await;
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error line in {stderr}"));
+    assert_eq!(
+        error.matches("relative URL without a base").count(),
+        1,
+        "{error}"
+    );
+    assert!(
+        error.contains("postgres://user:password@host:port/database"),
+        "{error}"
+    );
 }

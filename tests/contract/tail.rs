@@ -311,13 +311,32 @@ async fn tail_prints_a_line_it_cannot_parse_as_it_came_and_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_gives_up_with_2_when_the_server_stays_unreachable_for_retry_for() {
+async fn tail_of_a_server_it_never_reached_exits_2_at_once_and_names_url_and_wait() {
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", nobody.local_addr().unwrap());
     drop(nobody);
-    let (printed, stderr, code) = Tail::start_at(&base, &process_id(), &["--retry-for", "500ms"])
-        .exit()
-        .await;
+    let (printed, stderr, code) = Tail::start_at(&base, &process_id(), &[]).exit().await;
+    assert!(printed.is_empty());
+    assert!(!stderr.contains("reconnecting"), "no retry: {stderr}");
+    assert!(
+        stderr.contains(&format!("error: could not reach {base}"))
+            && stderr.contains("Check --url")
+            && stderr.contains("--wait"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_wait_gives_up_with_2_when_the_server_stays_unreachable_for_retry_for() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", nobody.local_addr().unwrap());
+    drop(nobody);
+    let (printed, stderr, code) =
+        Tail::start_at(&base, &process_id(), &["--wait", "--retry-for", "500ms"])
+            .exit()
+            .await;
     assert!(printed.is_empty());
     assert!(stderr.contains("reconnecting"), "{stderr}");
     assert!(stderr.contains("error: gave up after 500ms"), "{stderr}");

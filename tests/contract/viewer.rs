@@ -114,6 +114,9 @@ async fn the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothi
              return {
                text: li('2-0').querySelector('.text').textContent,
                first_call: li('3-0').querySelector('.tool .tool-name').textContent,
+               grep_call: li('5-0').querySelector('.tool .tool-head').textContent,
+               todo_call: li('10-0').querySelector('.tool .tool-head').textContent,
+               todos: [...li('10-0').querySelectorAll('.todos > li')].map(li => li.textContent),
                its_result_from: li('3-0').querySelector('.tool .tool-result').dataset.fromStreamId,
                result_item_hidden: li('4-0').hidden,
                thinking_folded: !li('9-0').querySelector('details.thinking').open,
@@ -141,12 +144,19 @@ async fn the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothi
         session[error_seq as usize - 1]["payload"]["content"][0]["content"]
     );
     browser.screenshot("viewer-error-unfolded").await;
-    let expected_outcome = "✓ Done (success) · took 3 min 4 s · cost $0.4182 · 32 turns";
+    let expected_outcome = "✓ Done (success) · took 3 min 4 s · cost $0.42 · 32 turns";
     assert_eq!(
         shown,
         json!({
             "text": session[1]["payload"]["content"][0]["text"],
             "first_call": "LS",
+            "grep_call": "Grep def compute_total in src",
+            "todo_call": "TodoWrite 3 todos: 1 in progress, 2 pending",
+            "todos": [
+                "◐ Reproduce rounding drift with a failing test (in progress)",
+                "☐ Round once on the invoice total (pending)",
+                "☐ Run the billing test suite (pending)",
+            ],
             "its_result_from": "4-0",
             "result_item_hidden": true,
             "thinking_folded": true,
@@ -157,6 +167,28 @@ async fn the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothi
             "status": "succeeded",
             "connection": "Finished: succeeded. Nothing more will come.",
         })
+    );
+
+    // The viewer's one-line summaries of tool calls are tail's: both are held to the
+    // same cases (tail's in its unit tests).
+    let cases: Vec<Value> =
+        serde_json::from_str(include_str!("../fixtures/tool-summaries.json")).unwrap();
+    let shown = browser
+        .eval(&format!(
+            "return {}.map(input => toolSubject(input));",
+            Value::from(
+                cases
+                    .iter()
+                    .map(|case| case["input"].clone())
+                    .collect::<Vec<_>>()
+            )
+        ))
+        .await;
+    let expected: Vec<Value> = cases.iter().map(|case| case["subject"].clone()).collect();
+    assert_eq!(
+        shown,
+        Value::from(expected),
+        "the viewer summarises tool calls as tail does"
     );
     browser.close().await;
 }

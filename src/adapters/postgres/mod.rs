@@ -29,6 +29,9 @@ use crate::ports::{AppendOutcome, Appended, Epoch, MessageStore, Registration, S
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long the diagnosis of an unreachable server waits for its connection.
+const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A pooled connection idle this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -80,19 +83,23 @@ impl PostgresStore {
     /// Applies the migrations that have not run yet: the first use of the server, so
     /// its error says which server, and a TLS failure says why in one sentence.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let Err(error) = MIGRATOR.run(&self.pool).await else {
-            return Ok(());
+        use sqlx::migrate::MigrateError;
+        let error = match MIGRATOR.run(&self.pool).await {
+            Ok(()) => return Ok(()),
+            Err(MigrateError::Execute(sqlx::Error::PoolTimedOut)) => self.why_unreachable().await,
+            Err(MigrateError::Execute(error)) if is_connecting(&error) => {
+                unreachable_because(error, &self.server)
+            }
+            Err(error) => {
+                anyhow::Error::new(error).context("applying the database migrations failed")
+            }
         };
-        let error = anyhow::Error::new(error);
-        if let Some(failure) = tls::failure(&error) {
-            anyhow::bail!(
-                "could not connect to PostgreSQL at {} over TLS: {}",
-                self.server,
-                failure.explain(HOW_TO_TRUST)
-            );
+        if error.is::<UntrustedTls>() {
+            // Says the server and the reason already, in one sentence.
+            return Err(error);
         }
         Err(error.context(format!(
-            "could not prepare PostgreSQL at {}: is it running and reachable? Applying the database migrations failed",
+            "could not prepare PostgreSQL ({})",
             self.redacted_url
         )))
     }
@@ -104,6 +111,26 @@ impl PostgresStore {
             .await
             .context("reading the store's epoch failed")?;
         Ok(Epoch::new(epoch))
+    }
+
+    /// The pool says only that it timed out, whatever kept it from connecting: one
+    /// connection of its own says why (refused, unknown host, bad password, …), in
+    /// words that say what to check.
+    async fn why_unreachable(&self) -> anyhow::Error {
+        let options = self.pool.connect_options();
+        let at = &self.server;
+        let connected =
+            tokio::time::timeout(DIAGNOSE_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await;
+        match connected {
+            Ok(Ok(_)) => anyhow::anyhow!(
+                "PostgreSQL at {at} answers now but did not in time: retry, or raise --database-timeout"
+            ),
+            Ok(Err(error)) => unreachable_because(error, at),
+            Err(_) => anyhow::anyhow!(
+                "no answer from {at} in {DIAGNOSE_TIMEOUT:?}: is PostgreSQL running there, and does the network let the connection through?"
+            ),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -121,6 +148,64 @@ impl PostgresStore {
             error => unavailable(error),
         }
     }
+}
+
+/// Whether the error is one of opening a connection (rather than of a statement).
+fn is_connecting(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("28") || code == "3D000"),
+        _ => false,
+    }
+}
+
+/// A TLS handshake with PostgreSQL that failed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("could not connect to PostgreSQL at {at} over TLS: {reason}")]
+struct UntrustedTls {
+    at: String,
+    reason: String,
+}
+
+/// Why a connection to `at` failed, with what to check.
+fn unreachable_because(error: sqlx::Error, at: &str) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let error = anyhow::Error::new(error);
+    if let Some(failure) = tls::failure(&error) {
+        return anyhow::Error::new(UntrustedTls {
+            at: at.to_owned(),
+            reason: failure.explain(HOW_TO_TRUST),
+        });
+    }
+    let Ok(error) = error.downcast::<sqlx::Error>() else {
+        unreachable!("made from a sqlx::Error just above")
+    };
+    let hint = match &error {
+        sqlx::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => {
+            return anyhow::anyhow!(
+                "connection refused at {at}: is PostgreSQL running, on that port?"
+            )
+        }
+        sqlx::Error::Io(io) if io.to_string().contains("lookup address") => {
+            "check the host in DATABASE_URL"
+        }
+        sqlx::Error::Io(_) => {
+            "is PostgreSQL running there, and does the network let the connection through?"
+        }
+        sqlx::Error::Tls(_) => "check the sslmode of DATABASE_URL against the server's TLS setup",
+        sqlx::Error::Database(database) => match database.code().as_deref() {
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => "check the user and password in DATABASE_URL",
+            // invalid_catalog_name
+            Some("3D000") => "check the database name in DATABASE_URL, or create that database",
+            _ => "see PostgreSQL's message",
+        },
+        _ => "check DATABASE_URL",
+    };
+    let cause = crate::report::one_line(&anyhow::Error::new(error));
+    anyhow::anyhow!("could not connect to PostgreSQL at {at}: {cause}: {hint}")
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {

@@ -67,7 +67,7 @@ function listPage() {
         h('td', { class: `status status-${p.status === 'running' ? 'running' : 'finished'}` }, p.status),
         h('td', {}, String(p.message_count)),
         h('td', {}, h('time', { datetime: p.last_activity_at }, when(p.last_activity_at))))));
-      const text = processes.length ? `${processes.length} processes.` : 'No processes yet.';
+      const text = processes.length ? `${processes.length} ${processes.length === 1 ? 'process' : 'processes'}.` : 'No processes yet.';
       if (state.textContent !== text) state.textContent = text;
     } catch (error) {
       state.textContent = `Could not load the processes: ${error.message}`;
@@ -236,8 +236,10 @@ function processPage() {
       case 'tool_use': {
         const slot = h('div', { class: 'result-slot' }, h('p', { class: 'pending' }, 'Waiting for the result…'));
         if (block.id !== undefined) resultSlots.set(String(block.id), slot);
+        const subject = toolSubject(block.input);
         return h('section', { class: 'tool', 'aria-label': `Tool call: ${block.name}`, 'data-tool-use-id': block.id },
-          h('p', { class: 'tool-head' }, h('span', { class: 'tool-name' }, String(block.name)), ' ', h('code', {}, clip(brief(block.input), 160))),
+          h('p', { class: 'tool-head' }, h('span', { class: 'tool-name' }, String(block.name)), subject === null ? null : ' ', subject === null ? null : h('code', {}, clip(subject, 160))),
+          Array.isArray(block.input?.todos) ? checklist(block.input.todos) : null,
           fold('Input', block.input, 'tool-input'),
           slot);
       }
@@ -269,7 +271,7 @@ function processPage() {
     const failed = payload.is_error === true;
     const facts = [
       payload.duration_ms !== undefined && `took ${duration(payload.duration_ms)}`,
-      payload.total_cost_usd !== undefined && `cost $${Number(payload.total_cost_usd).toFixed(4)}`,
+      payload.total_cost_usd !== undefined && `cost ${cost(payload.total_cost_usd)}`,
       payload.num_turns !== undefined && `${payload.num_turns} turns`,
     ].filter(Boolean);
     item.classList.toggle('error', failed);
@@ -282,14 +284,56 @@ function processPage() {
   start();
 }
 
-/** A one-line gist of a tool's input: the field that says most, else the JSON. */
-function brief(input) {
-  if (input === null || typeof input !== 'object') return pretty(input ?? '');
-  for (const key of ['command', 'file_path', 'path', 'pattern', 'url', 'query', 'description', 'prompt']) {
-    if (typeof input[key] === 'string') return input[key];
+// What a tool call is about, in one line: the same words as `agent-stream tail`
+// (`toolSubject` there, in src/tail/format.rs). Both are held to the cases of
+// tests/fixtures/tool-summaries.json; change them together.
+const TOOL_SUBJECTS = ['command', 'file_path', 'notebook_path', 'pattern', 'path', 'url', 'query', 'description', 'prompt'];
+
+const oneLine = (text) => text.split(/\s+/).filter(Boolean).join(' ');
+
+/** `cargo test`, `def compute_total in src`, `3 todos: 1 in progress, 2 pending`, the
+ * input as JSON, or null for an empty input. */
+function toolSubject(input) {
+  if (Array.isArray(input?.todos)) return todoCounts(input.todos);
+  const key = input !== null && typeof input === 'object' ? TOOL_SUBJECTS.find((k) => typeof input[k] === 'string') : undefined;
+  if (key !== undefined) {
+    const subject = oneLine(input[key]);
+    return typeof input.pattern === 'string' && typeof input.path === 'string' ? `${subject} in ${oneLine(input.path)}` : subject;
   }
-  return JSON.stringify(input);
+  if (input === null || input === undefined || (typeof input === 'object' && !Array.isArray(input) && !Object.keys(input).length)) return null;
+  return compactJson(input);
 }
+
+/** `3 todos: 1 in progress, 2 pending`: the counts by status, in order of first appearance. */
+function todoCounts(todos) {
+  const counts = new Map();
+  for (const todo of todos) {
+    const status = typeof todo?.status === 'string' ? todo.status : 'unknown';
+    counts.set(status, (counts.get(status) ?? 0) + 1);
+  }
+  return `${todos.length} todos: ${[...counts].map(([status, n]) => `${n} ${status.replaceAll('_', ' ')}`).join(', ')}`;
+}
+
+/** JSON with object keys sorted, as tail prints it. */
+function compactJson(value) {
+  return JSON.stringify(value, (_, v) => (v !== null && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v));
+}
+
+/** A todo list as a checklist: each item with its state in a mark and in words. */
+function checklist(todos) {
+  const marks = { completed: '☑', in_progress: '◐', pending: '☐' };
+  return h('ul', { class: 'todos' }, ...todos.map((todo) => {
+    const status = typeof todo?.status === 'string' ? todo.status : 'unknown';
+    return h('li', { class: `todo todo-${status.replace(/[^A-Za-z0-9_-]/g, '')}` },
+      h('span', { class: 'todo-mark', 'aria-hidden': 'true' }, marks[status] ?? '•'), ' ',
+      String(todo?.content ?? pretty(todo)),
+      h('span', { class: 'todo-status' }, ` (${status.replaceAll('_', ' ')})`));
+  }));
+}
+
+/** `$0.42`: dollars to the cent, as tail prints them. */
+const cost = (usd) => `$${Number(usd).toFixed(2)}`;
 
 function duration(ms) {
   const seconds = Math.round(Number(ms) / 1000);
