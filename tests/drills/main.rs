@@ -9,11 +9,17 @@
 //! AGENT_STREAM_TEST_REDIS_SERVER (else `redis-server` on PATH); as root, PostgreSQL
 //! runs as AGENT_STREAM_TEST_PG_USER (else `postgres`). A drill that cannot find them
 //! fails; it is never skipped. Drills run one at a time.
+//!
+//! The fleet drill (`fleet_drills.rs`) is the exception: it kills and drains
+//! agent-stream instances only, so they run on the suite's PostgreSQL and Redis
+//! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
+//! on PATH or in /usr/sbin).
 
 mod client;
 mod instances;
 mod rig;
 
+mod fleet_drills;
 mod postgres_drills;
 mod redis_drills;
 mod server_drills;
