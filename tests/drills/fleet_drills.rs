@@ -170,7 +170,6 @@ async fn a_fleet_behind_haproxy_delivers_everything_once_through_a_kill_and_a_dr
     checks.note(format!("it exited after {:?}", drained_at.elapsed()));
     check_live_again(&mut checks, &followers, &appender, "after the SIGTERM").await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let records = appender.stop().await;
     checks.check(
         records.iter().all(|r| r.outcome.seq().is_some()),
