@@ -276,6 +276,7 @@ async fn drill(fault: Fault) -> Row {
                     reconnect: true,
                     deadline,
                     keep_values: false,
+                    eventsource_backoff: None,
                 },
             )
         })

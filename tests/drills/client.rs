@@ -312,6 +312,10 @@ pub struct AppenderConfig {
     pub give_up_after: Duration,
 }
 
+/// Statuses a load balancer answers when the service did not (bad gateway, gateway
+/// timeout): for an idempotent writer, the same as a broken connection.
+const GATEWAY_LOST_ANSWER: [u16; 2] = [502, 504];
+
 /// A writer appending message after message to one process, in the background.
 pub struct Appender {
     log: Arc<Mutex<Vec<AppendRecord>>>,
@@ -355,6 +359,23 @@ impl Appender {
                     let mut failures = Vec::new();
                     let (outcome, answered) = loop {
                         match api.append(&process, &body).await {
+                            Attempt::Answered {
+                                status, body, at, ..
+                            } if config.retry_failures && GATEWAY_LOST_ANSWER.contains(&status) => {
+                                // A load balancer's 502/504: the service's answer (if
+                                // any) was lost on the way, as when the connection breaks.
+                                // The service itself never answers these.
+                                failures.push(format!("{status} from the gateway: {body}"));
+                                if sent.elapsed() > config.give_up_after {
+                                    break (
+                                        Outcome::Unknown {
+                                            error: format!("{status} from the gateway"),
+                                        },
+                                        at,
+                                    );
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
                             Attempt::Answered {
                                 status,
                                 body,
@@ -500,6 +521,8 @@ pub struct FollowState {
     pub end: Option<End>,
     /// Responses that were opened (200).
     pub connections: u32,
+    /// When each of them was opened (its 200 arrived).
+    pub opened: Vec<Instant>,
     pub breaks: Vec<Break>,
     /// Connects that failed or were not answered 200, while (re)connecting.
     pub refusals: Vec<String>,
@@ -530,6 +553,10 @@ pub struct FollowSpec {
     /// Give up (a violation) when no end came by then.
     pub deadline: Instant,
     pub keep_values: bool,
+    /// `Some(backoff)`: reconnect as a browser's `EventSource` does, after the last
+    /// `retry:` hint the server sent (on any connection), else after `backoff`.
+    /// `None`: after a fixed 50 ms.
+    pub eventsource_backoff: Option<Duration>,
 }
 
 pub struct Follower {
@@ -665,6 +692,10 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
     let violation = |text: String| state.lock().unwrap().violations.push(text);
     let mut cursor: Option<String> = (spec.after > 0).then(|| format!("{}-0", spec.after));
     let mut last_seq = spec.after;
+    // An EventSource's reconnection time: the default until a `retry:` field sets it.
+    let mut reconnect_after = spec
+        .eventsource_backoff
+        .unwrap_or(Duration::from_millis(50));
     loop {
         if tokio::time::Instant::now() >= deadline {
             violation(format!(
@@ -705,7 +736,12 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
                     violation(format!("could not open the follow: {error}"));
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A network error: an EventSource tries again after its reconnection time.
+                let pause = match spec.eventsource_backoff {
+                    Some(_) => reconnect_after,
+                    None => Duration::from_millis(100),
+                };
+                tokio::time::sleep(pause).await;
                 continue;
             }
             Ok(Ok(response)) if response.status() != 200 => {
@@ -725,7 +761,11 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
             }
             Ok(Ok(response)) => response,
         };
-        state.lock().unwrap().connections += 1;
+        {
+            let mut state = state.lock().unwrap();
+            state.connections += 1;
+            state.opened.push(Instant::now());
+        }
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
         let mut last_retry: Option<String> = None;
@@ -780,6 +820,11 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
                         continue;
                     }
                 };
+                if spec.eventsource_backoff.is_some() {
+                    if let Some(ms) = retry.as_deref().and_then(|r| r.parse::<u64>().ok()) {
+                        reconnect_after = Duration::from_millis(ms);
+                    }
+                }
                 last_retry = retry;
                 if let Some(end) = &ended {
                     violation(format!("{frame:?} after the end {end:?}"));
@@ -851,7 +896,7 @@ async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<
             ));
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(reconnect_after).await;
     }
 }
 

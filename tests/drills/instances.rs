@@ -837,3 +837,200 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|kib| kib.parse().ok())
 }
+
+// --- HAProxy -----------------------------------------------------------------------
+
+/// The timeouts of a generated HAProxy configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HaproxyTimeouts {
+    /// `timeout client` and `timeout server`: how long a response (a follow) may stay
+    /// silent before HAProxy cuts it. Must exceed the servers' `--heartbeat`.
+    pub quiet: Duration,
+    /// `inter` of the health checks (`fall 2 rise 2`).
+    pub check_interval: Duration,
+}
+
+/// HAProxy in front of agent-stream instances on 127.0.0.1, in the foreground, with its
+/// configuration generated into its own directory and its admin socket there.
+pub struct Haproxy {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Haproxy {
+    /// AGENT_STREAM_TEST_HAPROXY, else `haproxy` on PATH or in /usr/sbin.
+    pub fn binary() -> PathBuf {
+        if let Some(path) = env_nonempty("AGENT_STREAM_TEST_HAPROXY") {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "AGENT_STREAM_TEST_HAPROXY={} is not a file",
+                path.display()
+            );
+            return path;
+        }
+        on_path("haproxy")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.is_file()))
+            .unwrap_or_else(|| {
+                panic!("the fleet drill needs HAProxy: install Debian's package (`apt-get install haproxy`; `bash .ci/test` installs it and sets AGENT_STREAM_TEST_HAPROXY) or set AGENT_STREAM_TEST_HAPROXY to the binary")
+            })
+    }
+
+    /// The configuration: one frontend on `port`, one backend of `servers` (name,
+    /// port), health-checked on `/healthz`. README's "Deploying behind a proxy" shows
+    /// the same configuration with production timeouts.
+    pub fn config(
+        dir: &Path,
+        port: u16,
+        servers: &[(String, u16)],
+        timeouts: HaproxyTimeouts,
+    ) -> String {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut config = format!(
+            "global
+    maxconn 4096
+    stats socket {dir}/admin.sock mode 600 level admin
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client {quiet}
+    timeout server {quiet}
+    timeout tunnel {quiet}
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    timeout queue 5s
+    timeout check 1s
+    retries 3
+    option redispatch 1
+
+frontend agent_stream
+    bind 127.0.0.1:{port}
+    default_backend agent_stream
+
+backend agent_stream
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost
+    http-check expect status 200
+    default-server check inter {inter} fall 2 rise 2
+",
+            dir = dir.display(),
+            quiet = ms(timeouts.quiet),
+            inter = ms(timeouts.check_interval),
+        );
+        for (name, server_port) in servers {
+            config.push_str(&format!("    server {name} 127.0.0.1:{server_port}\n"));
+        }
+        config
+    }
+
+    /// Writes the configuration, checks it (`haproxy -c`), starts HAProxy and waits
+    /// until its frontend answers `/healthz` through a server.
+    pub fn start(servers: &[(String, u16)], timeouts: HaproxyTimeouts) -> Self {
+        let mut haproxy = Self {
+            binary: Self::binary(),
+            port: free_port(),
+            dir: TempDir::new("haproxy"),
+            child: None,
+        };
+        let config = Self::config(haproxy.dir.path(), haproxy.port, servers, timeouts);
+        fs::write(haproxy.config_path(), config).expect("write haproxy.cfg");
+        run_quiet(
+            Command::new(&haproxy.binary)
+                .arg("-c")
+                .arg("-f")
+                .arg(haproxy.config_path()),
+            "haproxy -c (check the generated configuration)",
+        );
+        let log = fs::File::create(haproxy.log_path()).expect("create the HAProxy log");
+        let child = Command::new(&haproxy.binary)
+            .arg("-db") // foreground: it is our child, and dies with the drill
+            .arg("-f")
+            .arg(haproxy.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", haproxy.binary.display()));
+        haproxy.child = Some(child);
+        let (port, log) = (haproxy.port, haproxy.log_path());
+        wait_until(
+            &format!("haproxy on port {port}"),
+            START_TIMEOUT,
+            haproxy.child.as_mut(),
+            || {
+                raw_exchange(
+                    port,
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+            },
+            || tail(&log, 30),
+        );
+        haproxy
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("haproxy.cfg")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("haproxy.log")
+    }
+
+    pub fn config_text(&self) -> String {
+        fs::read_to_string(self.config_path()).unwrap_or_default()
+    }
+
+    /// `show stat` on the admin socket, for the backend's servers: name → (status,
+    /// current sessions), e.g. `("a1", ("UP", 50))`.
+    pub fn server_stats(&self) -> Vec<(String, (String, u64))> {
+        use std::os::unix::net::UnixStream;
+        let Ok(mut socket) = UnixStream::connect(self.dir.path().join("admin.sock")) else {
+            return Vec::new();
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+        if socket.write_all(b"show stat\n").is_err() {
+            return Vec::new();
+        }
+        let mut csv = String::new();
+        let _ = socket.read_to_string(&mut csv);
+        // Columns: pxname, svname, qcur, qmax, scur, …, status is the 18th.
+        csv.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.split(',').collect::<Vec<_>>())
+            .filter(|f| {
+                f.len() > 17 && f[0] == "agent_stream" && f[1] != "FRONTEND" && f[1] != "BACKEND"
+            })
+            .map(|f| {
+                (
+                    f[1].to_owned(),
+                    (f[17].to_owned(), f[4].parse().unwrap_or(0)),
+                )
+            })
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        tail(&self.log_path(), 40)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- haproxy {} log (tail) ---\n{}", self.port, self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -11,11 +11,17 @@
 //! fails; it is never skipped. Drills run one at a time. The TLS drill also needs the
 //! test CA and server certificate `.ci/test` makes (AGENT_STREAM_TEST_TLS_CA, _CERT,
 //! _KEY).
+//!
+//! The fleet drill (`fleet_drills.rs`) is the exception: it kills and drains
+//! agent-stream instances only, so they run on the suite's PostgreSQL and Redis
+//! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
+//! on PATH or in /usr/sbin).
 
 mod client;
 mod instances;
 mod rig;
 
+mod fleet_drills;
 mod postgres_drills;
 mod redis_drills;
 mod server_drills;

@@ -142,6 +142,7 @@ impl Rig {
                 reconnect,
                 deadline: self.deadline,
                 keep_values: true,
+                eventsource_backoff: None,
             },
         )
     }
