@@ -60,7 +60,9 @@ const SYSTEM_ROOTS: &str = "system";
 
 /// The connect options of `database_url`.
 pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
-    let mut url = Url::parse(database_url).map_err(|_| anyhow::anyhow!(INVALID_URL))?;
+    // url's errors name the rule broken, never the URL (which may hold a password).
+    let mut url =
+        Url::parse(database_url).map_err(|error| anyhow::anyhow!("{INVALID_URL}: {error}"))?;
     anyhow::ensure!(
         matches!(url.scheme(), "postgres" | "postgresql"),
         INVALID_URL
