@@ -609,6 +609,16 @@ mod tests {
         );
         config.redis_url = Some("rediss://cache/".into());
         assert!(config.validate().is_ok());
+        config.database_read_url = Some("postgres://replica/x".into());
+        assert!(config.validate().is_ok());
+        config.database_url = None;
+        config.redis_url = None;
+        config.redis_tls_ca = None;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("DATABASE_READ_URL is set but DATABASE_URL is not"),
+            "{refused}"
+        );
     }
 
     #[test]
