@@ -1458,6 +1458,7 @@ async fn write_path_breakdown(env: &Env, samples: u64) -> (Vec<Duration>, Vec<Du
     use agent_stream::domain::{NewMessage, ProcessId};
     let config = agent_stream::config::BackendConfig {
         database_url: Some(env.pg.url()),
+        database_read_url: None,
         redis_url: Some(env.redis.url()),
         redis_tls_ca: None,
         redis_prefix: String::new(),

@@ -22,6 +22,18 @@ pub struct BackendConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// PostgreSQL URL of a streaming read replica of DATABASE_URL's database: catch-up
+    /// pages and snapshots are read from it (statuses and writes stay on the primary);
+    /// a replica that lags is completed from the primary, one that fails is bypassed.
+    #[arg(
+        long,
+        help_heading = "PostgreSQL and Redis",
+        hide_short_help = true,
+        env = "DATABASE_READ_URL",
+        hide_env_values = true
+    )]
+    pub database_read_url: Option<String>,
+
     /// Redis URL for live delivery over Redis Streams. Needs DATABASE_URL: Redis is an
     /// accelerator, never the store. Without it, delivery is in-process (one instance).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -246,6 +258,13 @@ impl BackendConfig {
         self.database_url.as_deref().filter(|url| !url.is_empty())
     }
 
+    /// The read replica's URL; an empty one (`DATABASE_READ_URL=`) counts as none.
+    pub fn database_read_url(&self) -> Option<&str> {
+        self.database_read_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+    }
+
     /// The Redis URL; an empty one (`REDIS_URL=`) counts as none.
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|url| !url.is_empty())
@@ -255,6 +274,10 @@ impl BackendConfig {
         anyhow::ensure!(
             self.database_url().is_some() || self.redis_url().is_none(),
             "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
+        );
+        anyhow::ensure!(
+            self.database_url().is_some() || self.database_read_url().is_none(),
+            "DATABASE_READ_URL is set but DATABASE_URL is not: the replica only takes reads off the primary. Set DATABASE_URL too, or unset DATABASE_READ_URL"
         );
         anyhow::ensure!(
             self.redis_tls_ca.is_none()
@@ -381,7 +404,13 @@ impl ServeConfig {
             0
         };
         let database = if backend.database_url().is_some() {
-            backend.database_max_connections as usize
+            // The read replica's pool is as large as the primary's.
+            let pools = if backend.database_read_url().is_some() {
+                2
+            } else {
+                1
+            };
+            pools * backend.database_max_connections as usize
         } else {
             0
         };
@@ -560,6 +589,7 @@ mod tests {
     fn a_redis_ca_needs_a_rediss_url() {
         let mut config = BackendConfig {
             database_url: Some("postgres://db/x".into()),
+            database_read_url: None,
             redis_url: Some("redis://cache/".into()),
             redis_tls_ca: Some("/ca.pem".into()),
             redis_prefix: String::new(),
@@ -579,6 +609,16 @@ mod tests {
         );
         config.redis_url = Some("rediss://cache/".into());
         assert!(config.validate().is_ok());
+        config.database_read_url = Some("postgres://replica/x".into());
+        assert!(config.validate().is_ok());
+        config.database_url = None;
+        config.redis_url = None;
+        config.redis_tls_ca = None;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("DATABASE_READ_URL is set but DATABASE_URL is not"),
+            "{refused}"
+        );
     }
 
     #[test]

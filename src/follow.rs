@@ -13,6 +13,11 @@
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
 //! in pages, so memory stays bounded however slowly it reads.
 //!
+//! A follower also keeps the highest seq it knows is committed (`known`: from the
+//! status it started from, its looks, and the feed) and gives it with each catch-up
+//! read, so a store reading from a lagging replica completes a page from the primary
+//! instead of ending it early (`adapters::postgres`).
+//!
 //! A look runs beside the live feed, not instead of it: a follower goes on delivering
 //! the next messages while its look waits for the store, so a slow store delays no live
 //! message.
@@ -125,6 +130,7 @@ impl Followers {
             process,
             subscription,
             last: cursor.after_seq(),
+            known: known_last_seq,
             pending: VecDeque::new(),
             mode: Mode::CatchUp,
             heard_at: Instant::now(),
@@ -200,6 +206,10 @@ struct Follower {
     subscription: FeedSubscription,
     /// The seq of the last message delivered (or the cursor's).
     last: u64,
+    /// The highest seq known to be committed (from a status read or the feed): a
+    /// catch-up page from a read replica that ends short of it is completed from the
+    /// primary.
+    known: u64,
     /// Messages read but not yet delivered, all above `last`, in order.
     pending: VecDeque<StoredMessage>,
     mode: Mode,
@@ -232,10 +242,11 @@ impl Follower {
             match self.mode {
                 Mode::CatchUp => {
                     let (store, process, after) = (&self.shared.store, &self.process, self.last);
+                    let known = self.known;
                     let config = &self.shared.config;
                     let (limit, max_bytes) = (config.page_size, config.page_bytes);
                     let page = retry(&self.shutdown, &self.shared.reads, || {
-                        store.read_after(process, after, limit, max_bytes)
+                        store.read_after(process, after, known, limit, max_bytes)
                     })
                     .await?;
                     metrics::catch_up_page(page.len());
@@ -278,6 +289,7 @@ impl Follower {
     fn looked(&mut self, info: Option<ProcessInfo>, fresh: bool) -> Option<()> {
         let info = info?;
         self.heard_at = Instant::now();
+        self.known = self.known.max(info.last_seq);
         let behind = info.last_seq > self.last;
         // An idle look often lands between a commit and its XADD: while the feed is
         // live, give it one more interval to deliver, and catch up only if what was
@@ -339,6 +351,8 @@ impl Follower {
             Some(Ok(FeedEvent::Message(message))) => {
                 tracing::debug!(process = %self.process, expected = self.last + 1, got = message.seq, "gap in the live feed: filling it from the store");
                 metrics::gap_fill();
+                // Published after its commit: it and every seq below it are stored.
+                self.known = self.known.max(message.seq);
                 self.mode = Mode::CatchUp;
             }
             Some(Err(RecvError::Lagged(missed))) => {
@@ -349,6 +363,7 @@ impl Follower {
             // Too large for the feed: the store has it, and everything before it.
             Some(Ok(FeedEvent::Stored { seq })) if seq > self.last => {
                 self.heard_at = Instant::now();
+                self.known = self.known.max(seq);
                 self.mode = Mode::CatchUp;
             }
             Some(Ok(FeedEvent::Stored { .. })) => {}
@@ -475,11 +490,12 @@ mod tests {
             &self,
             process: &ProcessId,
             after: u64,
+            known: u64,
             limit: usize,
             max_bytes: usize,
         ) -> Result<Vec<StoredMessage>, StoreError> {
             self.inner
-                .read_after(process, after, limit, max_bytes)
+                .read_after(process, after, known, limit, max_bytes)
                 .await
         }
         async fn recent(

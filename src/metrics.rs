@@ -61,6 +61,10 @@ pub const REDIS_CONNECTIONS: &str = "agent_stream_redis_connections";
 /// Gauge: the Redis readers configured, each with at most one connection.
 pub const REDIS_READERS: &str = "agent_stream_redis_readers";
 
+/// Counter `{outcome}`: pages of messages (catch-up and snapshots) read while a read
+/// replica is set (`--database-read-url`): see [`ReplicaRead`].
+pub const REPLICA_READS: &str = "agent_stream_replica_reads_total";
+
 /// Counter: connections closed at once because --max-connections were open.
 pub const CONNECTIONS_REFUSED: &str = "agent_stream_connections_refused_total";
 /// Counter: connections closed because no request was in flight for their time limit.
@@ -138,6 +142,10 @@ fn describe() {
         "Gaps in the live feed (a message ahead of the next seq) filled from the store."
     );
     describe_counter!(
+        REPLICA_READS,
+        "Pages of messages read while a read replica is set, by outcome: replica (whole from it), completed (it lagged: the rest from the primary), fallback (it failed or rests: from the primary)."
+    );
+    describe_counter!(
         LAGGED,
         "Times a follower fell behind its feed buffer and caught up from the store."
     );
@@ -199,6 +207,9 @@ fn start_at_zero() {
     }
     for outcome in ["ok", "rejected", "busy", "unavailable"] {
         ::metrics::counter!(APPENDS, "outcome" => outcome).increment(0);
+    }
+    for outcome in ReplicaRead::ALL {
+        ::metrics::counter!(REPLICA_READS, "outcome" => outcome.as_str()).increment(0);
     }
     for counter in [
         CATCH_UP_PAGES,
@@ -292,6 +303,35 @@ pub fn catch_up_page(messages: usize) {
 }
 
 /// A follower saw a message past the next seq and fills the gap from the store.
+/// Where a page of messages came from, with a read replica set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRead {
+    /// Whole from the replica.
+    Replica,
+    /// The replica's page ended short of a seq known to be committed (it lags): the
+    /// rest was read from the primary.
+    Completed,
+    /// From the primary alone: the replica failed, timed out, or rests after a failure.
+    Fallback,
+}
+
+impl ReplicaRead {
+    const ALL: [Self; 3] = [Self::Replica, Self::Completed, Self::Fallback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replica => "replica",
+            Self::Completed => "completed",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// A page of messages was read with a read replica set.
+pub fn replica_read(outcome: ReplicaRead) {
+    ::metrics::counter!(REPLICA_READS, "outcome" => outcome.as_str()).increment(1);
+}
+
 pub fn gap_fill() {
     ::metrics::counter!(GAP_FILLS).increment(1);
 }

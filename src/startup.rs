@@ -49,7 +49,7 @@ impl Backends {
             tracing::info!("no DATABASE_URL: running on the embedded in-memory store with in-process delivery (nothing survives a restart; set DATABASE_URL and REDIS_URL for production)");
             return Ok(Self::embedded(config.follower_buffer));
         };
-        let store = PostgresStore::connect_lazy(
+        let mut store = PostgresStore::connect_lazy(
             database_url,
             config.database_max_connections,
             config.database_timeout,
@@ -62,6 +62,11 @@ impl Backends {
             )
         })?;
         tracing::info!(database = %redact(database_url), epoch = epoch.as_str(), "PostgreSQL store ready (migrations applied)");
+        if let Some(read_url) = config.database_read_url() {
+            let replica =
+                store.read_from_replica(read_url, config.database_timeout, epoch.clone())?;
+            tracing::info!(replica = %replica, "catch-up pages and snapshots are read from the read replica (completed from the primary while it lags)");
+        }
         let feed: Arc<dyn LiveFeed> = match config.redis_url() {
             Some(redis_url) => {
                 let feed = RedisFeed::connect_lazy(RedisFeedConfig {

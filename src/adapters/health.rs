@@ -190,6 +190,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         &self,
         process: &ProcessId,
         after: u64,
+        known: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
@@ -197,7 +198,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         self.observe(
             "read messages",
             self.inner
-                .read_after(process, after, limit, max_bytes)
+                .read_after(process, after, known, limit, max_bytes)
                 .await,
         )
     }

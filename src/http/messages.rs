@@ -310,7 +310,7 @@ impl SnapshotPages {
         } else {
             let limit = self.page_size.min(self.left);
             self.store
-                .read_after(&self.process, self.after, limit, self.page_bytes)
+                .read_after(&self.process, self.after, self.upto, limit, self.page_bytes)
                 .await?
         };
         let page: Vec<_> = page

@@ -157,11 +157,15 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The messages with a seq above `after`, in seq order: at most `limit`, and past
     /// the first, at most `max_bytes` of JSON in all, so a page's memory is bounded
-    /// whatever the messages' sizes.
+    /// whatever the messages' sizes. `known` is the last seq the caller knows to be
+    /// committed (from the process's status or the live feed; 0 if none): a store
+    /// that reads from a replica returns no page that ends short of it while
+    /// `limit` allows more, so a lagging replica never passes for the end.
     async fn read_after(
         &self,
         process: &ProcessId,
         after: u64,
+        known: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;

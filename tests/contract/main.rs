@@ -24,6 +24,7 @@ mod model;
 mod platform;
 mod processes;
 mod redis_faults;
+mod replica;
 mod retention;
 mod snapshot;
 mod tail;

@@ -250,12 +250,13 @@ impl MessageStore for FaultyStore {
         &self,
         process: &ProcessId,
         after: u64,
+        known: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.check()?;
         self.inner
-            .read_after(process, after, limit, max_bytes)
+            .read_after(process, after, known, limit, max_bytes)
             .await
     }
 

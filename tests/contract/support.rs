@@ -151,9 +151,21 @@ impl TestApp {
         prefix: String,
         tune: impl FnOnce(&mut HttpConfig),
     ) -> Self {
+        Self::spawn_replicated(database_url, None, prefix, tune).await
+    }
+
+    /// Like [`TestApp::spawn_real`], reading catch-up pages and snapshots from the
+    /// read replica at `read_url` when given.
+    pub async fn spawn_replicated(
+        database_url: String,
+        read_url: Option<String>,
+        prefix: String,
+        tune: impl FnOnce(&mut HttpConfig),
+    ) -> Self {
         let redis_url = required_env("REDIS_URL");
         let backend_config = BackendConfig {
             database_url: Some(database_url),
+            database_read_url: read_url,
             redis_url: Some(redis_url.clone()),
             redis_tls_ca: None,
             redis_prefix: prefix.clone(),
@@ -191,6 +203,7 @@ impl TestApp {
             database_url: Some(
                 fresh_database_on(&required_env("AGENT_STREAM_TEST_TLS_DATABASE_URL")).await,
             ),
+            database_read_url: None,
             redis_url: Some(required_env("AGENT_STREAM_TEST_TLS_REDIS_URL")),
             redis_tls_ca: Some(required_env("AGENT_STREAM_TEST_TLS_CA").into()),
             redis_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),

@@ -6,8 +6,12 @@
 //! commit. Because the row lock is held until commit, concurrent writers to
 //! one process get distinct, gap-free seqs and commit in seq order; so a reader that
 //! sees seq `n` committed knows every seq below it is committed too.
+//!
+//! With a read replica ([`replica`]), catch-up pages and snapshots are read from it,
+//! and completed from the primary when it lags.
 
 mod options;
+mod replica;
 mod sql;
 
 use std::time::Duration;
@@ -24,7 +28,9 @@ use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
     StreamId,
 };
+use crate::metrics::ReplicaRead;
 use crate::ports::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};
+use replica::Replica;
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -44,6 +50,8 @@ pub struct PostgresStore {
     server: String,
     /// DATABASE_URL without its secrets, for messages.
     redacted_url: String,
+    /// The read replica for catch-up pages, if one is set (`--database-read-url`).
+    replica: Option<Replica>,
 }
 
 impl PostgresStore {
@@ -55,7 +63,7 @@ impl PostgresStore {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let options = options::connect_options(database_url)?;
+        let options = options::connect_options(database_url, "DATABASE_URL")?;
         let server = options::server(&options);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -77,7 +85,25 @@ impl PostgresStore {
             pool,
             server,
             redacted_url: redact(database_url),
+            replica: None,
         })
+    }
+
+    /// Reads catch-up pages and snapshots from the replica at `read_url` (a pool of
+    /// its own, as large as the primary's), completed from the primary when it lags.
+    /// `epoch` is the primary's ([`Self::epoch`]): the replica must hold the same
+    /// database. Returns the replica's URL without its secrets, for the log.
+    pub fn read_from_replica(
+        &mut self,
+        read_url: &str,
+        acquire_timeout: Duration,
+        epoch: Epoch,
+    ) -> anyhow::Result<String> {
+        let max_connections = self.pool.options().get_max_connections();
+        let replica = Replica::connect_lazy(read_url, max_connections, acquire_timeout, epoch)?;
+        let redacted = replica.redacted_url().to_owned();
+        self.replica = Some(replica);
+        Ok(redacted)
     }
 
     /// Applies the migrations that have not run yet: the first use of the server, so
@@ -206,6 +232,32 @@ fn unreachable_because(error: sqlx::Error, at: &str) -> anyhow::Error {
     };
     let cause = crate::report::one_line(&anyhow::Error::new(error));
     anyhow::anyhow!("could not connect to PostgreSQL at {at}: {cause}: {hint}")
+}
+
+/// A page of `process`'s messages after `after` from `pool` (the primary's or the
+/// replica's): at most `limit`, and past the first, at most `max_bytes` of JSON.
+async fn read_page(
+    pool: &PgPool,
+    process: &ProcessId,
+    after: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredMessage>, sqlx::Error> {
+    let rows = sqlx::query(sql::READ_AFTER)
+        .bind(process.as_str())
+        .bind(to_i64(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredMessage {
+                seq: to_seq(row.try_get(0)?),
+                json: Bytes::from(row.try_get::<String, _>(1)?),
+            })
+        })
+        .collect()
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -345,30 +397,47 @@ impl MessageStore for PostgresStore {
         row.as_ref().map(process_info).transpose()
     }
 
+    /// From the replica when there is one: its page is whole if it is full (`limit`
+    /// messages) or reaches `known`; else the replica lags, and the rest of the page
+    /// (within the same `limit` and `max_bytes`) is read from the primary after the
+    /// replica's last seq. A replica that fails or rests: the primary alone.
     async fn read_after(
         &self,
         process: &ProcessId,
         after: u64,
+        known: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(sql::READ_AFTER)
-            .bind(process.as_str())
-            .bind(to_i64(after))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.failed(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredMessage {
-                    seq: to_seq(row.try_get(0)?),
-                    json: Bytes::from(row.try_get::<String, _>(1)?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| self.failed(e))
+        let primary = |after, limit, max_bytes| async move {
+            read_page(&self.pool, process, after, limit, max_bytes)
+                .await
+                .map_err(|e| self.failed(e))
+        };
+        let Some(replica) = &self.replica else {
+            return primary(after, limit, max_bytes).await;
+        };
+        let Some(mut page) = replica.page(process, after, limit, max_bytes).await else {
+            return primary(after, limit, max_bytes).await;
+        };
+        let reached = page.last().map_or(after, |message| message.seq);
+        if page.len() >= limit || reached >= known {
+            crate::metrics::replica_read(ReplicaRead::Replica);
+            return Ok(page);
+        }
+        crate::metrics::replica_read(ReplicaRead::Completed);
+        let mut bytes: usize = page.iter().map(|message| message.json.len()).sum();
+        let rest = primary(reached, limit - page.len(), max_bytes.saturating_sub(bytes)).await?;
+        // The primary's page always holds its first message; past the replica's
+        // messages, the byte bound holds for the whole page.
+        for message in rest {
+            bytes += message.json.len();
+            if !page.is_empty() && bytes > max_bytes {
+                break;
+            }
+            page.push(message);
+        }
+        Ok(page)
     }
 
     async fn recent(

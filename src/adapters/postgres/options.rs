@@ -1,4 +1,4 @@
-//! `DATABASE_URL` read as libpq reads it, as far as sqlx allows.
+//! `DATABASE_URL` (and `DATABASE_READ_URL`) read as libpq reads it, as far as sqlx allows.
 //!
 //! sqlx parses the URL (and libpq's `PG*` variables) itself; this module adds what
 //! libpq does and sqlx does not:
@@ -24,10 +24,10 @@ use url::Url;
 
 use crate::adapters::tls;
 
-/// What a malformed DATABASE_URL is told with (never the URL itself: it may hold a
-/// password).
+/// What a malformed URL is told with, after the variable's name (never the URL
+/// itself: it may hold a password).
 pub const INVALID_URL: &str =
-    "DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:port/database)";
+    "is not a valid PostgreSQL URL (postgres://user:password@host:port/database)";
 
 /// The query parameters sqlx reads (besides `options[…]`); see its `PgConnectOptions`.
 const SQLX_PARAMETERS: &[&str] = &[
@@ -58,21 +58,22 @@ const SSL_MODE_PARAMETERS: &[&str] = &["sslmode", "ssl-mode"];
 /// `sslrootcert=system`: the system's trusted roots (libpq 16).
 const SYSTEM_ROOTS: &str = "system";
 
-/// The connect options of `database_url`.
-pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+/// The connect options of `database_url`, which messages call `variable`
+/// (`DATABASE_URL`, or `DATABASE_READ_URL` for a read replica: the same rules apply).
+pub fn connect_options(database_url: &str, variable: &str) -> anyhow::Result<PgConnectOptions> {
     // url's errors name the rule broken, never the URL (which may hold a password).
-    let mut url =
-        Url::parse(database_url).map_err(|error| anyhow::anyhow!("{INVALID_URL}: {error}"))?;
+    let mut url = Url::parse(database_url)
+        .map_err(|error| anyhow::anyhow!("{variable} {INVALID_URL}: {error}"))?;
     anyhow::ensure!(
         matches!(url.scheme(), "postgres" | "postgresql"),
-        INVALID_URL
+        "{variable} {INVALID_URL}"
     );
     let mut parameters: Vec<(String, String)> = Vec::new();
     for (key, value) in url.query_pairs().into_owned() {
         if SQLX_PARAMETERS.contains(&key.as_str()) || key.starts_with("options[") {
             parameters.push((key, value));
         } else {
-            tracing::warn!(parameter = %key, "ignoring a DATABASE_URL parameter agent-stream does not use");
+            tracing::warn!(parameter = %key, "ignoring a {variable} parameter agent-stream does not use");
         }
     }
     let last = |names: &[&str], parameters: &[(String, String)]| {
@@ -92,8 +93,9 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
         let mode =
             last(SSL_MODE_PARAMETERS, &parameters).or_else(|| std::env::var("PGSSLMODE").ok());
         anyhow::ensure!(
-            mode.as_deref().is_none_or(|mode| mode.eq_ignore_ascii_case("verify-full")),
-            "DATABASE_URL: sslrootcert=system needs sslmode=verify-full (or no sslmode), as in libpq"
+            mode.as_deref()
+                .is_none_or(|mode| mode.eq_ignore_ascii_case("verify-full")),
+            "{variable}: sslrootcert=system needs sslmode=verify-full (or no sslmode), as in libpq"
         );
         parameters.push(("sslmode".to_owned(), "verify-full".to_owned()));
     }
@@ -102,19 +104,19 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
         url.query_pairs_mut().extend_pairs(&parameters);
     }
     let mut options = PgConnectOptions::from_str(url.as_str())
-        .map_err(|error| anyhow::anyhow!("{INVALID_URL}: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("{variable} {INVALID_URL}: {error}"))?;
     if matches!(options.get_ssl_mode(), PgSslMode::Require) && root_cert.is_some() {
         options = options.ssl_mode(PgSslMode::VerifyCa);
     }
     if matches!(options.get_ssl_mode(), PgSslMode::VerifyCa) {
-        tracing::warn!("DATABASE_URL: sslmode=verify-ca checks the server's host name too (a known sqlx 0.8 bug), as verify-full does: connect by a name its certificate is for");
+        tracing::warn!("{variable}: sslmode=verify-ca checks the server's host name too (a known sqlx 0.8 bug), as verify-full does: connect by a name its certificate is for");
     }
     if let Some(root_cert) = root_cert.filter(|_| !system_roots) {
         if matches!(
             options.get_ssl_mode(),
             PgSslMode::VerifyCa | PgSslMode::VerifyFull
         ) {
-            check_root_cert(&root_cert)?;
+            check_root_cert(&root_cert, variable)?;
         }
     }
     Ok(options)
@@ -123,17 +125,17 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
 /// Checks that a root certificate is usable before the first connection would find
 /// out: a file (or, from `PGSSLROOTCERT`, PEM text as sqlx takes it there) with at
 /// least one certificate.
-fn check_root_cert(root_cert: &str) -> anyhow::Result<()> {
+fn check_root_cert(root_cert: &str, variable: &str) -> anyhow::Result<()> {
     if root_cert.trim_start().starts_with("-----BEGIN") {
         tls::pem_certificates(root_cert.as_bytes())
             .context("the root certificate given as PEM text in PGSSLROOTCERT is not usable")?;
         return Ok(());
     }
     let pem = std::fs::read(root_cert).with_context(|| {
-        format!("the root certificate of DATABASE_URL (sslrootcert={root_cert}) cannot be read")
+        format!("the root certificate of {variable} (sslrootcert={root_cert}) cannot be read")
     })?;
     tls::pem_certificates(&pem).with_context(|| {
-        format!("the root certificate of DATABASE_URL (sslrootcert={root_cert}) is not usable")
+        format!("the root certificate of {variable} (sslrootcert={root_cert}) is not usable")
     })?;
     Ok(())
 }
@@ -153,7 +155,7 @@ mod tests {
     use super::*;
 
     fn mode(url: &str) -> PgSslMode {
-        connect_options(url).unwrap().get_ssl_mode()
+        connect_options(url, "DATABASE_URL").unwrap().get_ssl_mode()
     }
 
     #[test]
@@ -198,7 +200,10 @@ mod tests {
             mode("postgres://u@db/x?sslrootcert=system"),
             PgSslMode::VerifyFull
         ));
-        let weaker = connect_options("postgres://u@db/x?sslrootcert=system&sslmode=require");
+        let weaker = connect_options(
+            "postgres://u@db/x?sslrootcert=system&sslmode=require",
+            "DATABASE_URL",
+        );
         assert!(weaker.unwrap_err().to_string().contains("verify-full"));
     }
 
@@ -206,10 +211,12 @@ mod tests {
     fn a_root_certificate_that_cannot_be_read_is_named_at_start() {
         let error = connect_options(
             "postgres://u@db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "DATABASE_READ_URL",
         )
         .unwrap_err();
         assert!(
-            format!("{error:#}").contains("sslrootcert=/nonexistent/ca.pem) cannot be read"),
+            format!("{error:#}")
+                .contains("of DATABASE_READ_URL (sslrootcert=/nonexistent/ca.pem) cannot be read"),
             "{error:#}"
         );
     }
@@ -221,8 +228,11 @@ mod tests {
             "mysql://u:hunter2@db/x",
             "postgres://u:hunter2@db:port/x",
         ] {
-            let error = format!("{:#}", connect_options(url).unwrap_err());
-            assert!(error.starts_with(INVALID_URL), "{error}");
+            let error = format!("{:#}", connect_options(url, "DATABASE_URL").unwrap_err());
+            assert!(
+                error.starts_with(&format!("DATABASE_URL {INVALID_URL}")),
+                "{error}"
+            );
             assert!(!error.contains("hunter2"), "{error}");
         }
     }
@@ -231,6 +241,7 @@ mod tests {
     fn unknown_parameters_are_dropped_and_known_ones_kept() {
         let options = connect_options(
             "postgres://u@db:6543/x?sslpassword=hunter2&application_name=app&connect_timeout=3",
+            "DATABASE_URL",
         )
         .unwrap();
         assert_eq!(options.get_application_name(), Some("app"));
