@@ -101,7 +101,7 @@ pub struct AppendArgs {
     pub finish: Option<String>,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = crate::http::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     #[command(flatten)]
