@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::adapters::postgres::PostgresStore;
 use crate::auth::TokenArgs;
 use crate::config::{BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
@@ -134,9 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => return Ok(tail::run(args).await),
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => {
-            PostgresStore::connect_lazy(&database_url, 2, Duration::from_secs(10))?
-                .migrate()
-                .await?;
+            Backends::migrate(&database_url).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

@@ -169,10 +169,7 @@ impl StatusCache {
     /// The process's slot; whenever the map doubles, slots idle and older than
     /// `max_age` go.
     fn slot(&self, process: &ProcessId, max_age: Duration) -> StatusSlot {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = crate::sync::lock(&self.slots);
         if let Some(slot) = slots.get(process) {
             return slot.clone();
         }

@@ -207,7 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/", get(viewer::index))
         .route("/assets/{name}", get(viewer::asset))
-        .route("/processes", get(viewer::list))
+        .route("/processes", get(processes::list))
         .route(
             "/processes/{id}",
             get(viewer::show).put(processes::register),
