@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::adapters::postgres::PostgresStore;
 use crate::auth::TokenArgs;
 use crate::config::{BackendConfig, ServeConfig};
 use crate::demo::{self, DemoArgs};
@@ -101,7 +99,7 @@ pub struct AppendArgs {
     pub finish: Option<String>,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = crate::http::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     #[command(flatten)]
@@ -134,9 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => return Ok(tail::run(args).await),
         Command::Serve(config) => serve(config).await,
         Command::Migrate { database_url } => {
-            PostgresStore::connect_lazy(&database_url, 2, Duration::from_secs(10))?
-                .migrate()
-                .await?;
+            Backends::migrate(&database_url).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

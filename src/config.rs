@@ -10,8 +10,8 @@ use axum::http::HeaderValue;
 use clap::Args;
 
 use crate::auth::AuthConfig;
-use crate::follow::FollowConfig;
-use crate::http::{connections, parse_origin, HttpConfig};
+use crate::follow::{self, FollowConfig};
+use crate::http::{self, connections, parse_origin, HttpConfig};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
@@ -74,7 +74,7 @@ pub struct BackendConfig {
     /// Largest message, in bytes of its JSON, that goes through Redis whole; a larger
     /// one goes as its seq alone and followers read it from PostgreSQL. A stream then
     /// holds at most --stream-maxlen times this many bytes of messages.
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = STREAM_INLINE_BYTES)]
     pub stream_inline_bytes: usize,
 
     /// Redis connections that read streams (each blocks in one XREAD for many
@@ -131,7 +131,7 @@ pub struct ServeConfig {
 
     /// How long a follower waits on a silent live feed before it asks the store
     /// (catches a message whose Redis XADD never happened, or Redis being down).
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL", default_value = follow::IDLE_POLL, value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
 
     /// Origins whose pages may call the API from a browser (CORS), exactly as the
@@ -148,15 +148,15 @@ pub struct ServeConfig {
     pub allow_origins: Vec<String>,
 
     /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT", default_value = http::HEARTBEAT, value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = http::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest request body, in bytes (one message or an array of them).
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = http::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Messages per catch-up read from the store.
@@ -165,17 +165,17 @@ pub struct ServeConfig {
         help_heading = "Follows",
         hide_short_help = true,
         env = "AGENT_STREAM_CATCH_UP_PAGE",
-        default_value_t = 200
+        default_value_t = follow::CATCH_UP_PAGE
     )]
     pub catch_up_page: usize,
 
     /// Bytes per catch-up read from the store (at least one message is read): bounds
     /// what a follower whose client stopped reading holds.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = follow::CATCH_UP_PAGE_BYTES)]
     pub catch_up_page_bytes: usize,
 
     /// How often a follower asks the store while the live feed (Redis) is down.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_DEGRADED_POLL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_DEGRADED_POLL", default_value = follow::DEGRADED_POLL, value_parser = humantime::parse_duration)]
     pub degraded_poll: Duration,
 
     /// Messages in one append request (an array), at most.
@@ -184,7 +184,7 @@ pub struct ServeConfig {
         help_heading = "Limits",
         hide_short_help = true,
         env = "AGENT_STREAM_MAX_BATCH_MESSAGES",
-        default_value_t = 1000
+        default_value_t = http::MAX_BATCH_MESSAGES
     )]
     pub max_batch_messages: usize,
 
@@ -194,35 +194,35 @@ pub struct ServeConfig {
         help_heading = "Limits",
         hide_short_help = true,
         env = "AGENT_STREAM_MAX_FOLLOWS",
-        default_value_t = 10_000
+        default_value_t = http::MAX_FOLLOWS
     )]
     pub max_follows: usize,
 
     /// Follows one token may have open at once on this instance, at most; past it, a
     /// 429 (so one token cannot take every --max-follows slot).
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = crate::http::MAX_FOLLOWS_PER_TOKEN)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = http::MAX_FOLLOWS_PER_TOKEN)]
     pub max_follows_per_token: usize,
 
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = http::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
     /// Time a client has to send a request's headers; past it, the connection is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = http::HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Largest request head (request line and headers), in bytes.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = http::MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
     /// A connection whose writes stay blocked this long (its client stopped reading) is
     /// closed; the client resumes from its cursor when it reconnects.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = http::WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
     /// Bytes a connection may hold in the kernel not yet sent (Linux
     /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = 128 * 1024)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = http::TCP_UNSENT_BYTES)]
     pub tcp_unsent_bytes: u32,
 
     /// Connections open at once, at most; past it, a new connection is closed at once.
@@ -239,16 +239,16 @@ pub struct ServeConfig {
     /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
     /// and HTTP/2 alike). A connection that has not started a request within
     /// --header-read-timeout of being accepted is closed then.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = http::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
     /// one within as long is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = http::HTTP2_KEEP_ALIVE, value_parser = humantime::parse_duration)]
     pub http2_keep_alive: Duration,
 
     /// On SIGTERM, how long requests in flight may take to finish.
-    #[arg(long, help_heading = "Listening", hide_short_help = true, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Listening", hide_short_help = true, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = http::SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -473,6 +473,16 @@ impl ServeConfig {
     }
 }
 
+/// Default of `--stream-inline-bytes`: 64 KiB.
+pub const STREAM_INLINE_BYTES: usize = 64 * 1024;
+
+/// A default duration, written as its flag would be (`"1s"`), as a [`Duration`]: so
+/// that clap's `default_value` and the `Default` impls state each default once.
+pub fn duration(default: &'static str) -> Duration {
+    // Every default is parsed at once by the test below: this never fails at run time.
+    humantime::parse_duration(default).expect("a default duration parses")
+}
+
 /// The scheme of a Redis URL over TLS.
 pub const REDIS_TLS_SCHEME: &str = "rediss://";
 
@@ -546,7 +556,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{redact, BackendConfig};
+    use clap::Parser;
+
+    use super::{redact, BackendConfig, ServeConfig, STREAM_INLINE_BYTES};
+    use crate::http::HttpConfig;
 
     #[test]
     fn credentials_never_reach_the_log() {
@@ -596,7 +609,7 @@ mod tests {
             stream_maxlen: 1000,
             finished_stream_ttl: Duration::from_secs(3600),
             running_stream_ttl: Duration::from_secs(3600),
-            stream_inline_bytes: 64 * 1024,
+            stream_inline_bytes: STREAM_INLINE_BYTES,
             redis_readers: 4,
             database_timeout: Duration::from_secs(1),
             database_max_connections: 16,
@@ -619,6 +632,35 @@ mod tests {
             refused.starts_with("DATABASE_READ_URL is set but DATABASE_URL is not"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn the_serve_flags_default_to_what_the_configs_default_to() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let flags = Serve::parse_from(["serve"]).serve.http();
+        let http = HttpConfig::default();
+        assert_eq!(flags.max_message_bytes, http.max_message_bytes);
+        assert_eq!(flags.max_body_bytes, http.max_body_bytes);
+        assert_eq!(flags.max_batch_messages, http.max_batch_messages);
+        assert_eq!(flags.max_follows, http.max_follows);
+        assert_eq!(flags.max_follows_per_token, http.max_follows_per_token);
+        assert_eq!(flags.request_timeout, http.request_timeout);
+        assert_eq!(flags.header_read_timeout, http.header_read_timeout);
+        assert_eq!(flags.max_header_bytes, http.max_header_bytes);
+        assert_eq!(flags.shutdown_grace, http.shutdown_grace);
+        assert_eq!(flags.write_timeout, http.write_timeout);
+        assert_eq!(flags.tcp_unsent_bytes, http.tcp_unsent_bytes);
+        assert_eq!(flags.idle_timeout, http.idle_timeout);
+        assert_eq!(flags.http2_keep_alive, http.http2_keep_alive);
+        assert_eq!(flags.heartbeat, http.heartbeat);
+        assert_eq!(flags.follow.page_size, http.follow.page_size);
+        assert_eq!(flags.follow.page_bytes, http.follow.page_bytes);
+        assert_eq!(flags.follow.idle_poll, http.follow.idle_poll);
+        assert_eq!(flags.follow.degraded_poll, http.follow.degraded_poll);
     }
 
     #[test]

@@ -28,8 +28,9 @@ use crate::startup::{self, Backends};
 /// How long the token printed by the demo is valid.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The recorded session (32 messages, 0.3 to 34 KB), built into the binary.
-pub const SESSION: &str = include_str!("../tests/fixtures/claude-code-session.ndjson");
+/// The recorded session (32 messages, 0.3 to 34 KB), built into the binary; the tests
+/// read it here too, so there is one copy.
+pub const SESSION: &str = include_str!("demo/claude-code-session.ndjson");
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -75,14 +75,23 @@ pub struct FollowConfig {
 impl Default for FollowConfig {
     fn default() -> Self {
         Self {
-            page_size: 200,
-            page_bytes: 1 << 20,
-            idle_poll: Duration::from_secs(1),
-            degraded_poll: Duration::from_millis(500),
+            page_size: CATCH_UP_PAGE,
+            page_bytes: CATCH_UP_PAGE_BYTES,
+            idle_poll: crate::config::duration(IDLE_POLL),
+            degraded_poll: crate::config::duration(DEGRADED_POLL),
             store_reads: 8,
         }
     }
 }
+
+/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]).
+pub const CATCH_UP_PAGE: usize = 200;
+/// Default of `--catch-up-page-bytes`: 1 MiB.
+pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
+/// Default of `--idle-poll`.
+pub const IDLE_POLL: &str = "1s";
+/// Default of `--degraded-poll`.
+pub const DEGRADED_POLL: &str = "500ms";
 
 /// What every follow on an instance shares: the ports, the configuration, the cache of
 /// process statuses, and the instance's shutdown.
@@ -166,10 +175,7 @@ impl StatusCache {
     /// The process's slot; whenever the map doubles, slots idle and older than
     /// `max_age` go.
     fn slot(&self, process: &ProcessId, max_age: Duration) -> StatusSlot {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = crate::sync::lock(&self.slots);
         if let Some(slot) = slots.get(process) {
             return slot.clone();
         }

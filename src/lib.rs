@@ -11,6 +11,7 @@
 //! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all
 //! from [`config`]. [`auth`] checks the tokens that say who may read and write which
 //! processes. [`metrics`] names what `/metrics` reports. [`report`] says errors in one line.
+//! [`sync`] takes locks.
 
 #![forbid(unsafe_code)]
 
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod ports;
 pub mod report;
 pub mod startup;
+pub mod sync;
 pub mod tail;
 pub mod writer;

@@ -27,6 +27,11 @@ use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
 
 /// The two ports, chosen by configuration.
+/// The pool of `agent-stream migrate`: one connection migrates, a second spares a wait.
+const MIGRATE_CONNECTIONS: u32 = 2;
+/// How long `agent-stream migrate` waits for a PostgreSQL connection.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct Backends {
     pub store: Arc<dyn MessageStore>,
@@ -105,6 +110,14 @@ impl Backends {
             store: Arc::new(store),
             feed,
         })
+    }
+
+    /// `agent-stream migrate`: applies the database migrations to `database_url`, and
+    /// nothing else.
+    pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+        PostgresStore::connect_lazy(database_url, MIGRATE_CONNECTIONS, MIGRATE_TIMEOUT)?
+            .migrate()
+            .await
     }
 
     pub fn writer(&self) -> Writer {

@@ -277,6 +277,19 @@ pub fn wire_timestamp(created_at: DateTime<Utc>) -> String {
     created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The end event's JSON, `{"status":"…"}`: the `data` of SSE's `event: end`, and the
+/// end entry of a Redis stream. [`end_line`] is NDJSON's.
+pub fn end_json(status: &str) -> String {
+    serde_json::json!({ "status": status }).to_string()
+}
+
+/// The end event as NDJSON's last line (without its newline):
+/// `{"event":"end","status":"…","stream_id":"<last seq>-1"}`.
+pub fn end_line(status: &str, stream_id: StreamId) -> String {
+    serde_json::json!({ "event": "end", "status": status, "stream_id": stream_id.to_string() })
+        .to_string()
+}
+
 /// A stored message: its seq and its wire JSON, rendered once, shared by every reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {

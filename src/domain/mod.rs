@@ -8,6 +8,9 @@ mod process;
 mod stream_id;
 
 pub use error::DomainError;
-pub use message::{minify_json, wire_timestamp, NewMessage, StoredMessage, MAX_MESSAGE_ID_BYTES};
+pub use message::{
+    end_json, end_line, minify_json, wire_timestamp, NewMessage, StoredMessage,
+    MAX_MESSAGE_ID_BYTES,
+};
 pub use process::{FinishStatus, ProcessId, ProcessInfo, ProcessStatus, RecentProcess};
 pub use stream_id::{Cursor, StreamId};

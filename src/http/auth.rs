@@ -197,7 +197,7 @@ impl Drop for TokenFollow {
 }
 
 fn lock(open: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-    open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync::lock(open)
 }
 
 /// Whether `response` streams a follow (SSE or NDJSON).

@@ -118,9 +118,7 @@ impl Activity {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// When the connection may be closed as idle: `None` while a request is in flight.

@@ -26,7 +26,7 @@ use super::openapi::{
 };
 use super::AppState;
 use crate::auth::{Grant, Scope};
-use crate::domain::{Cursor, NewMessage, ProcessId, ProcessInfo};
+use crate::domain::{end_json, end_line, Cursor, NewMessage, ProcessId, ProcessInfo};
 use crate::follow::FollowEvent;
 use crate::metrics::FollowMetrics;
 use crate::ports::{AppendOutcome, MessageStore, StoreError};
@@ -438,7 +438,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
             FollowEvent::End { stream_id, status } => Event::default()
                 .id(stream_id.to_string())
                 .event("end")
-                .data(serde_json::json!({ "status": status.as_str() }).to_string()),
+                .data(end_json(status.as_str())),
         })
     });
     let mut response = Sse::new(stream.chain(retry_hint))
@@ -449,7 +449,11 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
 }
 
 fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
-    let lines = with_heartbeat(events(state, info, cursor, "ndjson")?, state.config.heartbeat).map(|event| {
+    let lines = with_heartbeat(
+        events(state, info, cursor, "ndjson")?,
+        state.config.heartbeat,
+    )
+    .map(|event| {
         Ok::<_, Infallible>(match event {
             Some(FollowEvent::Message(message)) => {
                 let mut line = BytesMut::with_capacity(message.json.len() + 1);
@@ -458,8 +462,7 @@ fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Respons
                 line.freeze()
             }
             Some(FollowEvent::End { stream_id, status }) => {
-                let end = serde_json::json!({ "event": "end", "status": status.as_str(), "stream_id": stream_id.to_string() });
-                Bytes::from(format!("{end}\n"))
+                Bytes::from(format!("{}\n", end_line(status.as_str(), stream_id)))
             }
             None => Bytes::from_static(b"\n"),
         })

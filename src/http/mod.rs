@@ -38,6 +38,7 @@ pub use openapi::ApiDoc;
 pub use write_timeout::WriteTimeout;
 
 use crate::auth::Verifier;
+use crate::config::duration;
 use crate::follow::{FollowConfig, Followers};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -89,24 +90,24 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            max_message_bytes: 1 << 20,
-            max_body_bytes: 16 << 20,
-            max_batch_messages: 1000,
-            max_follows: 10_000,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
+            max_batch_messages: MAX_BATCH_MESSAGES,
+            max_follows: MAX_FOLLOWS,
             max_follows_per_token: MAX_FOLLOWS_PER_TOKEN,
-            request_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(30),
-            tcp_unsent_bytes: 128 * 1024,
+            request_timeout: duration(REQUEST_TIMEOUT),
+            header_read_timeout: duration(HEADER_READ_TIMEOUT),
+            max_header_bytes: MAX_HEADER_BYTES,
+            shutdown_grace: duration(SHUTDOWN_GRACE),
+            write_timeout: duration(WRITE_TIMEOUT),
+            tcp_unsent_bytes: TCP_UNSENT_BYTES,
             max_connections: connections::connections_for(connections::headroom(
                 DEFAULT_DATABASE_CONNECTIONS,
                 DEFAULT_REDIS_CONNECTIONS,
             )),
-            idle_timeout: IDLE_TIMEOUT,
-            http2_keep_alive: HTTP2_KEEP_ALIVE,
-            heartbeat: Duration::from_secs(15),
+            idle_timeout: duration(IDLE_TIMEOUT),
+            http2_keep_alive: duration(HTTP2_KEEP_ALIVE),
+            heartbeat: duration(HEARTBEAT),
             follow: FollowConfig::default(),
             allowed_origins: Vec::new(),
             auth: None,
@@ -115,13 +116,39 @@ impl Default for HttpConfig {
     }
 }
 
+// The defaults of the `serve` flags that fill `HttpConfig`, stated once: clap shows
+// and uses them (`default_value_t`, or `default_value` for a duration, which clap
+// parses as the flag's text would be), and `HttpConfig::default` uses them too.
+
+/// Default of `--max-message-bytes`: 1 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Default of `--max-body-bytes`: 16 MiB.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Default of `--max-batch-messages`.
+pub const MAX_BATCH_MESSAGES: usize = 1000;
+/// Default of `--max-follows`.
+pub const MAX_FOLLOWS: usize = 10_000;
+/// Default of `--request-timeout`.
+pub const REQUEST_TIMEOUT: &str = "30s";
+/// Default of `--header-read-timeout`.
+pub const HEADER_READ_TIMEOUT: &str = "10s";
+/// Default of `--max-header-bytes`: 64 KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default of `--shutdown-grace`.
+pub const SHUTDOWN_GRACE: &str = "10s";
+/// Default of `--write-timeout`.
+pub const WRITE_TIMEOUT: &str = "30s";
+/// Default of `--tcp-unsent-bytes`: 128 KiB.
+pub const TCP_UNSENT_BYTES: u32 = 128 * 1024;
+/// Default of `--heartbeat`.
+pub const HEARTBEAT: &str = "15s";
 /// Default of `--max-follows-per-token`.
 pub const MAX_FOLLOWS_PER_TOKEN: usize = 100;
 /// Default of `--idle-timeout`: longer than the idle timeout of common load balancers
 /// (60 s), so that they, not the server, close an idle connection they hold.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const IDLE_TIMEOUT: &str = "75s";
 /// Default of `--http2-keep-alive`.
-pub const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+pub const HTTP2_KEEP_ALIVE: &str = "20s";
 /// The store's and Redis's connections the default connection cap makes room for
 /// (`--database-max-connections`, and `--redis-readers` plus the command connection).
 const DEFAULT_DATABASE_CONNECTIONS: usize = 16;
@@ -180,7 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/", get(viewer::index))
         .route("/assets/{name}", get(viewer::asset))
-        .route("/processes", get(viewer::list))
+        .route("/processes", get(processes::list))
         .route(
             "/processes/{id}",
             get(viewer::show).put(processes::register),

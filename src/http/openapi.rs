@@ -39,7 +39,7 @@ pub const COOKIE_TOKEN: &str = "cookie";
         document,
         viewer::index,
         viewer::asset,
-        viewer::list,
+        processes::list,
         viewer::show,
         processes::register,
         processes::finish,

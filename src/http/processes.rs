@@ -1,18 +1,25 @@
-//! Process calls: register (`PUT`), show (`GET`) and finish.
+//! Process calls: register (`PUT`), show (`GET`), finish, and the list of the
+//! processes last active (`GET /processes`, JSON; the viewer's page is `viewer`'s).
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{read_body, ProcessPath};
+use super::extract::{read_body, MessagesQuery, ProcessPath};
 use super::openapi::{ProcessIdParam, Refusals};
 use super::AppState;
-use crate::domain::{FinishStatus, ProcessInfo};
+use crate::auth::{Grant, Processes};
+use crate::domain::{wire_timestamp, FinishStatus, ProcessId, ProcessInfo, RecentProcess};
 use crate::ports::{Registration, StoreError};
+
+/// `GET /processes` lists this many processes unless `limit` says otherwise…
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// …and never more than this.
+const MAX_LIST_LIMIT: usize = 1000;
 
 /// The contract's view of a process.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -33,16 +40,13 @@ pub struct ProcessView {
 
 impl From<&ProcessInfo> for ProcessView {
     fn from(info: &ProcessInfo) -> Self {
-        let timestamp = |t: chrono::DateTime<chrono::Utc>| {
-            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        };
         Self {
             process_id: info.process_id.to_string(),
             status: info.status.as_str().to_owned(),
             last_stream_id: info.last_stream_id().to_string(),
             message_count: info.last_seq,
-            created_at: timestamp(info.created_at),
-            finished_at: info.finished_at.map(timestamp),
+            created_at: wire_timestamp(info.created_at),
+            finished_at: info.finished_at.map(wire_timestamp),
         }
     }
 }
@@ -135,4 +139,67 @@ pub async fn finish(
     let status = FinishStatus::parse(&request.status)?;
     let info = state.writer.finish(&process, &status).await?;
     Ok(Json(ProcessView::from(&info)))
+}
+
+/// One process in `GET /processes`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RecentView {
+    #[serde(flatten)]
+    process: ProcessView,
+    /// When its last message was appended, or it was registered or finished.
+    #[schema(format = DateTime)]
+    last_activity_at: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProcessList {
+    processes: Vec<RecentView>,
+}
+
+impl ProcessList {
+    /// The list as shown, from the processes last active. The one place a listing is
+    /// built, so that a filter (such as the caller's access) goes here.
+    fn new(recent: Vec<RecentProcess>) -> Self {
+        let processes = recent
+            .iter()
+            .map(|recent| RecentView {
+                process: ProcessView::from(&recent.info),
+                last_activity_at: wire_timestamp(recent.last_activity),
+            })
+            .collect();
+        Self { processes }
+    }
+}
+
+/// `GET /processes?limit=`: the processes last active, most recent first, as JSON.
+#[utoipa::path(
+    get,
+    path = "/processes",
+    tag = "processes",
+    operation_id = "list_processes",
+    summary = "The processes last active",
+    description = "Most recent activity first; only the processes the token covers.",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (1 to 1000, default 100).")),
+    responses(
+        (status = 200, description = "The list.", body = ProcessList),
+        (status = 400, description = "Malformed `limit` or query string.", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ProcessList>, ApiError> {
+    let limit = MessagesQuery::parse(query.as_deref())?
+        .limit(MAX_LIST_LIMIT)?
+        .unwrap_or(DEFAULT_LIST_LIMIT);
+    // A caller sees only the processes its token names: no way to learn of the others.
+    let only: Option<Vec<ProcessId>> = match grant.processes() {
+        Processes::All => None,
+        Processes::Only(ids) => Some(ids.iter().cloned().collect()),
+    };
+    let recent = state.store.recent(limit, only.as_deref()).await?;
+    Ok(Json(ProcessList::new(recent)))
 }

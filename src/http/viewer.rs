@@ -12,20 +12,15 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::LazyLock;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
-use axum::Json;
-use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{MessagesQuery, ProcessPath};
+use super::extract::ProcessPath;
 use super::openapi::{AssetName, ProcessIdParam, Refusals};
 use super::processes::{self, ProcessView};
 use super::AppState;
-use crate::auth::{Grant, Processes};
-use crate::domain::{ProcessId, RecentProcess};
 
 const INDEX_PAGE: &str = include_str!("viewer/index.html");
 const PROCESS_PAGE: &str = include_str!("viewer/process.html");
@@ -37,11 +32,6 @@ const TOKEN_PAGE: &str = include_str!("viewer/token.html");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
-
-/// `GET /processes` lists this many processes unless `limit` says otherwise…
-const DEFAULT_LIST_LIMIT: usize = 100;
-/// …and never more than this.
-const MAX_LIST_LIMIT: usize = 1000;
 
 /// A static asset, with the ETag of its content.
 struct Asset {
@@ -130,71 +120,6 @@ pub async fn show(
         .headers_mut()
         .append(header::VARY, HeaderValue::from_static("accept"));
     response
-}
-
-/// One process in `GET /processes`.
-#[derive(Serialize, utoipa::ToSchema)]
-struct RecentView {
-    #[serde(flatten)]
-    process: ProcessView,
-    /// When its last message was appended, or it was registered or finished.
-    #[schema(format = DateTime)]
-    last_activity_at: String,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ProcessList {
-    processes: Vec<RecentView>,
-}
-
-impl ProcessList {
-    /// The list as shown, from the processes last active. The one place a listing is
-    /// built, so that a filter (such as the caller's access) goes here.
-    fn new(recent: Vec<RecentProcess>) -> Self {
-        let processes = recent
-            .iter()
-            .map(|recent| RecentView {
-                process: ProcessView::from(&recent.info),
-                last_activity_at: recent
-                    .last_activity
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            })
-            .collect();
-        Self { processes }
-    }
-}
-
-/// `GET /processes?limit=`: the processes last active, most recent first, as JSON.
-#[utoipa::path(
-    get,
-    path = "/processes",
-    tag = "processes",
-    operation_id = "list_processes",
-    summary = "The processes last active",
-    description = "Most recent activity first; only the processes the token covers.",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (1 to 1000, default 100).")),
-    responses(
-        (status = 200, description = "The list.", body = ProcessList),
-        (status = 400, description = "Malformed `limit` or query string.", body = ErrorBody),
-        Refusals,
-    ),
-    security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
-)]
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(grant): Extension<Grant>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<ProcessList>, ApiError> {
-    let limit = MessagesQuery::parse(query.as_deref())?
-        .limit(MAX_LIST_LIMIT)?
-        .unwrap_or(DEFAULT_LIST_LIMIT);
-    // A caller sees only the processes its token names: no way to learn of the others.
-    let only: Option<Vec<ProcessId>> = match grant.processes() {
-        Processes::All => None,
-        Processes::Only(ids) => Some(ids.iter().cloned().collect()),
-    };
-    let recent = state.store.recent(limit, only.as_deref()).await?;
-    Ok(Json(ProcessList::new(recent)))
 }
 
 /// `GET /assets/{name}`: the viewer's script and style, revalidated by ETag.

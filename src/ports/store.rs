@@ -120,12 +120,23 @@ impl AppendOutcome {
                 created,
             });
         }
+        outcome.refuse_if_finished(process, status)
+    }
+
+    /// The append rule's last step, for every store: a finished process refuses an
+    /// append that would store anything, and answers a pure retry of stored messages
+    /// as it was answered.
+    pub fn refuse_if_finished(
+        self,
+        process: &ProcessId,
+        status: &ProcessStatus,
+    ) -> Result<Self, StoreError> {
         match status.finished() {
-            Some(status) if !outcome.stored.is_empty() => Err(StoreError::Finished {
+            Some(status) if !self.stored.is_empty() => Err(StoreError::Finished {
                 process: process.clone(),
                 status: status.clone(),
             }),
-            _ => Ok(outcome),
+            _ => Ok(self),
         }
     }
 }

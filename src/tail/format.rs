@@ -385,7 +385,7 @@ mod tests {
 
     /// The recorded session as a follow sends it: each message with its stream ID.
     fn session() -> Vec<Value> {
-        include_str!("../../tests/fixtures/claude-code-session.ndjson")
+        crate::demo::SESSION
             .lines()
             .filter(|line| !line.trim().is_empty())
             .enumerate()

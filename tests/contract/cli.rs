@@ -36,7 +36,7 @@ async fn append_pipes_ndjson_into_a_process_that_followers_see_live() {
         .spawn()
         .expect("run agent-stream append");
     let mut stdin = child.stdin.take().unwrap();
-    let input = include_str!("../fixtures/claude-code-session.ndjson");
+    let input = agent_stream::demo::SESSION;
     stdin.write_all(input.as_bytes()).await.unwrap();
     drop(stdin);
     let output = child.wait_with_output().await.unwrap();

@@ -7,6 +7,7 @@ mod browser;
 mod support;
 
 mod append;
+mod append_rule;
 mod auth;
 mod bad_input;
 mod cli;

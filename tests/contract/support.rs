@@ -633,7 +633,7 @@ fn parse_ndjson(line: &str) -> Item {
 
 /// The recorded Claude Code session, one message per line.
 pub fn session() -> Vec<Value> {
-    include_str!("../fixtures/claude-code-session.ndjson")
+    agent_stream::demo::SESSION
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| serde_json::from_str(line).expect("fixture line"))

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub fn session() -> &'static [Value] {
     static SESSION: OnceLock<Vec<Value>> = OnceLock::new();
     SESSION.get_or_init(|| {
-        include_str!("../fixtures/claude-code-session.ndjson")
+        agent_stream::demo::SESSION
             .lines()
             .filter(|line| !line.trim().is_empty())
             .map(|line| serde_json::from_str(line).expect("fixture line"))

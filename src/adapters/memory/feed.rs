@@ -33,9 +33,7 @@ impl InProcessFeed {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
-        self.channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.channels)
     }
 
     /// Sends to the process's readers, if any; `last` drops the channel afterwards

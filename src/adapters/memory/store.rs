@@ -57,9 +57,7 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Process>> {
         // A panic while holding the lock cannot leave a process half-written: every
         // write below validates first and mutates last.
-        self.processes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.processes)
     }
 }
 

@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
+use sqlx::{Connection, FromRow, Row};
 
 use crate::adapters::tls;
 use crate::config::redact;
@@ -253,8 +254,8 @@ async fn read_page(
     rows.iter()
         .map(|row| {
             Ok(StoredMessage {
-                seq: to_seq(row.try_get(0)?),
-                json: Bytes::from(row.try_get::<String, _>(1)?),
+                seq: to_seq(row.try_get("seq")?),
+                json: Bytes::from(row.try_get::<String, _>("body")?),
             })
         })
         .collect()
@@ -272,16 +273,41 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A row of `processes`, as `REGISTER`, `SELECT_PROCESS`, `FINISH` and `RECENT` return it.
+#[derive(sqlx::FromRow)]
+struct ProcessRow {
+    process_id: String,
+    status: String,
+    last_seq: i64,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `append_messages` (see `sql::APPEND`): one per message, in order.
+#[derive(sqlx::FromRow)]
+struct AppendRow {
+    seq: i64,
+    created: bool,
+    /// The process's status, the same on every row.
+    status: String,
+    /// The new messages' created_at text, the same on every row.
+    stamp: String,
+}
+
 fn process_info(row: &PgRow) -> Result<ProcessInfo, StoreError> {
-    let id: String = row.try_get("process_id").map_err(unavailable)?;
-    let process_id = ProcessId::parse(&id)
-        .map_err(|e| StoreError::Unavailable(anyhow::anyhow!("stored process id {id:?}: {e}")))?;
+    let row = ProcessRow::from_row(row).map_err(unavailable)?;
+    let process_id = ProcessId::parse(&row.process_id).map_err(|e| {
+        StoreError::Unavailable(anyhow::anyhow!(
+            "stored process id {:?}: {e}",
+            row.process_id
+        ))
+    })?;
     Ok(ProcessInfo {
         process_id,
-        status: ProcessStatus::from_stored(row.try_get::<&str, _>("status").map_err(unavailable)?),
-        last_seq: to_seq(row.try_get("last_seq").map_err(unavailable)?),
-        created_at: row.try_get("created_at").map_err(unavailable)?,
-        finished_at: row.try_get("finished_at").map_err(unavailable)?,
+        status: ProcessStatus::from_stored(&row.status),
+        last_seq: to_seq(row.last_seq),
+        created_at: row.created_at,
+        finished_at: row.finished_at,
     })
 }
 
@@ -315,47 +341,34 @@ impl MessageStore for PostgresStore {
             .iter()
             .map(|head| std::str::from_utf8(head).map_err(|e| StoreError::Unavailable(e.into())))
             .collect::<Result<_, _>>()?;
-        let rows = sqlx::query(sql::APPEND)
+        let rows = sqlx::query_as::<_, AppendRow>(sql::APPEND)
             .bind(process.as_str())
             .bind(&ids)
             .bind(&head_texts)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
-        let planned = |e: sqlx::Error| {
-            StoreError::Unavailable(anyhow::Error::new(e).context("reading append_messages' rows"))
+        let Some(first) = rows.first() else {
+            return Ok(AppendOutcome::default());
         };
-        let (status, stamp) = match rows.first() {
-            Some(row) => (
-                ProcessStatus::from_stored(row.try_get::<&str, _>(2).map_err(planned)?),
-                row.try_get::<String, _>(3).map_err(planned)?,
-            ),
-            None => return Ok(AppendOutcome::default()),
-        };
+        let status = ProcessStatus::from_stored(&first.status);
         let mut outcome = AppendOutcome::default();
         drop(head_texts);
         for (row, (message, head)) in rows.iter().zip(messages.iter().zip(heads)) {
-            let seq = to_seq(row.try_get(0).map_err(planned)?);
-            let created: bool = row.try_get(1).map_err(planned)?;
-            if created {
+            let seq = to_seq(row.seq);
+            if row.created {
                 outcome
                     .stored
-                    .push(StoredMessage::from_head(head, seq, &stamp));
+                    .push(StoredMessage::from_head(head, seq, &first.stamp));
             }
             outcome.results.push(Appended {
                 id: message.id.clone(),
                 stream_id: StreamId::message(seq),
-                created,
+                created: row.created,
             });
         }
-        match status.finished() {
-            // The function stored nothing: a finished process takes no new message.
-            Some(status) if !outcome.stored.is_empty() => Err(StoreError::Finished {
-                process: process.clone(),
-                status: status.clone(),
-            }),
-            _ => Ok(outcome),
-        }
+        // The function stored nothing for a finished process; the rule is `plan`'s.
+        outcome.refuse_if_finished(process, &status)
     }
 
     async fn finish(

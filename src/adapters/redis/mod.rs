@@ -40,7 +40,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::adapters::tls;
-use crate::domain::{ProcessId, StoredMessage, StreamId};
+use crate::domain::{end_json, ProcessId, StoredMessage, StreamId};
 use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed};
 use keys::{Keys, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use reader::Reader;
@@ -230,7 +230,7 @@ impl LiveFeed for RedisFeed {
         status: &str,
     ) -> Result<(), FeedError> {
         let key = self.keys.stream(process);
-        let end = serde_json::json!({ "status": status }).to_string();
+        let end = end_json(status);
         let mut pipe = redis::pipe();
         // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
         self.xadd(

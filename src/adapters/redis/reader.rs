@@ -79,9 +79,7 @@ impl Reader {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
-        self.watches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.watches)
     }
 
     /// Subscribes to `key` from after seq `after`. Returns the generation the reader
