@@ -215,8 +215,9 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = http::MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
-    /// A connection whose writes stay blocked this long (its client stopped reading) is
-    /// closed; the client resumes from its cursor when it reconnects.
+    /// A connection whose writes stay blocked this long (its client stopped reading), or
+    /// with a response that makes no progress this long (an HTTP/2 stream whose window
+    /// stays shut), is closed; the client resumes from its cursor when it reconnects.
     #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = http::WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 

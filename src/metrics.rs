@@ -69,6 +69,7 @@ pub const REPLICA_READS: &str = "agent_stream_replica_reads_total";
 pub const CONNECTIONS_REFUSED: &str = "agent_stream_connections_refused_total";
 /// Counter: connections closed because no request was in flight for their time limit.
 pub const CONNECTIONS_IDLE_CLOSED: &str = "agent_stream_connections_idle_closed_total";
+pub const CONNECTIONS_STALLED_CLOSED: &str = "agent_stream_connections_stalled_closed_total";
 
 /// Counter: Redis entries dropped because they carry another store's epoch (another
 /// deployment's, or a recreated database's; adr/0007).
@@ -191,6 +192,10 @@ fn describe() {
         CONNECTIONS_IDLE_CLOSED,
         "Connections closed for sending no request in time (--header-read-timeout from accept, --idle-timeout after a request)."
     );
+    describe_counter!(
+        CONNECTIONS_STALLED_CLOSED,
+        "Connections closed because a response made no progress for --write-timeout (an HTTP/2 stream whose client keeps its window shut, or a client that stopped reading)."
+    );
     describe_gauge!(
         REDIS_READERS,
         "Redis readers configured, each holding at most one connection."
@@ -220,6 +225,7 @@ fn start_at_zero() {
         REDIS_WRITE_FAILURES,
         CONNECTIONS_REFUSED,
         CONNECTIONS_IDLE_CLOSED,
+        CONNECTIONS_STALLED_CLOSED,
         REDIS_FOREIGN_ENTRIES,
     ] {
         ::metrics::counter!(counter).increment(0);
@@ -381,6 +387,11 @@ pub fn connection_refused() {
 /// A connection was closed for sending no request in time.
 pub fn connection_closed_idle() {
     ::metrics::counter!(CONNECTIONS_IDLE_CLOSED).increment(1);
+}
+
+/// A connection was closed because one of its responses made no progress.
+pub fn connection_closed_stalled() {
+    ::metrics::counter!(CONNECTIONS_STALLED_CLOSED).increment(1);
 }
 
 /// Whether `backend` (a port's `name()`) answers, as last seen.

@@ -152,8 +152,9 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 /// expose: a time limit on reading a request's headers (so a client that sends them
 /// slowly cannot hold a connection) and hard limits on their size and count, set at
 /// twice (ten times for the count) the limits the router answers in JSON; a cap on
-/// connections and limits on how long one may sit without a request (see
-/// [`connections`]); HTTP/2 keep-alive pings.
+/// connections and limits on how long one may sit without a request or with a
+/// response that makes no progress (see [`connections`]); HTTP/2 keep-alive pings and
+/// lower per-connection bounds than hyper's defaults.
 pub async fn serve(
     listener: TcpListener,
     backends: Backends,
@@ -171,6 +172,7 @@ pub async fn serve(
     let lifetime = Lifetime {
         first_request: header_read_timeout,
         idle: config.idle_timeout,
+        stall: write_timeout,
         close_grace: grace,
     };
     let keep_alive = config.http2_keep_alive;
@@ -193,6 +195,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(keep_alive))
         .keep_alive_timeout(keep_alive)
+        .max_concurrent_streams(connections::HTTP2_MAX_STREAMS)
+        .max_send_buf_size(connections::HTTP2_MAX_SEND_BUF_BYTES)
         .max_header_list_size(
             u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );

@@ -17,13 +17,24 @@
 //!   closed, HTTP/1 keep-alive and HTTP/2 alike (an HTTP/2 client answers the
 //!   keep-alive pings, so without this a silent one stays for good). A follow is a
 //!   request in flight for as long as its response streams.
+//! - **a stall limit**: a connection with a response that hyper took a piece of and
+//!   has not come back to for more within `write_timeout` is closed at once. Over
+//!   HTTP/1 the socket's [`WriteTimeout`](super::WriteTimeout) sees the same client;
+//!   over HTTP/2 it cannot: a client that keeps a stream's flow-control window at
+//!   zero makes hyper stop writing that stream (no write is ever blocked, and
+//!   keep-alive PINGs still flow), while the piece hyper holds and the response's
+//!   state stay in memory for good. Measured at the response rather than the
+//!   socket, an idle follow (hyper waiting on the body) is never stalled, however
+//!   long its heartbeat.
 //!
 //! [`Tracked`] counts a connection's requests in flight (a request ends when its
-//! response body is dropped), and [`drive`] runs the connection under the limits.
+//! response body is dropped) and times each response's pieces, and [`drive`] runs
+//! the connection under the limits.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,6 +57,16 @@ pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Fewest connections the cap allows, however low the descriptor limit.
 pub const MIN_CONNECTIONS: usize = 16;
+
+/// Streams an HTTP/2 client may have open at once on one connection (hyper's default
+/// is 200; RFC 9113 advises no fewer than 100). With [`HTTP2_MAX_SEND_BUF_BYTES`] and
+/// the stall limit it bounds what one connection can make the server hold.
+pub const HTTP2_MAX_STREAMS: u32 = 100;
+
+/// Bytes hyper queues per HTTP/2 stream ahead of the socket (hyper's default is
+/// 400 KiB): with [`HTTP2_MAX_STREAMS`], at most 6.4 MiB per connection whose socket
+/// is slow, on top of one piece taken per stream.
+pub const HTTP2_MAX_SEND_BUF_BYTES: usize = 64 * 1024;
 
 /// Descriptors to keep aside for the backends: `database_connections` PostgreSQL
 /// connections, `redis_connections` Redis ones, and [`SPARE_DESCRIPTORS`].
@@ -102,6 +123,10 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Whether a request ever started, and when the connection last became idle.
     state: Mutex<Idle>,
+    /// The responses hyper took a piece of and has not asked again since, by number,
+    /// with when it took it.
+    waiting: Mutex<HashMap<u64, Instant>>,
+    responses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -119,6 +144,18 @@ impl Activity {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         crate::sync::lock(&self.state)
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// When the connection counts as stalled, `limit` after the oldest piece a
+    /// response handed hyper without hyper coming back for more; `None` if none waits.
+    fn stalls_at(&self, limit: Duration) -> Option<Instant> {
+        self.waiting().values().min().map(|since| *since + limit)
     }
 
     /// When the connection may be closed as idle: `None` while a request is in flight.
@@ -181,8 +218,71 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| hold_until_dropped(body, ongoing)))
+            Ok(response.map(|body| Body::new(Timed::new(body, ongoing))))
         })
+    }
+}
+
+/// A response body that records, on its connection's [`Activity`], when hyper took a
+/// piece of it and had not yet asked for the next: hyper asks again as soon as it
+/// can send more, so a piece left waiting is a stream (or socket) that makes no
+/// progress. It counts as a request in flight until dropped.
+struct Timed {
+    body: Body,
+    number: u64,
+    /// Whether a piece waits, so that a body polled while nothing waits (an idle
+    /// follow) does not take the lock.
+    handed: bool,
+    ongoing: Ongoing,
+}
+
+impl Timed {
+    fn new(body: Body, ongoing: Ongoing) -> Self {
+        Self {
+            body,
+            number: ongoing.0.responses.fetch_add(1, Ordering::Relaxed),
+            handed: false,
+            ongoing,
+        }
+    }
+
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.handed) {
+            self.ongoing.0.waiting().remove(&self.number);
+        }
+    }
+}
+
+impl http_body::Body for Timed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.taken();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.handed = true;
+            this.ongoing.0.waiting().insert(this.number, Instant::now());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.taken();
     }
 }
 
@@ -227,13 +327,17 @@ pub struct Lifetime {
     pub first_request: Duration,
     /// With no request in flight.
     pub idle: Duration,
+    /// With a piece of a response taken by hyper and no call for the next one
+    /// (`--write-timeout`).
+    pub stall: Duration,
     /// From being asked to close (idle, or the server shutting down) to being dropped.
     pub close_grace: Duration,
 }
 
 /// Runs `connection` until it ends, closing it (with `close`: hyper's graceful
 /// shutdown) once idle past `lifetime`'s limits or when `stop` is cancelled; then
-/// requests in flight get `close_grace` to finish.
+/// requests in flight get `close_grace` to finish. A stalled connection is dropped
+/// at once: a graceful close would wait for the very streams that make no progress.
 pub async fn drive<C: Future>(
     connection: C,
     close: impl FnOnce(Pin<&mut C>),
@@ -247,10 +351,23 @@ pub async fn drive<C: Future>(
         let closes_at = activity.closes_at(accepted, lifetime.first_request, lifetime.idle);
         // With a request in flight, look again after the idle limit at the earliest.
         let wake = closes_at.unwrap_or_else(|| Instant::now() + lifetime.idle);
+        // A piece that starts waiting after this wakes us no later than `stall` from
+        // now, which is never earlier than the limit it sets.
+        let wake = wake
+            .min(activity.stalls_at(lifetime.stall).unwrap_or(wake))
+            .min(Instant::now() + lifetime.stall);
         tokio::select! {
             ended = connection.as_mut() => return Some(ended),
             _ = stop.cancelled() => break lifetime.close_grace,
             _ = tokio::time::sleep_until(wake) => {
+                if activity
+                    .stalls_at(lifetime.stall)
+                    .is_some_and(|at| at <= Instant::now())
+                {
+                    crate::metrics::connection_closed_stalled();
+                    tracing::debug!(stall = ?lifetime.stall, "connection closed: a response made no progress");
+                    return None;
+                }
                 if activity
                     .closes_at(accepted, lifetime.first_request, lifetime.idle)
                     .is_some_and(|at| at <= Instant::now())

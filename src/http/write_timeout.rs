@@ -3,6 +3,11 @@
 //! write blocks. Past the limit the write fails and hyper closes the connection: the
 //! client keeps its cursor and resumes exactly when it reconnects, and the server stops
 //! holding buffers for it.
+//!
+//! This sees only the socket. An HTTP/2 client can stall a stream without ever
+//! blocking a write (it keeps the stream's flow-control window at zero, so hyper just
+//! stops sending it, while PINGs and other streams go on): the same limit is applied
+//! per response by [`connections`](super::connections)' stall limit.
 
 use std::future::Future;
 use std::io;

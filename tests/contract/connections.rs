@@ -1,6 +1,8 @@
 //! Connections a client opens and leaves silent (issue 10, F1): each is closed once it
 //! sits past its time limit, and past the cap a new one is closed at once, so silent
-//! sockets can never use up the descriptors the server needs.
+//! sockets can never use up the descriptors the server needs. A connection whose
+//! response makes no progress is closed after the write timeout, HTTP/2 streams whose
+//! client keeps their window shut included (F2).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -8,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, TestApp};
+use crate::support::{messages, process_id, Backend, TestApp};
+
+const BACKENDS: [Backend; 2] = [Backend::Memory, Backend::Real];
 
 /// HTTP/2's connection preface, then an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -189,4 +193,157 @@ async fn with_200_descriptors_250_silent_sockets_leave_healthz_answering_within_
         "the server is still running"
     );
     server.kill().await.unwrap();
+}
+
+/// An HTTP/2 connection to `app` whose streams start with `window` bytes of
+/// flow-control window (0: the server may send no body byte until the client says
+/// so), and the moment the server closes it.
+async fn h2_connection(
+    app: &TestApp,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Instant>,
+) {
+    let tcp = TcpStream::connect(address(app)).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+        Instant::now()
+    });
+    (client.ready().await.unwrap(), closed)
+}
+
+/// Opens `GET path` on `client`, its head answered.
+async fn h2_get(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    app: &TestApp,
+    path: &str,
+    accept: &str,
+) -> axum::http::Response<h2::RecvStream> {
+    let request = axum::http::Request::get(app.url(path))
+        .header("accept", accept)
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the head within 5 s")
+        .expect("a head");
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_keeps_its_window_shut_is_disconnected_after_the_write_timeout() {
+    let write_timeout = Duration::from_millis(500);
+    let heartbeat = Duration::from_millis(200);
+    for backend in BACKENDS {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.write_timeout = write_timeout;
+            config.heartbeat = heartbeat;
+        })
+        .await;
+        let (full, empty) = (process_id(), process_id());
+        app.put_process(&full).await;
+        app.put_process(&empty).await;
+        app.append(&full, &messages("page", 20)).await;
+
+        // A snapshot: its first page is taken at once and can never be sent.
+        let (mut client, snapshot_closed) = h2_connection(&app, 0).await;
+        let opened = Instant::now();
+        // Kept: a client that drops a response resets its stream.
+        let _snapshot = h2_get(
+            &mut client,
+            &app,
+            &format!("/processes/{full}/messages?follow=false"),
+            "application/json",
+        )
+        .await;
+        // A follow with nothing to send: its first heartbeat can never be sent.
+        let (mut client, follow_closed) = h2_connection(&app, 0).await;
+        let _follow = h2_get(
+            &mut client,
+            &app,
+            &format!("/processes/{empty}/messages"),
+            "application/x-ndjson",
+        )
+        .await;
+
+        for (what, closed, at_most) in [
+            ("snapshot", snapshot_closed, write_timeout),
+            ("follow", follow_closed, heartbeat + write_timeout),
+        ] {
+            let closed = tokio::time::timeout(Duration::from_secs(10), closed)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{backend:?}: a stalled HTTP/2 {what} is still open after 10 s")
+                })
+                .unwrap();
+            let after = closed - opened;
+            assert!(
+                after >= write_timeout.mul_f32(0.8) && after < at_most + Duration::from_secs(2),
+                "{backend:?}: the {what}'s connection closed after {after:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_http2_follow_that_only_gets_heartbeats_stays_open() {
+    for backend in BACKENDS {
+        let app = TestApp::spawn_with(backend, |config| {
+            config.write_timeout = Duration::from_millis(500);
+            config.heartbeat = Duration::from_millis(200);
+        })
+        .await;
+        let process = process_id();
+        app.put_process(&process).await;
+        let (mut client, closed) = h2_connection(&app, 65_535).await;
+        let mut body = h2_get(
+            &mut client,
+            &app,
+            &format!("/processes/{process}/messages"),
+            "application/x-ndjson",
+        )
+        .await
+        .into_body();
+
+        // Read (and give the window back) for four write timeouts: heartbeats only.
+        let quiet = Instant::now() + Duration::from_secs(2);
+        let mut heartbeats = 0;
+        while let Ok(Some(chunk)) =
+            tokio::time::timeout(quiet.saturating_duration_since(Instant::now()), body.data()).await
+        {
+            let chunk = chunk.expect("the follow goes on");
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            assert!(chunk.iter().all(|byte| *byte == b'\n'), "{chunk:?}");
+            heartbeats += 1;
+        }
+        assert!(heartbeats >= 3, "{backend:?}: {heartbeats} heartbeat(s)");
+        assert!(
+            !closed.is_finished(),
+            "{backend:?}: the idle follow's connection was closed"
+        );
+
+        app.append(&process, &messages("late", 1)).await;
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&received).contains("late") {
+            let chunk = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                body.data(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{backend:?}: no message within 5 s"))
+            .expect("the follow goes on")
+            .unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            received.extend_from_slice(&chunk);
+        }
+    }
 }
