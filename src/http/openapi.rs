@@ -428,8 +428,20 @@ mod tests {
             .collect();
         assert_eq!(
             parameters,
-            ["id", "after", "limit", "follow", "Last-Event-ID", "Accept"]
+            [
+                "id",
+                "after",
+                "limit",
+                "follow",
+                "Last-Event-ID",
+                "Accept",
+                "If-None-Match",
+                "Accept-Encoding"
+            ]
         );
+        // The cache validator and its 304.
+        assert!(read["responses"]["200"]["headers"]["ETag"].is_object());
+        assert!(read["responses"]["304"]["headers"]["ETag"].is_object());
         let media: Vec<&String> = read["responses"]["200"]["content"]
             .as_object()
             .expect("content")
