@@ -7,7 +7,7 @@
 //! out at once, as a sync-flushed block, while a catch-up that is ready all at once is
 //! compressed as a whole.
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
@@ -55,4 +55,18 @@ pub async fn weaken_etag(mut response: Response) -> Response {
         response.headers_mut().insert(header::ETAG, weak);
     }
     response
+}
+
+/// The tag of `If-None-Match` that names `etag` (the strong tag of the identity body):
+/// `*`, or a tag equal to it by the weak comparison (RFC 9110), so that the `W/` form a
+/// compressed answer carried revalidates too. A value that does not parse names
+/// nothing.
+pub fn matching_tag<'h>(headers: &'h HeaderMap, etag: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .find(|tag| *tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }

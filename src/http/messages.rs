@@ -18,6 +18,7 @@ use serde::Serialize;
 use tracing::{Instrument, Span};
 
 use super::auth::require;
+use super::compression;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
 use super::openapi::{
@@ -357,21 +358,13 @@ impl Validator {
         }
     }
 
-    /// Whether `If-None-Match` names this snapshot: `*`, or a tag equal to it by the weak
-    /// comparison (the `W/` of a compressed answer aside). A value that does not parse
-    /// matches nothing.
+    /// Whether `If-None-Match` names this snapshot (`compression::matching_tag`).
     fn matches(&self, headers: &HeaderMap) -> bool {
         self.matching_tag(headers).is_some()
     }
 
     fn matching_tag<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        headers
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .find(|tag| *tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+        compression::matching_tag(headers, &self.etag)
     }
 
     /// The 304: the tag as the client holds it (weak if its copy was compressed), and
