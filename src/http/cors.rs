@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -21,18 +23,20 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Request headers a cross-origin page may send: the token, the SSE cursor, and what a
-/// writer or a format choice needs.
-const ALLOWED_HEADERS: [HeaderName; 4] = [
+/// writer or a format choice needs, and a poller's snapshot tag.
+const ALLOWED_HEADERS: [HeaderName; 5] = [
     AUTHORIZATION,
     HeaderName::from_static("last-event-id"),
     CONTENT_TYPE,
     ACCEPT,
+    IF_NONE_MATCH,
 ];
 
 /// Response headers a cross-origin page may read beyond the safelisted ones
 /// (`Content-Type`, `Cache-Control`, …): when to retry a 503, why a 401, and the
-/// request's id to quote in a report.
-const EXPOSED_HEADERS: [HeaderName; 3] = [
+/// request's id to quote in a report, and a snapshot's tag for a poller to send back.
+const EXPOSED_HEADERS: [HeaderName; 4] = [
+    ETAG,
     RETRY_AFTER,
     WWW_AUTHENTICATE,
     HeaderName::from_static("x-request-id"),

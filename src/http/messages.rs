@@ -18,6 +18,7 @@ use serde::Serialize;
 use tracing::{Instrument, Span};
 
 use super::auth::require;
+use super::compression;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Format, MessagesQuery, ProcessPath};
 use super::openapi::{
@@ -149,10 +150,16 @@ fn appended(outcome: &AppendOutcome, is_batch: bool) -> Response {
     description = "By `Accept` and `follow`:\n\n- no `Accept`, `*/*` or `application/json` (and `follow` not `true`), or `follow=false`: the JSON array of the messages after the cursor, in order (what the existing API answers here). Without `limit`, every message after the cursor.\n- `text/event-stream`: an SSE follow. Per message `id: <stream_id>`, `event: message`, `data: <message JSON>`; then, once the process is finished, `event: end`, `data: {\"status\": \"…\"}` with the id `<last seq>-1`, and the response ends. A comment line at least every 15 s while idle. Reconnecting with the end's id gets 204.\n- `application/x-ndjson`, or `follow=true` with any other `Accept`: an NDJSON follow, one message per line, then `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`. An empty line at least every 15 s while idle.\n\nA process not known yet reads as empty: `[]`, or a follow that stays open and delivers from its first message on.",
     params(ProcessIdParam, ReadParams, ReadHeaders),
     responses(
-        (status = 200, description = "The JSON array, or a follow (a stream that lasts until the process's end or the client leaves).", content(
+        (status = 200, description = "The JSON array, or a follow (a stream that lasts until the process's end or the client leaves). The array carries an `ETag` and a `Cache-Control` (`immutable` once the process is finished, `no-cache` while it runs; `private` with auth on).", headers(
+            ("ETag" = String, description = "The JSON array's tag (strong; weak, `W/`, when compressed): send it back in `If-None-Match`."),
+            ("Cache-Control" = String, description = "`[private, ]max-age=31536000, immutable` for a finished process's array, `[private, ]no-cache` for a running one's; `no-cache` for a follow."),
+        ), content(
             (Vec<Message> = "application/json"),
             (String = "text/event-stream"),
             (String = "application/x-ndjson"),
+        )),
+        (status = 304, description = "The JSON array named by `If-None-Match` is still the same (nothing appended, same cursor and limit): no body.", headers(
+            ("ETag" = String, description = "The tag that matched."),
         )),
         (status = 204, description = "An SSE follow of a finished process from its end's id: nothing more will come (a browser's EventSource stops for good)."),
         (status = 400, description = "Malformed process id, cursor (`after` or `Last-Event-ID`), `limit` or `follow`.", body = ErrorBody),
@@ -181,9 +188,12 @@ pub async fn read(
     description = "The existing API's streaming path: one message per line, then the end line `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`; an empty line at least every 15 s while idle. `follow=false` answers the JSON array instead.",
     params(ProcessIdParam, ReadParams, ReadHeaders),
     responses(
-        (status = 200, description = "The follow (or, with `follow=false`, the JSON array).", content(
+        (status = 200, description = "The follow (or, with `follow=false`, the JSON array, with its `ETag` and `Cache-Control` as on `/messages`).", content(
             (String = "application/x-ndjson"),
             (Vec<Message> = "application/json"),
+        )),
+        (status = 304, description = "With `follow=false`: the JSON array named by `If-None-Match` is still the same.", headers(
+            ("ETag" = String, description = "The tag that matched."),
         )),
         (status = 400, description = "Malformed process id, cursor, `limit` or `follow`.", body = ErrorBody),
         Refusals,
@@ -223,7 +233,15 @@ async fn respond(
         .await?
         .unwrap_or_else(|| ProcessInfo::not_known_yet(process));
     match format {
-        Format::Snapshot => snapshot(&state, info, cursor, limit).await,
+        Format::Snapshot => {
+            let validator = Validator::of(&info, cursor, limit, state.config.auth.is_some());
+            if validator.matches(headers) {
+                return Ok(validator.not_modified(headers));
+            }
+            let mut response = snapshot(&state, info, cursor, limit).await?;
+            validator.stamp(response.headers_mut());
+            Ok(response)
+        }
         Format::Sse if info.status.finished().is_some() && cursor.has_seen_end(info.last_seq) => {
             // The client has the end: 204 stops a browser's EventSource for good.
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -258,6 +276,16 @@ async fn snapshot(
         opened: false,
     };
     let first = pages.next_chunk().await?;
+    if pages.finished() {
+        // All of it in one piece: sent with its length, which also leaves a tiny one
+        // (`[]`) uncompressed.
+        let mut response = Response::new(Body::from(first.unwrap_or_default()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(response);
+    }
     let rest = futures::stream::unfold(Some(pages), |pages| async move {
         let mut pages = pages?;
         match pages.next_chunk().await {
@@ -273,12 +301,99 @@ async fn snapshot(
         }
     });
     let body = futures::stream::iter(first.map(Ok)).chain(rest);
-    let mut response = Response::new(Body::from_stream(body));
+    // Fused, here and in the follows: the compression layer polls a body once more after
+    // its end (for trailers), which an `unfold` does not allow.
+    let mut response = Response::new(Body::from_stream(body.fuse()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// How long a browser may keep a finished process's snapshot: a year, the longest
+/// `max-age` caches are asked to honour.
+const FINISHED_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Bumped if the snapshot's bytes for the same messages ever change (its framing), so
+/// that no cache keeps the old form.
+const SNAPSHOT_FORM: &str = "a1";
+/// What a snapshot's answer varies with besides its URL: the format (`Accept`), the
+/// cursor (`Last-Event-ID`), and the encoding (tower-http would add it, but not to a 304).
+const SNAPSHOT_VARY: &str = "accept, last-event-id, accept-encoding";
+
+/// The snapshot's cache validator, computed before anything is read. A snapshot holds
+/// the messages after the cursor up to `last_seq` as it was when the call came in, at
+/// most `limit`; a stored message never changes, and a process id is reused only by a
+/// new registration (a new `created_at`: a recreated store or a process that retention
+/// removed). So these name the content, for a running process as for a finished one;
+/// the status is in it so that a finish turns a `no-cache` answer into an immutable one.
+/// The tag is strong, made on the identity body (`compression::weaken_etag` makes it weak
+/// on a compressed answer).
+struct Validator {
+    etag: String,
+    cache_control: String,
+}
+
+impl Validator {
+    fn of(info: &ProcessInfo, cursor: Cursor, limit: Option<usize>, private: bool) -> Self {
+        let etag = format!(
+            "\"{SNAPSHOT_FORM}.{}.{}.{}.{}.{}\"",
+            info.created_at.timestamp_micros(),
+            info.last_seq,
+            info.status.as_str(),
+            cursor.after_seq(),
+            limit.map_or_else(|| "all".to_owned(), |limit| limit.to_string()),
+        );
+        // Only the caller's browser may keep what a token let it read.
+        let scope = if private { "private, " } else { "" };
+        let cache_control = if info.status.finished().is_some() {
+            format!("{scope}max-age={}, immutable", FINISHED_MAX_AGE.as_secs())
+        } else {
+            // Kept, but asked about each time: a 304 while nothing was appended.
+            format!("{scope}no-cache")
+        };
+        Self {
+            etag,
+            cache_control,
+        }
+    }
+
+    /// Whether `If-None-Match` names this snapshot (`compression::matching_tag`).
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        self.matching_tag(headers).is_some()
+    }
+
+    fn matching_tag<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        compression::matching_tag(headers, &self.etag)
+    }
+
+    /// The 304: the tag as the client holds it (weak if its copy was compressed), and
+    /// the headers a 200 would carry.
+    fn not_modified(&self, headers: &HeaderMap) -> Response {
+        let etag = match self.matching_tag(headers) {
+            Some(tag) if tag != "*" => tag,
+            _ => &self.etag,
+        };
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        self.stamp(response.headers_mut());
+        if let Ok(etag) = HeaderValue::from_str(etag) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        response
+    }
+
+    fn stamp(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            (header::ETAG, &self.etag),
+            (header::CACHE_CONTROL, &self.cache_control),
+        ] {
+            // Made of digits, a status word (`A-Z a-z 0-9 . _ -`) and ASCII punctuation.
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(header::VARY, HeaderValue::from_static(SNAPSHOT_VARY));
+    }
 }
 
 /// Where a snapshot's body has got to.
@@ -298,6 +413,11 @@ struct SnapshotPages {
 }
 
 impl SnapshotPages {
+    /// Whether `]` went out.
+    fn finished(&self) -> bool {
+        self.opened && (self.after >= self.upto || self.left == 0)
+    }
+
     /// The next piece of the array: `[` and the first page, then `,`-led pages, then
     /// `]` with the last; `None` once `]` went out.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
@@ -441,7 +561,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
                 .data(end_json(status.as_str())),
         })
     });
-    let mut response = Sse::new(stream.chain(retry_hint))
+    let mut response = Sse::new(stream.chain(retry_hint).fuse())
         .keep_alive(KeepAlive::new().interval(state.config.heartbeat))
         .into_response();
     no_buffering(response.headers_mut());
@@ -467,7 +587,7 @@ fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Respons
             None => Bytes::from_static(b"\n"),
         })
     });
-    let mut response = Response::new(Body::from_stream(lines));
+    let mut response = Response::new(Body::from_stream(lines.fuse()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),

@@ -264,7 +264,8 @@ pub struct ReadParams {
 /// The headers a read takes.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Header)]
-#[allow(dead_code)] // read by `extract::MessagesQuery::cursor` and `Format::negotiate`
+#[allow(dead_code)] // read by `extract::MessagesQuery::cursor`, `Format::negotiate`, the
+                    // snapshot's `Validator` and the compression layer
 pub struct ReadHeaders {
     /// The cursor as a browser's EventSource resends it on reconnecting; `after` wins
     /// when both are given.
@@ -278,6 +279,15 @@ pub struct ReadHeaders {
     /// `*/*` or `application/json` (with `follow` not `true`): the JSON array.
     #[param(rename = "Accept", nullable = false)]
     accept: Option<String>,
+    /// The `ETag` of a JSON array read before (`*`, or a list; a `W/` tag matches its
+    /// identity form): 304 if the array would be the same.
+    #[param(rename = "If-None-Match", nullable = false)]
+    if_none_match: Option<String>,
+    /// `gzip`, `br` or `zstd` (by preference and q-values): the JSON array and the
+    /// follows come compressed with it, each live event flushed at once. `/metrics` and
+    /// answers under 32 bytes go as they are.
+    #[param(rename = "Accept-Encoding", nullable = false)]
+    accept_encoding: Option<String>,
 }
 
 /// The rendered document, built once.
@@ -418,8 +428,20 @@ mod tests {
             .collect();
         assert_eq!(
             parameters,
-            ["id", "after", "limit", "follow", "Last-Event-ID", "Accept"]
+            [
+                "id",
+                "after",
+                "limit",
+                "follow",
+                "Last-Event-ID",
+                "Accept",
+                "If-None-Match",
+                "Accept-Encoding"
+            ]
         );
+        // The cache validator and its 304.
+        assert!(read["responses"]["200"]["headers"]["ETag"].is_object());
+        assert!(read["responses"]["304"]["headers"]["ETag"].is_object());
         let media: Vec<&String> = read["responses"]["200"]["content"]
             .as_object()
             .expect("content")

@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::compression;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ProcessPath;
 use super::openapi::{AssetName, ProcessIdParam, Refusals};
@@ -157,19 +158,25 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
             .into_response()
         }
     };
-    let cached = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|tag| tag.trim() == asset.etag || tag.trim() == "*");
+    // Weakly: a compressed answer carried the tag as `W/"…"`.
+    let matched = asset
+        .etag
+        .to_str()
+        .ok()
+        .and_then(|etag| compression::matching_tag(&headers, etag));
+    let cached = matched.is_some();
     let status = if cached {
         StatusCode::NOT_MODIFIED
     } else {
         StatusCode::OK
     };
+    // A 304 names the copy the client holds.
+    let etag = matched
+        .filter(|tag| *tag != "*")
+        .and_then(|tag| HeaderValue::from_str(tag).ok())
+        .unwrap_or_else(|| asset.etag.clone());
     let headers = [
-        (header::ETAG, asset.etag.clone()),
+        (header::ETAG, etag),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         (
             header::X_CONTENT_TYPE_OPTIONS,
