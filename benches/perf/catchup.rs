@@ -1,0 +1,325 @@
+//! `catchup`: a follow from the start to its last byte beside one SELECT of the same
+//! rows, and the server's memory while 100 followers catch up at once.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{connect, io_error, read_head, Chunked, Conn};
+use crate::env::Env;
+use crate::figures::{mib, ms, quantile, ratio, thousands};
+use crate::instances;
+use crate::messages::batch;
+use crate::report::{Report, Scenario};
+use crate::usage::RssSampler;
+
+const CATCHUP_SHORT: u64 = 10_000;
+const CATCHUP_LONG: u64 = 50_000;
+const CATCHUP_FOLLOWERS: usize = 100;
+const CATCHUP_REPEATS: usize = 7;
+
+/// What an NDJSON follow from the start got.
+#[derive(Debug)]
+pub struct NdjsonRead {
+    /// Time from the request's first byte to the response's last.
+    pub elapsed: Duration,
+    pub lines: u64,
+    pub bytes: u64,
+    pub end: Option<String>,
+    /// Every byte, when kept.
+    pub body: Option<Vec<u8>>,
+}
+
+/// `GET /processes/{name}/messages` as NDJSON from the start, read to the last byte.
+pub async fn read_ndjson(port: u16, name: &str, keep: bool) -> io::Result<NdjsonRead> {
+    let mut stream = connect(port).await?;
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!("GET /processes/{name}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/x-ndjson\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::with_capacity(64 * 1024);
+    let head = read_head(&mut stream, &mut raw).await?;
+    if head.status != 200 || !head.chunked {
+        return Err(io_error(format!("follow answered {}", head.status)));
+    }
+    let mut chunked = Chunked::default();
+    let mut data = Vec::with_capacity(64 * 1024);
+    let mut kept = Vec::new();
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    let mut last_line = Vec::new();
+    // Empty lines (heartbeats) are not counted.
+    let mut after_newline = true;
+    loop {
+        chunked.decode(&mut raw, &mut data)?;
+        if let Some(cut) = data.iter().rposition(|b| *b == b'\n') {
+            let complete = &data[..=cut];
+            for &b in complete {
+                if b == b'\n' {
+                    lines += u64::from(!after_newline);
+                    after_newline = true;
+                } else {
+                    after_newline = false;
+                }
+            }
+            bytes += complete.len() as u64;
+            // `data` starts at a line's start: the last line is after the newline before.
+            let before = complete[..cut]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            if cut > before {
+                last_line.clear();
+                last_line.extend_from_slice(&complete[before..cut]);
+            }
+            if keep {
+                kept.extend_from_slice(complete);
+            }
+            data.drain(..=cut);
+        }
+        if chunked.done() {
+            break;
+        }
+        if raw.capacity() - raw.len() < 16 * 1024 {
+            raw.reserve(64 * 1024);
+        }
+        if stream.read_buf(&mut raw).await? == 0 {
+            return Err(io_error("the response ended without its last chunk"));
+        }
+    }
+    let elapsed = started.elapsed();
+    let last: serde_json::Value = serde_json::from_slice(&last_line).unwrap_or_default();
+    let end = (last["event"] == "end").then(|| last["stream_id"].as_str().unwrap_or("").to_owned());
+    Ok(NdjsonRead {
+        elapsed,
+        lines,
+        bytes,
+        end,
+        body: keep.then_some(kept),
+    })
+}
+
+/// Every line a message with seq 1, 2, … `count`, then the end `<count>-1`.
+pub fn verify_ndjson(body: &[u8], count: u64) -> Result<(), String> {
+    let mut expected = 1;
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| format!("line {expected}: {e}"))?;
+        if expected == count + 1 {
+            if value["event"] == "end" && value["stream_id"] == format!("{count}-1") {
+                expected += 1;
+                continue;
+            }
+            return Err(format!("expected the end, got {value}"));
+        }
+        if value["stream_id"] != format!("{expected}-0") {
+            return Err(format!("expected {expected}-0, got {}", value["stream_id"]));
+        }
+        expected += 1;
+    }
+    if expected == count + 2 {
+        Ok(())
+    } else {
+        Err(format!("{} lines, expected {}", expected - 1, count + 1))
+    }
+}
+
+/// Appends `count` messages to `name` in arrays of 1,000, one request at a time, then
+/// finishes it.
+pub async fn fill(port: u16, name: &str, count: u64) {
+    let mut conn = Conn::open(port).await.expect("connect");
+    let mut n = 1;
+    while n <= count {
+        let size = 1000.min(count - n + 1) as usize;
+        let body = batch(name, n, size);
+        conn.append(name, body.as_bytes()).await.expect("fill");
+        n += size as u64;
+    }
+    conn.finish(name).await.expect("finish");
+}
+
+/// Peak server RSS while `followers` NDJSON follows of `name` catch up at once (on a
+/// freshly started server, so VmHWM is theirs); and the RSS of the idle server.
+pub async fn catchup_memory(
+    env: &mut Env,
+    report: &mut Report,
+    name: &str,
+    count: u64,
+    followers: usize,
+) -> (u64, u64, Duration) {
+    env.server.kill9();
+    env.server.launch();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = env.server_pid();
+    let idle = instances::vm_hwm_kib(pid).unwrap_or(0);
+    let sampler = RssSampler::spawn(pid, Duration::from_millis(10));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..followers {
+        let (port, name) = (env.port, name.to_owned());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(300), read_ndjson(port, &name, false)).await
+        }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok(Ok(Ok(read))) => {
+                if read.lines != count + 1 || read.end.as_deref() != Some(&format!("{count}-1")) {
+                    report.problem(
+                        Scenario::Catchup,
+                        format!(
+                            "a follower of {count} messages got {} lines, end {:?}",
+                            read.lines, read.end
+                        ),
+                    );
+                }
+            }
+            other => report.problem(
+                Scenario::Catchup,
+                format!("a follower of {count} messages: {other:?}"),
+            ),
+        }
+    }
+    let all = started.elapsed();
+    let sampled = sampler.stop().await;
+    let peak = instances::vm_hwm_kib(pid).unwrap_or(0).max(sampled);
+    (peak, idle, all)
+}
+
+pub async fn run(report: &mut Report) {
+    let scenario = Scenario::Catchup;
+    let mut env = Env::start(false, &[]).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let short = format!("catchup-10k-{run}");
+    let long = format!("catchup-50k-{run}");
+    let fill_started = Instant::now();
+    fill(env.port, &short, CATCHUP_SHORT).await;
+    fill(env.port, &long, CATCHUP_LONG).await;
+    report.note(
+        scenario,
+        format!(
+            "history written in {:.1} s (arrays of 1,000 over HTTP)",
+            fill_started.elapsed().as_secs_f64()
+        ),
+    );
+    let _ = sqlx::query("VACUUM ANALYZE messages")
+        .execute(&env.db)
+        .await;
+
+    // One follow, to its last byte, vs the raw SELECT; alternated, median of each.
+    let mut follows = Vec::new();
+    let mut selects = Vec::new();
+    let mut bytes = 0;
+    let mut select_bytes = 0;
+    for i in 0..CATCHUP_REPEATS + 1 {
+        let read = read_ndjson(env.port, &short, i == 0)
+            .await
+            .expect("catch-up follow");
+        if let Some(body) = &read.body {
+            if let Err(e) = verify_ndjson(body, CATCHUP_SHORT) {
+                report.problem(scenario, format!("the timed follow: {e}"));
+            }
+        }
+        bytes = read.bytes;
+        let started = Instant::now();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT body FROM messages WHERE process_id = $1 ORDER BY seq")
+                .bind(&short)
+                .fetch_all(&env.db)
+                .await
+                .expect("raw SELECT");
+        let select = started.elapsed();
+        assert_eq!(rows.len() as u64, CATCHUP_SHORT, "raw SELECT rows");
+        select_bytes = rows.iter().map(|r| r.len() as u64 + 1).sum();
+        // The first of each warms caches and is not counted.
+        if i > 0 {
+            follows.push(read.elapsed);
+            selects.push(select);
+        }
+    }
+    follows.sort();
+    selects.sort();
+    let (follow, select) = (quantile(&follows, 0.5), quantile(&selects, 0.5));
+    report.row(
+        scenario,
+        format!(
+            "follow from the start to its last byte, {} messages of ~1 KiB (NDJSON, {:.1} MiB), median of {CATCHUP_REPEATS}",
+            thousands(CATCHUP_SHORT as f64),
+            bytes as f64 / (1 << 20) as f64
+        ),
+        ms(follow),
+        format!(
+            "{} (`SELECT body … ORDER BY seq`, {:.1} MiB)",
+            ms(select),
+            select_bytes as f64 / (1 << 20) as f64
+        ),
+        ratio(follow.as_secs_f64(), select.as_secs_f64()),
+        "–",
+        None,
+    );
+    report.note(
+        scenario,
+        format!(
+            "follow min / max {} / {}; SELECT min / max {} / {}",
+            ms(follows[0]),
+            ms(*follows.last().unwrap()),
+            ms(selects[0]),
+            ms(*selects.last().unwrap())
+        ),
+    );
+
+    let cpu = env.cpu();
+    let (peak_short, idle_short, time_short) =
+        catchup_memory(&mut env, report, &short, CATCHUP_SHORT, CATCHUP_FOLLOWERS).await;
+    report.note(
+        scenario,
+        format!(
+            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_SHORT} messages all done in {:.1} s; {}",
+            time_short.as_secs_f64(),
+            cpu.describe(&env.cpu())
+        ),
+    );
+    let (peak_long, idle_long, time_long) =
+        catchup_memory(&mut env, report, &long, CATCHUP_LONG, CATCHUP_FOLLOWERS).await;
+    report.note(
+        scenario,
+        format!(
+            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_LONG} messages all done in {:.1} s",
+            time_long.as_secs_f64()
+        ),
+    );
+    report.row(
+        scenario,
+        format!(
+            "server peak RSS while {CATCHUP_FOLLOWERS} followers catch up at once, {} messages",
+            thousands(CATCHUP_SHORT as f64)
+        ),
+        mib(peak_short),
+        format!("{} (the same server idle)", mib(idle_short)),
+        ratio(peak_short as f64, idle_short as f64),
+        "–",
+        None,
+    );
+    let flat = ratio(peak_long as f64, peak_short as f64);
+    report.row(
+        scenario,
+        format!(
+            "server peak RSS while {CATCHUP_FOLLOWERS} followers catch up at once, {} messages",
+            thousands(CATCHUP_LONG as f64)
+        ),
+        mib(peak_long),
+        format!(
+            "{} (with {} messages; idle {})",
+            mib(peak_short),
+            thousands(CATCHUP_SHORT as f64),
+            mib(idle_long)
+        ),
+        flat,
+        "flat with history (≤ 1.25x)",
+        flat.map(|r| r <= 1.25),
+    );
+    drop(env);
+}

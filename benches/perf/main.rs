@@ -1,0 +1,140 @@
+//! Performance figures of issue 4, each beside a raw baseline measured in the same run:
+//!
+//! ```sh
+//! AGENT_STREAM_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin AGENT_STREAM_TEST_PG_USER=postgres \
+//! AGENT_STREAM_TEST_REDIS_SERVER=/usr/bin/redis-server cargo bench --bench perf
+//! ```
+//!
+//! Every scenario starts its own PostgreSQL cluster, Redis and agent-stream (release
+//! build, default flags unless said) on 127.0.0.1, as `tests/drills/instances.rs` does
+//! for the fault drills; the baselines run from this process against the same
+//! PostgreSQL and Redis, on a table of the bench's own (`perf.messages`, the shape and
+//! indexes of `messages`) and keys of its own.
+//!
+//! - `latency`: append request sent → follower received, one append at a time, with 1
+//!   and with 1,000 SSE followers of one process. Baseline: `INSERT` (autocommit) +
+//!   `XADD` → a raw `XREAD BLOCK` reader on its own connection.
+//! - `fanout`: 10,000 SSE followers over 1,000 processes, 1,000 appends/s spread over
+//!   them for 20 s; delivery delay, exactness (every follower gets exactly every message
+//!   then the end), server peak RSS (VmHWM), Redis connections (`CLIENT LIST`, less the
+//!   bench's own), PostgreSQL statements/s.
+//! - `catchup`: a follow (NDJSON) of 10,000 ~1 KiB messages from the start, to its last
+//!   byte, vs `SELECT body … ORDER BY seq` of the same rows; the server's peak RSS while
+//!   100 followers catch up at once, with 10,000 and with 50,000 messages of history.
+//! - `throughput`: appends/s of 8 concurrent writers (each sequential, each its own
+//!   process), one message per request and arrays of 100, vs raw `INSERT` + `XADD` of
+//!   the same concurrency and batch sizes.
+//! - `polling`: 1,000 clients polling the JSON snapshot every second vs 1,000 SSE
+//!   followers, under 10 appends/s over 10 processes: delivery delay and PostgreSQL
+//!   statements/s.
+//!
+//! Prints one markdown table (figure, agent-stream, baseline, ratio, target, met?), the
+//! machine and the command; `--write-readme` also rewrites the rows of the scenarios
+//! that ran in README.md, between `<!-- perf:begin -->` and `<!-- perf:end -->`.
+//! A name after `--` runs one scenario: `cargo bench --bench perf -- fanout`. Under
+//! `cargo test` (no `--bench` argument) it does nothing.
+//!
+//! The clients are lean on purpose (raw tokio `TcpStream`, HTTP/1.1 with keep-alive,
+//! chunked bodies decoded by hand, SSE and NDJSON framed without parsing the JSON), so
+//! that 10,000 of them fit in this process and their cost stays small beside the
+//! server's. Every loop is bounded in count and time.
+
+#[path = "../../tests/drills/instances.rs"]
+mod instances;
+
+mod catchup;
+mod client;
+mod env;
+mod fanout;
+mod figures;
+mod follower;
+mod latency;
+mod messages;
+mod polling;
+mod raw;
+mod report;
+mod throughput;
+mod usage;
+
+use std::time::{Duration, Instant};
+
+use report::{machine, render, write_readme_section, Report, Scenario};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("perf: a benchmark; run it with `cargo bench --bench perf`");
+        return;
+    }
+    let write_readme = args.iter().any(|a| a == "--write-readme");
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| filter.is_empty() || filter.iter().any(|w| s.key().contains(w.as_str())))
+        .collect();
+    if scenarios.is_empty() {
+        eprintln!(
+            "perf: no scenario matches {filter:?}; scenarios: latency, fanout, catchup, throughput, polling"
+        );
+        std::process::exit(2);
+    }
+    let mut command = "cargo bench --bench perf".to_owned();
+    if !filter.is_empty() || write_readme {
+        command.push_str(" --");
+        for word in &filter {
+            command.push(' ');
+            command.push_str(word);
+        }
+        if write_readme {
+            command.push_str(" --write-readme");
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut report = Report::default();
+    for scenario in &scenarios {
+        eprintln!("perf: {} …", scenario.key());
+        let started = Instant::now();
+        runtime.block_on(async {
+            match scenario {
+                Scenario::Latency => latency::run(&mut report).await,
+                Scenario::Fanout => fanout::run(&mut report).await,
+                Scenario::Catchup => catchup::run(&mut report).await,
+                Scenario::Throughput => throughput::run(&mut report).await,
+                Scenario::Polling => polling::run(&mut report).await,
+            }
+        });
+        report.note(
+            *scenario,
+            format!(
+                "measured by `{command}` in {:.0} s",
+                started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+
+    let machine = machine();
+    let section = render(&machine, &report.rows, &report.notes);
+    println!();
+    println!("{section}");
+    if write_readme {
+        match write_readme_section(&machine, &scenarios, &report) {
+            Ok(path) => eprintln!("perf: rewrote the table in {path}"),
+            Err(error) => {
+                eprintln!("perf: could not rewrite README.md: {error}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if !report.problems.is_empty() {
+        for problem in &report.problems {
+            eprintln!("PROBLEM: {problem}");
+        }
+        std::process::exit(1);
+    }
+}
