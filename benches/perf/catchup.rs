@@ -18,6 +18,7 @@ const CATCHUP_SHORT: u64 = 10_000;
 const CATCHUP_LONG: u64 = 50_000;
 const CATCHUP_FOLLOWERS: usize = 100;
 const CATCHUP_REPEATS: usize = 7;
+const SCENARIO: Scenario = Scenario::Catchup;
 
 /// What an NDJSON follow from the start got.
 #[derive(Debug)]
@@ -141,15 +142,9 @@ pub async fn fill(port: u16, name: &str, count: u64) {
     conn.finish(name).await.expect("finish");
 }
 
-/// Peak server RSS while `followers` NDJSON follows of `name` catch up at once (on a
-/// freshly started server, so VmHWM is theirs); and the RSS of the idle server.
-pub async fn catchup_memory(
-    env: &mut Env,
-    report: &mut Report,
-    name: &str,
-    count: u64,
-    followers: usize,
-) -> (u64, u64, Duration) {
+/// Peak server RSS while `CATCHUP_FOLLOWERS` NDJSON follows of `name` catch up at once
+/// (on a freshly started server, so VmHWM is theirs); and the RSS of the idle server.
+async fn catchup_memory(env: &mut Env, report: &mut Report, name: &str, count: u64) -> Memory {
     env.server.kill9();
     env.server.launch();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -157,19 +152,21 @@ pub async fn catchup_memory(
     let idle = instances::vm_hwm_kib(pid).unwrap_or(0);
     let sampler = RssSampler::spawn(pid, Duration::from_millis(10));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..followers {
-        let (port, name) = (env.port, name.to_owned());
-        tasks.push(tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_secs(300), read_ndjson(port, &name, false)).await
-        }));
-    }
+    let tasks: Vec<_> = (0..CATCHUP_FOLLOWERS)
+        .map(|_| {
+            let (port, name) = (env.port, name.to_owned());
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(300), read_ndjson(port, &name, false))
+                    .await
+            })
+        })
+        .collect();
     for task in tasks {
         match task.await {
             Ok(Ok(Ok(read))) => {
                 if read.lines != count + 1 || read.end.as_deref() != Some(&format!("{count}-1")) {
                     report.problem(
-                        Scenario::Catchup,
+                        SCENARIO,
                         format!(
                             "a follower of {count} messages got {} lines, end {:?}",
                             read.lines, read.end
@@ -178,62 +175,91 @@ pub async fn catchup_memory(
                 }
             }
             other => report.problem(
-                Scenario::Catchup,
+                SCENARIO,
                 format!("a follower of {count} messages: {other:?}"),
             ),
         }
     }
-    let all = started.elapsed();
+    let elapsed = started.elapsed();
     let sampled = sampler.stop().await;
-    let peak = instances::vm_hwm_kib(pid).unwrap_or(0).max(sampled);
-    (peak, idle, all)
+    Memory {
+        peak: instances::vm_hwm_kib(pid).unwrap_or(0).max(sampled),
+        idle,
+        elapsed,
+    }
+}
+
+/// The server's memory while followers catch up at once.
+struct Memory {
+    peak: u64,
+    idle: u64,
+    /// Until the last follower had its last byte.
+    elapsed: Duration,
 }
 
 pub async fn run(report: &mut Report) {
-    let scenario = Scenario::Catchup;
+    // Set up: two finished processes with 10,000 and 50,000 messages.
     let mut env = Env::start(false, &[]).await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let short = format!("catchup-10k-{run}");
     let long = format!("catchup-50k-{run}");
-    let fill_started = Instant::now();
-    fill(env.port, &short, CATCHUP_SHORT).await;
-    fill(env.port, &long, CATCHUP_LONG).await;
+    history(&env, report, &short, &long).await;
+
+    // Drive and measure: one follow against the raw SELECT, then many at once.
+    follow_vs_select(&env, report, &short).await;
+    let cpu = env.cpu();
+    let short_memory = catchup_memory(&mut env, report, &short, CATCHUP_SHORT).await;
     report.note(
-        scenario,
+        SCENARIO,
+        format!(
+            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_SHORT} messages all done in {:.1} s; {}",
+            short_memory.elapsed.as_secs_f64(),
+            cpu.describe(&env.cpu())
+        ),
+    );
+    let long_memory = catchup_memory(&mut env, report, &long, CATCHUP_LONG).await;
+    report.note(
+        SCENARIO,
+        format!(
+            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_LONG} messages all done in {:.1} s",
+            long_memory.elapsed.as_secs_f64()
+        ),
+    );
+    memory_rows(report, &short_memory, &long_memory);
+    drop(env);
+}
+
+/// Writes both histories over HTTP, then lets PostgreSQL's statistics catch up.
+async fn history(env: &Env, report: &mut Report, short: &str, long: &str) {
+    let started = Instant::now();
+    fill(env.port, short, CATCHUP_SHORT).await;
+    fill(env.port, long, CATCHUP_LONG).await;
+    report.note(
+        SCENARIO,
         format!(
             "history written in {:.1} s (arrays of 1,000 over HTTP)",
-            fill_started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64()
         ),
     );
     let _ = sqlx::query("VACUUM ANALYZE messages")
         .execute(&env.db)
         .await;
+}
 
-    // One follow, to its last byte, vs the raw SELECT; alternated, median of each.
-    let mut follows = Vec::new();
-    let mut selects = Vec::new();
-    let mut bytes = 0;
-    let mut select_bytes = 0;
+/// One follow to its last byte vs the raw SELECT, alternated, median of each; the row.
+async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
+    let (mut follows, mut selects) = (Vec::new(), Vec::new());
+    let (mut bytes, mut select_bytes) = (0, 0);
     for i in 0..CATCHUP_REPEATS + 1 {
-        let read = read_ndjson(env.port, &short, i == 0)
+        let read = read_ndjson(env.port, name, i == 0)
             .await
             .expect("catch-up follow");
-        if let Some(body) = &read.body {
-            if let Err(e) = verify_ndjson(body, CATCHUP_SHORT) {
-                report.problem(scenario, format!("the timed follow: {e}"));
-            }
+        if let Some(Err(e)) = read.body.as_ref().map(|b| verify_ndjson(b, CATCHUP_SHORT)) {
+            report.problem(SCENARIO, format!("the timed follow: {e}"));
         }
         bytes = read.bytes;
-        let started = Instant::now();
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT body FROM messages WHERE process_id = $1 ORDER BY seq")
-                .bind(&short)
-                .fetch_all(&env.db)
-                .await
-                .expect("raw SELECT");
-        let select = started.elapsed();
-        assert_eq!(rows.len() as u64, CATCHUP_SHORT, "raw SELECT rows");
-        select_bytes = rows.iter().map(|r| r.len() as u64 + 1).sum();
+        let (select, rows_bytes) = raw_select(env, name).await;
+        select_bytes = rows_bytes;
         // The first of each warms caches and is not counted.
         if i > 0 {
             follows.push(read.elapsed);
@@ -244,7 +270,7 @@ pub async fn run(report: &mut Report) {
     selects.sort();
     let (follow, select) = (quantile(&follows, 0.5), quantile(&selects, 0.5));
     report.row(
-        scenario,
+        SCENARIO,
         format!(
             "follow from the start to its last byte, {} messages of ~1 KiB (NDJSON, {:.1} MiB), median of {CATCHUP_REPEATS}",
             thousands(CATCHUP_SHORT as f64),
@@ -261,65 +287,61 @@ pub async fn run(report: &mut Report) {
         None,
     );
     report.note(
-        scenario,
+        SCENARIO,
         format!(
             "follow min / max {} / {}; SELECT min / max {} / {}",
             ms(follows[0]),
-            ms(*follows.last().unwrap()),
+            ms(follows[follows.len() - 1]),
             ms(selects[0]),
-            ms(*selects.last().unwrap())
+            ms(selects[selects.len() - 1])
         ),
     );
+}
 
-    let cpu = env.cpu();
-    let (peak_short, idle_short, time_short) =
-        catchup_memory(&mut env, report, &short, CATCHUP_SHORT, CATCHUP_FOLLOWERS).await;
-    report.note(
-        scenario,
-        format!(
-            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_SHORT} messages all done in {:.1} s; {}",
-            time_short.as_secs_f64(),
-            cpu.describe(&env.cpu())
-        ),
-    );
-    let (peak_long, idle_long, time_long) =
-        catchup_memory(&mut env, report, &long, CATCHUP_LONG, CATCHUP_FOLLOWERS).await;
-    report.note(
-        scenario,
-        format!(
-            "{CATCHUP_FOLLOWERS} followers of {CATCHUP_LONG} messages all done in {:.1} s",
-            time_long.as_secs_f64()
-        ),
-    );
+/// The baseline: every body of `name` in one SELECT; its time and bytes (a newline each).
+async fn raw_select(env: &Env, name: &str) -> (Duration, u64) {
+    let started = Instant::now();
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM messages WHERE process_id = $1 ORDER BY seq")
+            .bind(name)
+            .fetch_all(&env.db)
+            .await
+            .expect("raw SELECT");
+    let elapsed = started.elapsed();
+    assert_eq!(rows.len() as u64, CATCHUP_SHORT, "raw SELECT rows");
+    (elapsed, rows.iter().map(|r| r.len() as u64 + 1).sum())
+}
+
+/// Peak RSS with 10,000 and with 50,000 messages of history: flat with history.
+fn memory_rows(report: &mut Report, short: &Memory, long: &Memory) {
     report.row(
-        scenario,
+        SCENARIO,
         format!(
             "server peak RSS while {CATCHUP_FOLLOWERS} followers catch up at once, {} messages",
             thousands(CATCHUP_SHORT as f64)
         ),
-        mib(peak_short),
-        format!("{} (the same server idle)", mib(idle_short)),
-        ratio(peak_short as f64, idle_short as f64),
+        mib(short.peak),
+        format!("{} (the same server idle)", mib(short.idle)),
+        ratio(short.peak as f64, short.idle as f64),
         "–",
         None,
     );
-    let flat = ratio(peak_long as f64, peak_short as f64);
+    let flat = ratio(long.peak as f64, short.peak as f64);
     report.row(
-        scenario,
+        SCENARIO,
         format!(
             "server peak RSS while {CATCHUP_FOLLOWERS} followers catch up at once, {} messages",
             thousands(CATCHUP_LONG as f64)
         ),
-        mib(peak_long),
+        mib(long.peak),
         format!(
             "{} (with {} messages; idle {})",
-            mib(peak_short),
+            mib(short.peak),
             thousands(CATCHUP_SHORT as f64),
-            mib(idle_long)
+            mib(long.idle)
         ),
         flat,
         "flat with history (≤ 1.25x)",
         flat.map(|r| r <= 1.25),
     );
-    drop(env);
 }

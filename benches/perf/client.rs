@@ -248,61 +248,110 @@ impl Conn {
         Ok((head.status, out))
     }
 
-    /// `POST /processes/{process}/messages`; the seq of the (last) message stored.
+    /// Appends to agent-stream's process; the seq of the (last) message stored.
     pub async fn append(&mut self, process: &str, body: &[u8]) -> Result<u64, String> {
-        let (status, answer) = self
-            .call("POST", &format!("/processes/{process}/messages"), body)
+        self.append_at(&Routes::AgentStream.append(process), body)
             .await
-            .map_err(|e| format!("append to {process}: {e}"))?;
+    }
+
+    /// `POST path` with a message or an array of them; the seq of the (last) one stored.
+    pub async fn append_at(&mut self, path: &str, body: &[u8]) -> Result<u64, String> {
+        let (status, answer) = self
+            .call("POST", path, body)
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
         if status != 201 && status != 200 {
             return Err(format!(
-                "append to {process}: {status} {}",
+                "POST {path}: {status} {}",
                 String::from_utf8_lossy(&answer)
             ));
         }
         last_stream_seq(&answer).ok_or_else(|| {
             format!(
-                "append to {process}: no stream_id in {}",
+                "POST {path}: no stream_id in {}",
                 String::from_utf8_lossy(&answer)
             )
         })
     }
 
+    /// Registers agent-stream's process.
     pub async fn put(&mut self, process: &str) -> Result<(), String> {
-        match self
-            .call("PUT", &format!("/processes/{process}"), b"")
-            .await
-        {
+        self.put_at(&Routes::AgentStream.register(process)).await
+    }
+
+    /// `PUT path`: 201 or 200.
+    pub async fn put_at(&mut self, path: &str) -> Result<(), String> {
+        match self.call("PUT", path, b"").await {
             Ok((201 | 200, _)) => Ok(()),
             Ok((status, body)) => Err(format!(
-                "PUT {process}: {status} {}",
+                "PUT {path}: {status} {}",
                 String::from_utf8_lossy(&body)
             )),
-            Err(e) => Err(format!("PUT {process}: {e}")),
+            Err(e) => Err(format!("PUT {path}: {e}")),
         }
     }
 
-    /// Finishes the process; its last seq (from `last_stream_id`).
+    /// Finishes agent-stream's process; its last seq (from `last_stream_id`).
     pub async fn finish(&mut self, process: &str) -> Result<u64, String> {
+        self.finish_at(&Routes::AgentStream.finish(process)).await
+    }
+
+    /// `POST path` with `{"status":"succeeded"}`; the last seq (from `last_stream_id`).
+    pub async fn finish_at(&mut self, path: &str) -> Result<u64, String> {
         let (status, body) = self
-            .call(
-                "POST",
-                &format!("/processes/{process}/finish"),
-                br#"{"status":"succeeded"}"#,
-            )
+            .call("POST", path, br#"{"status":"succeeded"}"#)
             .await
-            .map_err(|e| format!("finish {process}: {e}"))?;
+            .map_err(|e| format!("POST {path}: {e}"))?;
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         match (status, value["last_stream_id"].as_str()) {
             (200, Some(id)) => id
                 .split('-')
                 .next()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("finish {process}: last_stream_id {id:?}")),
+                .ok_or_else(|| format!("POST {path}: last_stream_id {id:?}")),
             _ => Err(format!(
-                "finish {process}: {status} {}",
+                "POST {path}: {status} {}",
                 String::from_utf8_lossy(&body)
             )),
+        }
+    }
+}
+
+/// Where a stream's calls go: agent-stream's routes, or those of the peer's server
+/// (`peer/server.mjs`), which answer alike.
+#[derive(Debug, Clone, Copy)]
+pub enum Routes {
+    AgentStream,
+    Peer,
+}
+
+impl Routes {
+    pub fn register(self, name: &str) -> String {
+        match self {
+            Routes::AgentStream => format!("/processes/{name}"),
+            Routes::Peer => format!("/streams/{name}"),
+        }
+    }
+
+    pub fn append(self, name: &str) -> String {
+        match self {
+            Routes::AgentStream => format!("/processes/{name}/messages"),
+            Routes::Peer => format!("/streams/{name}/events"),
+        }
+    }
+
+    /// The SSE follow.
+    pub fn follow(self, name: &str) -> String {
+        match self {
+            Routes::AgentStream => format!("/processes/{name}/messages"),
+            Routes::Peer => format!("/streams/{name}"),
+        }
+    }
+
+    pub fn finish(self, name: &str) -> String {
+        match self {
+            Routes::AgentStream => format!("/processes/{name}/finish"),
+            Routes::Peer => format!("/streams/{name}/finish"),
         }
     }
 }

@@ -45,3 +45,14 @@ pub fn thousands(n: f64) -> String {
     }
     out
 }
+
+/// The statements run most, as `` `statement` n/s `` over `seconds`.
+pub fn describe_top(top: &[(i64, String)], seconds: f64) -> String {
+    if top.is_empty() {
+        return "(no statement statistics)".to_owned();
+    }
+    top.iter()
+        .map(|(calls, query)| format!("`{query}` {:.0}/s", *calls as f64 / seconds.max(1e-3)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::client::{connect, find, io_error, read_head, reserve, Chunked};
+use crate::client::{connect, find, io_error, read_head, reserve, Chunked, Routes};
 
 /// Followers connect this many at a time.
 pub const CONNECT_BATCH: usize = 500;
@@ -90,11 +91,16 @@ impl Followed {
     }
 }
 
-/// Follows `/processes/{name}/messages` over SSE from the beginning until the end
-/// event and the end of the response, or `deadline`.
+/// Where agent-stream's SSE follow of `name` is.
+pub fn follow_path(name: &str) -> String {
+    Routes::AgentStream.follow(name)
+}
+
+/// Follows `path` over SSE from the beginning until the end event and the end of the
+/// response, or `deadline`.
 pub async fn follow_sse(
     port: u16,
-    name: String,
+    path: String,
     process: usize,
     tally: Arc<Tally>,
     record: bool,
@@ -106,72 +112,35 @@ pub async fn follow_sse(
     };
     match tokio::time::timeout_at(
         deadline,
-        follow_sse_inner(port, &name, &tally, record, &mut out),
+        follow_sse_inner(port, &path, &tally, record, &mut out),
     )
     .await
     {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => out.problems.push(format!("{name}: {error}")),
+        Ok(Err(error)) => out.problems.push(format!("{path}: {error}")),
         Err(_) => out.problems.push(format!(
-            "{name}: no end by the deadline (last seq {})",
+            "{path}: no end by the deadline (last seq {})",
             out.last_seq
         )),
     }
     out
 }
 
-pub async fn follow_sse_inner(
+async fn follow_sse_inner(
     port: u16,
-    name: &str,
+    path: &str,
     tally: &Tally,
     record: bool,
     out: &mut Followed,
 ) -> io::Result<()> {
-    let mut tries = 0;
-    let (mut stream, mut raw, head) = loop {
-        let mut stream = connect(port).await?;
-        stream
-            .write_all(
-                format!("GET /processes/{name}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut raw = Vec::with_capacity(2048);
-        let head = read_head(&mut stream, &mut raw).await?;
-        // A busy instance says so with a 503; a client tries again a second later.
-        if head.status == 503 && tries < 30 {
-            tries += 1;
-            tally.open_retries.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        break (stream, raw, head);
-    };
-    if head.status != 200 || !head.chunked {
-        let mut body = raw.clone();
-        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read_buf(&mut body)).await;
-        return Err(io_error(format!(
-            "follow answered {} (chunked: {}): {}",
-            head.status,
-            head.chunked,
-            String::from_utf8_lossy(&body)
-        )));
-    }
+    let (mut stream, mut raw) = open_sse(port, path, tally).await?;
     tally.opened.fetch_add(1, Ordering::SeqCst);
     let mut chunked = Chunked::default();
     let mut data = Vec::with_capacity(2048);
     let mut at = Instant::now();
     loop {
         chunked.decode(&mut raw, &mut data)?;
-        let mut start = 0;
-        let mut delivered = 0;
-        while let Some(i) = find(&data[start..], b"\n\n") {
-            if sse_frame(&data[start..start + i], at, record, out) {
-                delivered += 1;
-            }
-            start += i + 2;
-        }
-        data.drain(..start);
+        let delivered = take_frames(&mut data, at, record, out);
         if delivered > 0 {
             tally.delivered.fetch_add(delivered, Ordering::SeqCst);
             tally.notify.notify_one();
@@ -207,11 +176,65 @@ pub async fn follow_sse_inner(
     Ok(())
 }
 
-/// Handles one SSE frame; true when it was a message.
-pub fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) -> bool {
-    let mut id: Option<&[u8]> = None;
-    let mut event: Option<&[u8]> = None;
-    let mut data: Option<&[u8]> = None;
+/// Sends the follow's request and reads its head: the stream and the bytes after the
+/// head. A 503 (busy) is tried again a second later, as EventSource does, 30 times at
+/// most; any other answer than a chunked 200 is an error.
+async fn open_sse(port: u16, path: &str, tally: &Tally) -> io::Result<(TcpStream, Vec<u8>)> {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
+    let mut tries = 0;
+    loop {
+        let mut stream = connect(port).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::with_capacity(2048);
+        let head = read_head(&mut stream, &mut raw).await?;
+        if head.status == 503 && tries < 30 {
+            tries += 1;
+            tally.open_retries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if head.status != 200 || !head.chunked {
+            let mut body = raw.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), stream.read_buf(&mut body)).await;
+            return Err(io_error(format!(
+                "follow answered {} (chunked: {}): {}",
+                head.status,
+                head.chunked,
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        return Ok((stream, raw));
+    }
+}
+
+/// Handles every complete frame at the start of `data` and drops them; how many were
+/// messages.
+fn take_frames(data: &mut Vec<u8>, at: Instant, record: bool, out: &mut Followed) -> u64 {
+    let mut start = 0;
+    let mut delivered = 0;
+    while let Some(i) = find(&data[start..], b"\n\n") {
+        if sse_frame(&data[start..start + i], at, record, out) {
+            delivered += 1;
+        }
+        start += i + 2;
+    }
+    data.drain(..start);
+    delivered
+}
+
+/// One SSE frame's fields.
+#[derive(Default)]
+struct Frame<'a> {
+    id: Option<&'a [u8]>,
+    event: Option<&'a [u8]>,
+    data: Option<&'a [u8]>,
+}
+
+/// Splits a frame into its fields; an unknown field is a problem.
+fn parse_frame<'a>(frame: &'a [u8], out: &mut Followed) -> Frame<'a> {
+    let mut fields = Frame::default();
     for line in frame.split(|b| *b == b'\n') {
         if line.is_empty() || line.starts_with(b":") {
             continue;
@@ -224,9 +247,9 @@ pub fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) ->
             None => (line, &b""[..]),
         };
         match field {
-            b"id" => id = Some(value),
-            b"event" => event = Some(value),
-            b"data" => data = Some(value),
+            b"id" => fields.id = Some(value),
+            b"event" => fields.event = Some(value),
+            b"data" => fields.data = Some(value),
             b"retry" => {}
             _ => out.problems.push(format!(
                 "unexpected SSE line {:?}",
@@ -234,51 +257,24 @@ pub fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) ->
             )),
         }
     }
-    if out.end.is_some() && (id.is_some() || event.is_some()) {
+    fields
+}
+
+/// Handles one SSE frame; true when it was a message.
+fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) -> bool {
+    let fields = parse_frame(frame, out);
+    if out.end.is_some() && (fields.id.is_some() || fields.event.is_some()) {
         out.problems.push(format!(
             "a frame after the end: {:?}",
             String::from_utf8_lossy(frame)
         ));
         return false;
     }
-    match event {
-        None if id.is_none() => false,
-        Some(b"message") => {
-            let id = id.unwrap_or_default();
-            let seq = std::str::from_utf8(id)
-                .ok()
-                .and_then(|s| s.strip_suffix("-0"))
-                .and_then(|s| s.parse::<u64>().ok());
-            let Some(seq) = seq else {
-                out.problems
-                    .push(format!("message id {:?}", String::from_utf8_lossy(id)));
-                return false;
-            };
-            if seq != out.last_seq + 1 {
-                out.problems
-                    .push(format!("seq {seq} after seq {}", out.last_seq));
-                if seq <= out.last_seq {
-                    out.duplicates += 1;
-                    return true;
-                }
-            }
-            let mut tag = Vec::with_capacity(id.len() + 16);
-            tag.extend_from_slice(b"\"stream_id\":\"");
-            tag.extend_from_slice(id);
-            tag.push(b'"');
-            if data.is_none_or(|d| find(d, &tag).is_none()) {
-                out.problems
-                    .push(format!("the data of {seq}-0 does not carry its stream_id"));
-            }
-            out.last_seq = seq;
-            out.received += 1;
-            if record {
-                out.times.push((seq as u32, at));
-            }
-            true
-        }
+    match fields.event {
+        None if fields.id.is_none() => false,
+        Some(b"message") => message_frame(&fields, at, record, out),
         Some(b"end") => {
-            out.end = Some(String::from_utf8_lossy(id.unwrap_or_default()).into_owned());
+            out.end = Some(String::from_utf8_lossy(fields.id.unwrap_or_default()).into_owned());
             false
         }
         other => {
@@ -291,11 +287,47 @@ pub fn sse_frame(frame: &[u8], at: Instant, record: bool, out: &mut Followed) ->
     }
 }
 
-/// Opens `count` SSE follows, `CONNECT_BATCH` at a time, each of the process
-/// `names[i % names.len()]`; waits for every head. Returns the handles.
+/// A message frame: its seq must follow the last one, its data carry its stream_id.
+fn message_frame(fields: &Frame, at: Instant, record: bool, out: &mut Followed) -> bool {
+    let id = fields.id.unwrap_or_default();
+    let seq = std::str::from_utf8(id)
+        .ok()
+        .and_then(|s| s.strip_suffix("-0"))
+        .and_then(|s| s.parse::<u64>().ok());
+    let Some(seq) = seq else {
+        out.problems
+            .push(format!("message id {:?}", String::from_utf8_lossy(id)));
+        return false;
+    };
+    if seq != out.last_seq + 1 {
+        out.problems
+            .push(format!("seq {seq} after seq {}", out.last_seq));
+        if seq <= out.last_seq {
+            out.duplicates += 1;
+            return true;
+        }
+    }
+    let mut tag = Vec::with_capacity(id.len() + 16);
+    tag.extend_from_slice(b"\"stream_id\":\"");
+    tag.extend_from_slice(id);
+    tag.push(b'"');
+    if fields.data.is_none_or(|d| find(d, &tag).is_none()) {
+        out.problems
+            .push(format!("the data of {seq}-0 does not carry its stream_id"));
+    }
+    out.last_seq = seq;
+    out.received += 1;
+    if record {
+        out.times.push((seq as u32, at));
+    }
+    true
+}
+
+/// Opens `count` SSE follows, `CONNECT_BATCH` at a time, each of `paths[i % paths.len()]`
+/// (its `process` is `i % paths.len()`); waits for every head. Returns the handles.
 pub async fn open_followers(
     port: u16,
-    names: &[String],
+    paths: &[String],
     count: usize,
     tally: &Arc<Tally>,
     record: bool,
@@ -304,10 +336,10 @@ pub async fn open_followers(
     let mut handles = Vec::with_capacity(count);
     let base = tally.opened.load(Ordering::SeqCst);
     for i in 0..count {
-        let process = i % names.len();
+        let process = i % paths.len();
         handles.push(tokio::spawn(follow_sse(
             port,
-            names[process].clone(),
+            paths[process].clone(),
             process,
             tally.clone(),
             record,

@@ -8,9 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Conn;
 use crate::env::Env;
-use crate::fanout::describe_top;
-use crate::figures::{ms, quantile, ratio};
-use crate::follower::{join_all, open_followers, Tally};
+use crate::figures::{describe_top, ms, quantile, ratio};
+use crate::follower::{follow_path, join_all, open_followers, Tally};
 use crate::messages::message;
 use crate::report::{Report, Scenario};
 
@@ -19,6 +18,7 @@ const POLL_PROCESSES: usize = 10;
 const POLL_RATE: u64 = 10;
 const POLL_RUN: Duration = Duration::from_secs(15);
 const POLL_EVERY: Duration = Duration::from_secs(1);
+const SCENARIO: Scenario = Scenario::Polling;
 
 /// What one polling client saw.
 #[derive(Default)]
@@ -137,19 +137,74 @@ pub fn delays_of<'a>(
     delays
 }
 
+/// One phase's figures: delivery delays (sorted), PostgreSQL's rates, exactness.
+struct Phase {
+    delays: Vec<Duration>,
+    statements: f64,
+    xacts: f64,
+    exact: usize,
+    clients: usize,
+    /// Polls made (0 for SSE).
+    polls: u64,
+    /// The statements run most and CPU, as a note.
+    usage: String,
+}
+
+/// The appends of one phase, and what PostgreSQL and the CPUs did meanwhile.
+struct Steady {
+    sent: Vec<HashMap<u64, Instant>>,
+    statements: f64,
+    xacts: f64,
+    usage: String,
+}
+
 pub async fn run(report: &mut Report) {
-    let scenario = Scenario::Polling;
     let env = Env::start(true, &[]).await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut conn = Conn::open(env.port).await.expect("connect");
+    let poll = poll_phase(&env, report, &mut conn, &run).await;
+    let Some(sse) = sse_phase(&env, report, &mut conn, &run).await else {
+        return;
+    };
+    rows(report, &poll, &sse);
+    drop(env);
+}
 
-    // Phase 1: polling clients.
-    let poll_names: Vec<String> = (0..POLL_PROCESSES)
-        .map(|p| format!("poll-{p}-{run}"))
+/// `POLL_PROCESSES` fresh processes named `<prefix>-<p>-<run>`, registered.
+async fn processes(conn: &mut Conn, prefix: &str, run: &str) -> Vec<String> {
+    let names: Vec<String> = (0..POLL_PROCESSES)
+        .map(|p| format!("{prefix}-{p}-{run}"))
         .collect();
-    for name in &poll_names {
+    for name in &names {
         conn.put(name).await.expect("register");
     }
+    names
+}
+
+/// `steady_appends` to `names`, with PostgreSQL's statements and the CPU measured around it.
+async fn steady_load(env: &Env, names: &[String]) -> Steady {
+    env.reset_statements().await;
+    let (pg_a, cpu_a) = (env.pg_counts().await, env.cpu());
+    let sent = steady_appends(env.port, names).await;
+    let (pg_b, cpu_b) = (env.pg_counts().await, env.cpu());
+    let top = env.top_statements(3).await;
+    let seconds = pg_b.at.duration_since(pg_a.at).as_secs_f64();
+    let (statements, xacts) = pg_a.rates(&pg_b);
+    Steady {
+        sent,
+        statements,
+        xacts,
+        usage: format!(
+            "statements mostly {}; {}",
+            describe_top(&top, seconds),
+            cpu_a.describe(&cpu_b)
+        ),
+    }
+}
+
+/// Phase 1: `POLL_CLIENTS` clients polling the snapshot every second.
+async fn poll_phase(env: &Env, report: &mut Report, conn: &mut Conn, run: &str) -> Phase {
+    let names = processes(conn, "poll", run).await;
     let stop = CancellationToken::new();
     let origin = tokio::time::Instant::now() + Duration::from_millis(200);
     let pollers: Vec<_> = (0..POLL_CLIENTS)
@@ -157,148 +212,150 @@ pub async fn run(report: &mut Report) {
             let process = i % POLL_PROCESSES;
             // Spread over the second, as independent browsers are.
             let first = origin + POLL_EVERY * (i as u32) / (POLL_CLIENTS as u32);
-            tokio::spawn(poll_client(
-                env.port,
-                poll_names[process].clone(),
-                process,
-                first,
-                stop.clone(),
-            ))
+            let name = names[process].clone();
+            tokio::spawn(poll_client(env.port, name, process, first, stop.clone()))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    env.reset_statements().await;
-    let (pg_a, cpu_a) = (env.pg_counts().await, env.cpu());
-    let sent_poll = steady_appends(env.port, &poll_names).await;
-    let (pg_b, cpu_b) = (env.pg_counts().await, env.cpu());
-    let top_poll = env.top_statements(3).await;
-    let poll_seconds = pg_b.at.duration_since(pg_a.at).as_secs_f64();
+    let load = steady_load(env, &names).await;
     tokio::time::sleep(POLL_EVERY + Duration::from_millis(500)).await;
     stop.cancel();
     let mut polled = Vec::new();
     for poller in pollers {
         polled.push(poller.await.expect("poller"));
     }
-    let mut poll_exact = 0;
-    for p in &polled {
-        let want = sent_poll[p.process].len() as u64;
-        if p.last_seq == want && p.times.len() as u64 == want && p.problems.is_empty() {
-            poll_exact += 1;
-        } else {
-            report.problem(
-                scenario,
-                format!(
-                    "a poller of process {} got {} messages up to {} of {want}: {:?}",
-                    p.process,
-                    p.times.len(),
-                    p.last_seq,
-                    p.problems.iter().take(3).collect::<Vec<_>>()
-                ),
-            );
-        }
+    let exact = polled
+        .iter()
+        .filter(|p| poller_exact(report, p, &load.sent))
+        .count();
+    Phase {
+        delays: delays_of(
+            &load.sent,
+            polled.iter().map(|p| (p.process, p.times.as_slice())),
+        ),
+        statements: load.statements,
+        xacts: load.xacts,
+        exact,
+        clients: polled.len(),
+        polls: polled.iter().map(|p| p.polls).sum(),
+        usage: load.usage,
     }
-    let polls: u64 = polled.iter().map(|p| p.polls).sum();
-    let poll_delays = delays_of(
-        &sent_poll,
-        polled.iter().map(|p| (p.process, p.times.as_slice())),
-    );
-    let (poll_statements, poll_xacts) = pg_a.rates(&pg_b);
+}
 
-    // Phase 2: SSE followers, fresh processes, the same load.
-    let sse_names: Vec<String> = (0..POLL_PROCESSES)
-        .map(|p| format!("sse-{p}-{run}"))
-        .collect();
-    for name in &sse_names {
-        conn.put(name).await.expect("register");
+/// Whether a poller got every message of its process, in order; a problem if not.
+fn poller_exact(report: &mut Report, p: &Polled, sent: &[HashMap<u64, Instant>]) -> bool {
+    let want = sent[p.process].len() as u64;
+    if p.last_seq == want && p.times.len() as u64 == want && p.problems.is_empty() {
+        return true;
     }
+    report.problem(
+        SCENARIO,
+        format!(
+            "a poller of process {} got {} messages up to {} of {want}: {:?}",
+            p.process,
+            p.times.len(),
+            p.last_seq,
+            p.problems.iter().take(3).collect::<Vec<_>>()
+        ),
+    );
+    false
+}
+
+/// Phase 2: `POLL_CLIENTS` SSE followers of fresh processes, the same load.
+async fn sse_phase(env: &Env, report: &mut Report, conn: &mut Conn, run: &str) -> Option<Phase> {
+    let names = processes(conn, "sse", run).await;
     let tally = Arc::new(Tally::default());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    let handles =
-        match open_followers(env.port, &sse_names, POLL_CLIENTS, &tally, true, deadline).await {
-            Ok(handles) => handles,
-            Err(e) => {
-                report.problem(scenario, e);
-                return;
-            }
-        };
+    let paths: Vec<String> = names.iter().map(|n| follow_path(n)).collect();
+    let handles = match open_followers(env.port, &paths, POLL_CLIENTS, &tally, true, deadline).await
+    {
+        Ok(handles) => handles,
+        Err(e) => {
+            report.problem(SCENARIO, e);
+            return None;
+        }
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    env.reset_statements().await;
-    let (pg_c, cpu_c) = (env.pg_counts().await, env.cpu());
-    let sent_sse = steady_appends(env.port, &sse_names).await;
-    let (pg_d, cpu_d) = (env.pg_counts().await, env.cpu());
-    let top_sse = env.top_statements(3).await;
-    let sse_seconds = pg_d.at.duration_since(pg_c.at).as_secs_f64();
-    let expected = sent_sse.iter().map(|m| m.len() as u64).sum::<u64>()
+    let load = steady_load(env, &names).await;
+    let expected = load.sent.iter().map(|m| m.len() as u64).sum::<u64>()
         * (POLL_CLIENTS / POLL_PROCESSES) as u64;
     tally
         .wait_delivered(expected, Duration::from_secs(10))
         .await;
     let mut last = [0; POLL_PROCESSES];
-    for (p, name) in sse_names.iter().enumerate() {
+    for (p, name) in names.iter().enumerate() {
         last[p] = conn.finish(name).await.expect("finish");
     }
     let states = join_all(handles).await;
-    let mut sse_exact = 0;
+    let mut exact = 0;
     for state in &states {
         match state.verify(last[state.process]) {
-            Ok(()) => sse_exact += 1,
-            Err(e) => report.problem(scenario, e),
+            Ok(()) => exact += 1,
+            Err(e) => report.problem(SCENARIO, e),
         }
     }
-    let sse_delays = delays_of(
-        &sent_sse,
-        states.iter().map(|s| (s.process, s.times.as_slice())),
-    );
-    let (sse_statements, sse_xacts) = pg_c.rates(&pg_d);
+    Some(Phase {
+        delays: delays_of(
+            &load.sent,
+            states.iter().map(|s| (s.process, s.times.as_slice())),
+        ),
+        statements: load.statements,
+        xacts: load.xacts,
+        exact,
+        clients: states.len(),
+        polls: 0,
+        usage: load.usage,
+    })
+}
 
+/// Delivery p50 and p99 and PostgreSQL's statements/s, SSE against polling; the notes.
+fn rows(report: &mut Report, poll: &Phase, sse: &Phase) {
     let load = format!(
         "{POLL_CLIENTS} clients over {POLL_PROCESSES} processes, {POLL_RATE} appends/s for {} s",
         POLL_RUN.as_secs()
     );
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-        let (sse, poll) = (quantile(&sse_delays, q), quantile(&poll_delays, q));
-        let r = ratio(sse.as_secs_f64(), poll.as_secs_f64());
+        let (ours, theirs) = (quantile(&sse.delays, q), quantile(&poll.delays, q));
+        let r = ratio(ours.as_secs_f64(), theirs.as_secs_f64());
         report.row(
-            scenario,
+            SCENARIO,
             if q == 0.5 {
                 format!("delivery {name}, SSE vs polling the snapshot every 1 s ({load})")
             } else {
                 format!("delivery {name}, SSE vs polling")
             },
-            ms(sse),
-            format!("{} (polling)", ms(poll)),
+            ms(ours),
+            format!("{} (polling)", ms(theirs)),
             r,
             "< polling",
             r.map(|r| r < 1.0),
         );
     }
-    let r = ratio(sse_statements, poll_statements);
+    let r = ratio(sse.statements, poll.statements);
     report.row(
-        scenario,
+        SCENARIO,
         "PostgreSQL statements/s (pg_stat_statements), SSE vs polling",
-        format!("{sse_statements:.0}/s ({sse_xacts:.0} transactions/s)"),
-        format!("{poll_statements:.0}/s ({poll_xacts:.0} transactions/s) (polling)"),
+        format!("{:.0}/s ({:.0} transactions/s)", sse.statements, sse.xacts),
+        format!(
+            "{:.0}/s ({:.0} transactions/s) (polling)",
+            poll.statements, poll.xacts
+        ),
         r,
         "< polling",
         r.map(|r| r < 1.0),
     );
     report.note(
-        scenario,
+        SCENARIO,
         format!(
-            "polling: {polls} polls, {poll_exact}/{} clients got every message; statements mostly {}; {}",
-            polled.len(),
-            describe_top(&top_poll, poll_seconds),
-            cpu_a.describe(&cpu_b)
+            "polling: {} polls, {}/{} clients got every message; {}",
+            poll.polls, poll.exact, poll.clients, poll.usage
         ),
     );
     report.note(
-        scenario,
+        SCENARIO,
         format!(
-            "SSE: {sse_exact}/{} followers exact; statements mostly {}; {}",
-            states.len(),
-            describe_top(&top_sse, sse_seconds),
-            cpu_c.describe(&cpu_d)
+            "SSE: {}/{} followers exact; {}",
+            sse.exact, sse.clients, sse.usage
         ),
     );
-    drop(env);
 }
