@@ -10,6 +10,15 @@ use crate::instances::{Postgres, Redis, Server};
 use crate::throughput::WRITERS;
 use crate::usage::{cpu_ticks, tree_cpu_ticks, CpuSnapshot};
 
+/// PostgreSQL as production runs it: every commit flushed to disk. The private
+/// cluster's own defaults (fsync and full_page_writes off, for the drills' speed) come
+/// first in its postgresql.conf; the last setting wins.
+pub const PRODUCTION_DURABILITY: &str =
+    "fsync = on\nfull_page_writes = on\nsynchronous_commit = on\n";
+/// Loads `pg_stat_statements`, to count statements.
+const STATEMENT_STATISTICS: &str =
+    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = off\n";
+
 /// Name of the bench's own Redis connections, left out of the server's count.
 pub const BENCH_CLIENT_NAME: &str = "perf-bench";
 
@@ -26,12 +35,11 @@ pub struct Env {
 impl Env {
     /// `stats`: load `pg_stat_statements` to count statements.
     pub async fn start(stats: bool, server_args: &[&str]) -> Self {
-        let settings = if stats {
-            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = off\n"
-        } else {
-            ""
-        };
-        let pg = Postgres::start_with(settings);
+        let mut settings = PRODUCTION_DURABILITY.to_owned();
+        if stats {
+            settings.push_str(STATEMENT_STATISTICS);
+        }
+        let pg = Postgres::start_with(&settings);
         let redis = Redis::start();
         let server = Server::start(&pg.url(), Some(&redis.url()), server_args);
         let db = PgPoolOptions::new()
@@ -43,6 +51,7 @@ impl Env {
         for statement in [
             "CREATE SCHEMA perf",
             "CREATE TABLE perf.messages (process_id text NOT NULL, seq bigint NOT NULL, id text NOT NULL, body text NOT NULL, PRIMARY KEY (process_id, seq), UNIQUE (process_id, id))",
+            "CREATE TABLE perf.processes (id text PRIMARY KEY, last_seq bigint NOT NULL DEFAULT 0)",
         ] {
             sqlx::query(statement)
                 .execute(&db)

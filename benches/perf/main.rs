@@ -1,4 +1,5 @@
-//! Performance figures of issue 4, each beside a raw baseline measured in the same run:
+//! Performance figures of issues 4 and 12, each beside a raw baseline (or the peer)
+//! measured in the same run:
 //!
 //! ```sh
 //! AGENT_STREAM_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin AGENT_STREAM_TEST_PG_USER=postgres \
@@ -7,9 +8,10 @@
 //!
 //! Every scenario starts its own PostgreSQL cluster, Redis and agent-stream (release
 //! build, default flags unless said) on 127.0.0.1, as `tests/drills/instances.rs` does
-//! for the fault drills; the baselines run from this process against the same
-//! PostgreSQL and Redis, on a table of the bench's own (`perf.messages`, the shape and
-//! indexes of `messages`) and keys of its own.
+//! for the fault drills; PostgreSQL runs as production does (fsync on, see
+//! `env::PRODUCTION_DURABILITY`). The baselines run from this process against the same
+//! PostgreSQL and Redis, on tables of the bench's own (`perf.messages`, the shape and
+//! indexes of `messages`; `perf.processes`) and keys of its own.
 //!
 //! - `latency`: append request sent → follower received, one append at a time, with 1
 //!   and with 1,000 SSE followers of one process. Baseline: `INSERT` (autocommit) +
@@ -23,10 +25,18 @@
 //!   100 followers catch up at once, with 10,000 and with 50,000 messages of history.
 //! - `throughput`: appends/s of 8 concurrent writers (each sequential, each its own
 //!   process), one message per request and arrays of 100, vs raw `INSERT` + `XADD` of
-//!   the same concurrency and batch sizes.
+//!   the same concurrency and batch sizes: the bare `INSERT`, and one that assigns seqs
+//!   and skips known ids as an append must.
 //! - `polling`: 1,000 clients polling the JSON snapshot every second vs 1,000 SSE
 //!   followers, under 10 appends/s over 10 processes: delivery delay and PostgreSQL
 //!   statements/s.
+//! - `peer`: one producer, 2,000 small events 1 ms apart, K = 1, 50, 200 SSE followers
+//!   attached first, on agent-stream and on Vercel's `resumable-stream` (Node, same
+//!   Redis; `peer/`): per-event delay p50/p99 and server RSS, ours beside the peer's.
+//!
+//! Each scenario is a file (set up → drive → measure → rows), on the shared pieces:
+//! `env` (the servers), `client` (HTTP/1.1), `follower` (SSE), `raw` (the baselines),
+//! `messages`, `usage` (CPU, RSS), `figures` and `report` (the table, README).
 //!
 //! Prints one markdown table (figure, agent-stream, baseline, ratio, target, met?), the
 //! machine and the command; `--write-readme` also rewrites the rows of the scenarios
@@ -50,6 +60,7 @@ mod figures;
 mod follower;
 mod latency;
 mod messages;
+mod peer;
 mod polling;
 mod raw;
 mod report;
@@ -60,12 +71,45 @@ use std::time::{Duration, Instant};
 
 use report::{machine, render, write_readme_section, Report, Scenario};
 
+/// What the command line asks for.
+struct Args {
+    scenarios: Vec<Scenario>,
+    write_readme: bool,
+    /// The command as it was typed, for the table's notes.
+    command: String,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
         println!("perf: a benchmark; run it with `cargo bench --bench perf`");
         return;
     }
+    let args = parse(&args);
+    let report = run(&args);
+    let machine = machine();
+    println!();
+    println!("{}", render(&machine, &report.rows, &report.notes));
+    if args.write_readme {
+        match write_readme_section(&machine, &args.scenarios, &report) {
+            Ok(path) => eprintln!("perf: rewrote the table in {path}"),
+            Err(error) => {
+                eprintln!("perf: could not rewrite README.md: {error}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if !report.problems.is_empty() {
+        for problem in &report.problems {
+            eprintln!("PROBLEM: {problem}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// The scenarios named (all when none is), `--write-readme`, and the command; exits 2
+/// when a name matches no scenario.
+fn parse(args: &[String]) -> Args {
     let write_readme = args.iter().any(|a| a == "--write-readme");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let scenarios: Vec<Scenario> = Scenario::ALL
@@ -73,8 +117,10 @@ fn main() {
         .filter(|s| filter.is_empty() || filter.iter().any(|w| s.key().contains(w.as_str())))
         .collect();
     if scenarios.is_empty() {
+        let keys: Vec<&str> = Scenario::ALL.iter().map(|s| s.key()).collect();
         eprintln!(
-            "perf: no scenario matches {filter:?}; scenarios: latency, fanout, catchup, throughput, polling"
+            "perf: no scenario matches {filter:?}; scenarios: {}",
+            keys.join(", ")
         );
         std::process::exit(2);
     }
@@ -89,14 +135,22 @@ fn main() {
             command.push_str(" --write-readme");
         }
     }
+    Args {
+        scenarios,
+        write_readme,
+        command,
+    }
+}
 
+/// Runs each scenario in turn on a two-thread runtime, the bench's own clients.
+fn run(args: &Args) -> Report {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let mut report = Report::default();
-    for scenario in &scenarios {
+    for scenario in &args.scenarios {
         eprintln!("perf: {} …", scenario.key());
         let started = Instant::now();
         runtime.block_on(async {
@@ -106,35 +160,18 @@ fn main() {
                 Scenario::Catchup => catchup::run(&mut report).await,
                 Scenario::Throughput => throughput::run(&mut report).await,
                 Scenario::Polling => polling::run(&mut report).await,
+                Scenario::Peer => peer::run(&mut report).await,
             }
         });
         report.note(
             *scenario,
             format!(
-                "measured by `{command}` in {:.0} s",
+                "measured by `{}` in {:.0} s",
+                args.command,
                 started.elapsed().as_secs_f64()
             ),
         );
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-
-    let machine = machine();
-    let section = render(&machine, &report.rows, &report.notes);
-    println!();
-    println!("{section}");
-    if write_readme {
-        match write_readme_section(&machine, &scenarios, &report) {
-            Ok(path) => eprintln!("perf: rewrote the table in {path}"),
-            Err(error) => {
-                eprintln!("perf: could not rewrite README.md: {error}");
-                std::process::exit(1);
-            }
-        }
-    }
-    if !report.problems.is_empty() {
-        for problem in &report.problems {
-            eprintln!("PROBLEM: {problem}");
-        }
-        std::process::exit(1);
-    }
+    report
 }

@@ -37,3 +37,11 @@ pub fn with_stream_id(message: &str, seq: u64) -> String {
     let open = message.strip_suffix('}').unwrap_or(message);
     format!("{open},\"stream_id\":\"{seq}-0\"}}")
 }
+
+/// A small message (~110 bytes of JSON, one token of an answer) with the id `<tag>-<n>`:
+/// the peer scenario's event.
+pub fn small_message(tag: &str, n: u64) -> String {
+    format!(
+        r#"{{"id":"{tag}-{n}","type":"AssistantMessage","payload":{{"content":[{{"type":"text","text":"token {n} of the answer"}}]}}}}"#
+    )
+}

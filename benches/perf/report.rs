@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::figures::thousands;
 use crate::instances::{Postgres, Redis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,15 +13,17 @@ pub enum Scenario {
     Catchup,
     Throughput,
     Polling,
+    Peer,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Latency,
         Scenario::Fanout,
         Scenario::Catchup,
         Scenario::Throughput,
         Scenario::Polling,
+        Scenario::Peer,
     ];
 
     pub fn key(self) -> &'static str {
@@ -30,11 +33,21 @@ impl Scenario {
             Scenario::Catchup => "catchup",
             Scenario::Throughput => "throughput",
             Scenario::Polling => "polling",
+            Scenario::Peer => "peer",
         }
     }
 
     pub fn from_key(key: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.key() == key)
+    }
+}
+
+/// A ratio as `1.96x`; one under 0.01 as `1/1,889x`, which `0.00x` would hide.
+fn show_ratio(r: f64) -> String {
+    if r >= 0.01 || r <= 0.0 {
+        format!("{r:.2}x")
+    } else {
+        format!("1/{}x", thousands(1.0 / r))
     }
 }
 
@@ -51,10 +64,7 @@ pub struct Row {
 
 impl Row {
     pub fn markdown(&self) -> String {
-        let ratio = self
-            .ratio
-            .map(|r| format!("{r:.2}x"))
-            .unwrap_or_else(|| "–".to_owned());
+        let ratio = self.ratio.map(show_ratio).unwrap_or_else(|| "–".to_owned());
         let met = match self.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -149,7 +159,7 @@ pub fn machine() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".to_owned());
     format!(
-        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel} (load average {load} at the end); {}; {}; agent-stream release build; the server, PostgreSQL (fsync off, synchronous_commit on), Redis and the bench's clients all share the machine, on 127.0.0.1",
+        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel} (load average {load} at the end); {}; {}; agent-stream release build; the server, PostgreSQL (run as production runs it: fsync on, synchronous_commit on, full_page_writes on), Redis and the bench's clients all share the machine, on 127.0.0.1",
         version(&Postgres::bindir().join("postgres")),
         version(&Redis::binary()),
     )

@@ -1,6 +1,13 @@
-//! `throughput`: appends/s of concurrent writers, single and batched, beside raw INSERTs.
+//! `throughput`: appends/s of 8 concurrent writers (each sequential, each its own
+//! process), one message per request and arrays of 100, beside two raw baselines of the
+//! same concurrency and batch sizes, each followed by the `XADD`s: the bare `INSERT` of
+//! rows whose seqs the client gives, and the `INSERT` that does what an append must (its
+//! seqs taken from the process's row in the same statement, a repeated id skipped).
 
 use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::Postgres;
 
 use crate::client::Conn;
 use crate::env::Env;
@@ -12,44 +19,159 @@ pub const WRITERS: usize = 8;
 const BATCH: usize = 100;
 const THROUGHPUT_RUN: Duration = Duration::from_secs(5);
 const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
+/// Bound on the requests of one writer (it stops at its deadline long before).
+const MAX_MESSAGES: u64 = 10_000_000;
+const SCENARIO: Scenario = Scenario::Throughput;
 
-/// `WRITERS` HTTP writers, each to its own process, one request at a time of `batch`
+/// The raw baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Baseline {
+    /// `INSERT` of rows with the seqs the writer gives.
+    Bare,
+    /// `INSERT` whose seqs come from the process's row (`UPDATE … RETURNING`, in the
+    /// same statement) and which skips an id the process already has.
+    Constrained,
+}
+
+/// The bare one, one row.
+const BARE_INSERT: &str =
+    "INSERT INTO perf.messages (process_id, seq, id, body) VALUES ($1, $2, $3, $4)";
+/// The bare one, an array of rows.
+const BARE_INSERT_ARRAY: &str = "INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, seq, id, body FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS m (seq, id, body)";
+/// The constrained one's process row, made once per writer.
+const CONSTRAINED_PROCESS: &str =
+    "INSERT INTO perf.processes (id) VALUES ($1) ON CONFLICT (id) DO NOTHING";
+/// The constrained one, one row: its seq is the process's next.
+const CONSTRAINED_INSERT: &str = "WITH next AS (UPDATE perf.processes SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq) INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, next.last_seq, $2, $3 FROM next ON CONFLICT (process_id, id) DO NOTHING RETURNING seq";
+/// The constrained one, an array of rows: their seqs follow the process's last.
+const CONSTRAINED_INSERT_ARRAY: &str = "WITH next AS (UPDATE perf.processes SET last_seq = last_seq + cardinality($2::text[]) WHERE id = $1 RETURNING last_seq - cardinality($2::text[]) AS base) INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, next.base + m.ord, m.id, m.body FROM next, UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS m (id, body, ord) ON CONFLICT (process_id, id) DO NOTHING RETURNING seq";
+
+/// One batch size's rates, in messages/s, and what the CPUs and PostgreSQL did.
+struct Rates {
+    ours: f64,
+    bare: f64,
+    constrained: f64,
+    notes: String,
+}
+
+pub async fn run(report: &mut Report) {
+    let env = Env::start(true, &[]).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    // Warm every path (connections, prepared statements, caches).
+    let _ = http_throughput(env.port, &format!("warm-{run}"), 1, THROUGHPUT_WARMUP).await;
+    for baseline in [Baseline::Bare, Baseline::Constrained] {
+        let tag = format!("rawwarm-{baseline:?}-{run}");
+        let _ = raw_throughput(&env, &tag, 1, THROUGHPUT_WARMUP, baseline).await;
+    }
+    for (size, label) in [(1, "single"), (BATCH, "batched")] {
+        let rates = measure(&env, report, &run, size, label).await;
+        rows(report, size, &rates);
+        report.note(SCENARIO, format!("{label}: {}", rates.notes));
+    }
+    drop(env);
+}
+
+/// agent-stream, then each baseline, at one batch size.
+async fn measure(env: &Env, report: &mut Report, run: &str, size: usize, label: &str) -> Rates {
+    env.reset_statements().await;
+    let cpu = env.cpu();
+    let tag = format!("{label}-{run}");
+    let ours = match http_throughput(env.port, &tag, size, THROUGHPUT_RUN).await {
+        Ok(rate) => rate,
+        Err(e) => {
+            report.problem(SCENARIO, e);
+            0.0
+        }
+    };
+    let cpu_ours = env.cpu();
+    let top_ours = env.top_by_time(5).await;
+    env.reset_statements().await;
+    let tag = format!("raw{label}-{run}");
+    let bare = raw_throughput(env, &tag, size, THROUGHPUT_RUN, Baseline::Bare).await;
+    let cpu_bare = env.cpu();
+    let top_bare = env.top_by_time(2).await;
+    env.reset_statements().await;
+    let tag = format!("rawc{label}-{run}");
+    let constrained = raw_throughput(env, &tag, size, THROUGHPUT_RUN, Baseline::Constrained).await;
+    let cpu_constrained = env.cpu();
+    let top_constrained = env.top_by_time(2).await;
+    let notes = format!(
+        "agent-stream phase {}; its statements by execution time (BEGIN and COMMIT not counted): {}; bare raw phase {}; its statements: {}; constrained raw phase {}; its statements: {}",
+        cpu.describe(&cpu_ours),
+        describe(&top_ours),
+        cpu_ours.describe(&cpu_bare),
+        describe(&top_bare),
+        cpu_bare.describe(&cpu_constrained),
+        describe(&top_constrained),
+    );
+    Rates {
+        ours,
+        bare,
+        constrained,
+        notes,
+    }
+}
+
+/// Statements as `` `query` calls × mean ms ``.
+fn describe(top: &[(i64, f64, String)]) -> String {
+    top.iter()
+        .map(|(calls, mean, query)| format!("`{query}` {calls} × {mean:.3} ms"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Ours against each baseline: single ≥ 0.5x, batched ≥ 0.8x and > 20,000/s.
+fn rows(report: &mut Report, size: usize, rates: &Rates) {
+    let (figure, target, floor, least) = if size == 1 {
+        (
+            format!("appends/s, one message per request, {WRITERS} writers each sequential"),
+            "≥ 0.5x",
+            0.5,
+            0.0,
+        )
+    } else {
+        (
+            format!("appends/s, arrays of {BATCH} messages, {WRITERS} writers each sequential"),
+            "≥ 0.8x and > 20,000/s",
+            0.8,
+            20_000.0,
+        )
+    };
+    let unnest = if size == 1 { "" } else { " … UNNEST" };
+    let against = [
+        (
+            figure,
+            rates.bare,
+            format!("bare INSERT{unnest} of given seqs + XADD, same concurrency"),
+        ),
+        (
+            "the same, against an INSERT that assigns seqs and skips known ids".to_owned(),
+            rates.constrained,
+            format!("INSERT{unnest} with seqs from the process row (UPDATE … RETURNING), ON CONFLICT (process_id, id) DO NOTHING, + XADD"),
+        ),
+    ];
+    for (figure, baseline, described) in against {
+        let r = ratio(rates.ours, baseline);
+        report.row(
+            SCENARIO,
+            figure,
+            format!("{} msg/s", thousands(rates.ours)),
+            format!("{} msg/s ({described})", thousands(baseline)),
+            r,
+            target,
+            r.map(|r| r >= floor && rates.ours > least),
+        );
+    }
+}
+
+/// `WRITERS` HTTP writers, each to its own process, one request at a time of `size`
 /// messages, for `run`: messages stored per second.
-pub async fn http_throughput(
-    port: u16,
-    tag: &str,
-    size: usize,
-    run: Duration,
-) -> Result<f64, String> {
-    let mut tasks = Vec::new();
+async fn http_throughput(port: u16, tag: &str, size: usize, run: Duration) -> Result<f64, String> {
     let started = Instant::now();
     let deadline = started + run;
-    for w in 0..WRITERS {
-        let name = format!("{tag}-{w}");
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(port).await.map_err(|e| e.to_string())?;
-            let mut n = 1u64;
-            let mut stored = 0u64;
-            // Bounded by time, and by count.
-            while Instant::now() < deadline && n < 10_000_000 {
-                let body = if size == 1 {
-                    message(&name, n)
-                } else {
-                    batch(&name, n, size)
-                };
-                let seq = conn.append(&name, body.as_bytes()).await?;
-                if seq != n + size as u64 - 1 {
-                    return Err(format!(
-                        "{name}: stored up to {seq}, expected {}",
-                        n + size as u64 - 1
-                    ));
-                }
-                n += size as u64;
-                stored += size as u64;
-            }
-            Ok::<u64, String>(stored)
-        }));
-    }
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(http_writer(port, format!("{tag}-{w}"), size, deadline)))
+        .collect();
     let mut stored = 0;
     for task in tasks {
         stored += task.await.map_err(|e| e.to_string())??;
@@ -57,69 +179,55 @@ pub async fn http_throughput(
     Ok(per_second(stored as f64, started.elapsed()))
 }
 
-/// The same with raw `INSERT` (one row, or `size` rows in one statement) + `XADD`
+/// One HTTP writer: appends of `size` messages to `name` until `deadline`; how many stored.
+async fn http_writer(
+    port: u16,
+    name: String,
+    size: usize,
+    deadline: Instant,
+) -> Result<u64, String> {
+    let mut conn = Conn::open(port).await.map_err(|e| e.to_string())?;
+    let mut n = 1u64;
+    // Bounded by time, and by count.
+    while Instant::now() < deadline && n < MAX_MESSAGES {
+        let body = if size == 1 {
+            message(&name, n)
+        } else {
+            batch(&name, n, size)
+        };
+        let seq = conn.append(&name, body.as_bytes()).await?;
+        let expected = n + size as u64 - 1;
+        if seq != expected {
+            return Err(format!("{name}: stored up to {seq}, expected {expected}"));
+        }
+        n += size as u64;
+    }
+    Ok(n - 1)
+}
+
+/// The same with a raw baseline (one row, or `size` rows in one statement) + `XADD`
 /// (pipelined for a batch), one PostgreSQL connection per writer and one shared
 /// multiplexed Redis connection, as the server has.
-pub async fn raw_throughput(env: &Env, tag: &str, size: usize, run: Duration) -> f64 {
+async fn raw_throughput(
+    env: &Env,
+    tag: &str,
+    size: usize,
+    run: Duration,
+    baseline: Baseline,
+) -> f64 {
     let redis = env.redis().await;
-    let mut tasks = Vec::new();
     let started = Instant::now();
     let deadline = started + run;
-    for w in 0..WRITERS {
-        let name = format!("{tag}-{w}");
-        let db = env.db.clone();
-        let mut redis = redis.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = db.acquire().await.expect("a raw connection");
-            let key = format!("perf:{name}:stream");
-            let mut n = 1u64;
-            let mut stored = 0u64;
-            while Instant::now() < deadline && n < 10_000_000 {
-                let bodies: Vec<String> = (0..size as u64).map(|i| message(&name, n + i)).collect();
-                if size == 1 {
-                    sqlx::query(
-                        "INSERT INTO perf.messages (process_id, seq, id, body) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(&name)
-                    .bind(n as i64)
-                    .bind(format!("{name}-{n}"))
-                    .bind(&bodies[0])
-                    .execute(&mut *conn)
-                    .await
-                    .expect("raw INSERT");
-                } else {
-                    let seqs: Vec<i64> = (0..size as i64).map(|i| n as i64 + i).collect();
-                    let ids: Vec<String> = seqs.iter().map(|s| format!("{name}-{s}")).collect();
-                    sqlx::query(
-                        "INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, seq, id, body FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS m (seq, id, body)",
-                    )
-                    .bind(&name)
-                    .bind(&seqs)
-                    .bind(&ids)
-                    .bind(&bodies)
-                    .execute(&mut *conn)
-                    .await
-                    .expect("raw batch INSERT");
-                }
-                let mut pipe = redis::pipe();
-                for (i, body) in bodies.iter().enumerate() {
-                    pipe.cmd("XADD")
-                        .arg(&key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(1000)
-                        .arg(format!("{}-0", n + i as u64))
-                        .arg("message")
-                        .arg(body.as_str())
-                        .ignore();
-                }
-                let _: () = pipe.query_async(&mut redis).await.expect("raw XADD");
-                n += size as u64;
-                stored += size as u64;
-            }
-            stored
-        }));
-    }
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, redis) = (env.db.clone(), redis.clone());
+            let name = format!("{tag}-{w}");
+            tokio::spawn(async move {
+                let conn = db.acquire().await.expect("a raw connection");
+                raw_writer(conn, redis, name, size, deadline, baseline).await
+            })
+        })
+        .collect();
     let mut stored = 0;
     for task in tasks {
         stored += task.await.expect("raw writer");
@@ -127,74 +235,103 @@ pub async fn raw_throughput(env: &Env, tag: &str, size: usize, run: Duration) ->
     per_second(stored as f64, started.elapsed())
 }
 
-pub async fn run(report: &mut Report) {
-    let scenario = Scenario::Throughput;
-    let env = Env::start(true, &[]).await;
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    // Warm both paths (connections, prepared statements, caches).
-    let _ = http_throughput(env.port, &format!("warm-{run}"), 1, THROUGHPUT_WARMUP).await;
-    let _ = raw_throughput(&env, &format!("rawwarm-{run}"), 1, THROUGHPUT_WARMUP).await;
-    for (size, label) in [(1, "single"), (BATCH, "batched")] {
-        env.reset_statements().await;
-        let cpu = env.cpu();
-        let ours = match http_throughput(env.port, &format!("{label}-{run}"), size, THROUGHPUT_RUN)
+/// One raw writer: `size` rows to `name` at a time, then their `XADD`s, until
+/// `deadline`; how many stored.
+async fn raw_writer(
+    mut conn: PoolConnection<Postgres>,
+    mut redis: redis::aio::MultiplexedConnection,
+    name: String,
+    size: usize,
+    deadline: Instant,
+    baseline: Baseline,
+) -> u64 {
+    if baseline == Baseline::Constrained {
+        sqlx::query(CONSTRAINED_PROCESS)
+            .bind(&name)
+            .execute(&mut *conn)
             .await
-        {
-            Ok(rate) => rate,
-            Err(e) => {
-                report.problem(scenario, e);
-                0.0
-            }
-        };
-        let cpu_ours = env.cpu();
-        let top_ours = env.top_by_time(5).await;
-        env.reset_statements().await;
-        let raw = raw_throughput(&env, &format!("raw{label}-{run}"), size, THROUGHPUT_RUN).await;
-        let cpu_raw = env.cpu();
-        let top_raw = env.top_by_time(2).await;
-        let r = ratio(ours, raw);
-        let (figure, target, met) = if size == 1 {
-            (
-                format!("appends/s, one message per request, {WRITERS} writers each sequential"),
-                "≥ 0.8x".to_owned(),
-                r.map(|r| r >= 0.8),
-            )
-        } else {
-            (
-                format!("appends/s, arrays of {BATCH} messages, {WRITERS} writers each sequential"),
-                "≥ 0.8x and > 20,000/s".to_owned(),
-                r.map(|r| r >= 0.8 && ours > 20_000.0),
-            )
-        };
-        report.row(
-            scenario,
-            figure,
-            format!("{} msg/s", thousands(ours)),
-            format!(
-                "{} msg/s (INSERT{} + XADD, same concurrency)",
-                thousands(raw),
-                if size == 1 { "" } else { " … UNNEST" }
-            ),
-            r,
-            target,
-            met,
-        );
-        let describe = |top: &[(i64, f64, String)]| {
-            top.iter()
-                .map(|(calls, mean, query)| format!("`{query}` {calls} × {mean:.3} ms"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        report.note(
-            scenario,
-            format!(
-                "{label}: agent-stream phase {}; its statements by execution time (BEGIN and COMMIT not counted): {}; raw phase {}; its statements: {}",
-                cpu.describe(&cpu_ours),
-                describe(&top_ours),
-                cpu_ours.describe(&cpu_raw),
-                describe(&top_raw)
-            ),
-        );
+            .expect("the constrained baseline's process row");
     }
-    drop(env);
+    let key = format!("perf:{name}:stream");
+    let mut n = 1u64;
+    // Bounded by time, and by count.
+    while Instant::now() < deadline && n < MAX_MESSAGES {
+        let bodies: Vec<String> = (0..size as u64).map(|i| message(&name, n + i)).collect();
+        let seqs = match baseline {
+            Baseline::Bare => bare_insert(&mut conn, &name, n, &bodies).await,
+            Baseline::Constrained => constrained_insert(&mut conn, &name, n, &bodies).await,
+        };
+        let mut pipe = redis::pipe();
+        for (seq, body) in seqs.iter().zip(&bodies) {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1000)
+                .arg(format!("{seq}-0"))
+                .arg("message")
+                .arg(body.as_str())
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut redis).await.expect("raw XADD");
+        n += size as u64;
+    }
+    n - 1
+}
+
+/// The bare `INSERT` of `bodies` as seqs `first`, `first + 1`, …; those seqs.
+async fn bare_insert(
+    conn: &mut PoolConnection<Postgres>,
+    name: &str,
+    first: u64,
+    bodies: &[String],
+) -> Vec<i64> {
+    let seqs: Vec<i64> = (0..bodies.len() as i64).map(|i| first as i64 + i).collect();
+    let ids: Vec<String> = seqs.iter().map(|s| format!("{name}-{s}")).collect();
+    let query = if bodies.len() == 1 {
+        sqlx::query(BARE_INSERT)
+            .bind(name)
+            .bind(seqs[0])
+            .bind(&ids[0])
+            .bind(&bodies[0])
+    } else {
+        sqlx::query(BARE_INSERT_ARRAY)
+            .bind(name)
+            .bind(&seqs)
+            .bind(&ids)
+            .bind(bodies)
+    };
+    query.execute(&mut **conn).await.expect("raw INSERT");
+    seqs
+}
+
+/// The constrained `INSERT` of `bodies` with ids `<name>-<first>`, …; the seqs it gave.
+async fn constrained_insert(
+    conn: &mut PoolConnection<Postgres>,
+    name: &str,
+    first: u64,
+    bodies: &[String],
+) -> Vec<i64> {
+    let ids: Vec<String> = (0..bodies.len() as u64)
+        .map(|i| format!("{name}-{}", first + i))
+        .collect();
+    let query = if bodies.len() == 1 {
+        sqlx::query_scalar(CONSTRAINED_INSERT)
+            .bind(name)
+            .bind(&ids[0])
+            .bind(&bodies[0])
+    } else {
+        sqlx::query_scalar(CONSTRAINED_INSERT_ARRAY)
+            .bind(name)
+            .bind(&ids)
+            .bind(bodies)
+    };
+    let mut seqs: Vec<i64> = query
+        .fetch_all(&mut **conn)
+        .await
+        .expect("raw constrained INSERT");
+    // RETURNING's order is not promised; XADD wants its ids rising.
+    seqs.sort_unstable();
+    assert_eq!(seqs.len(), bodies.len(), "every new id stored");
+    seqs
 }
