@@ -39,9 +39,6 @@
 //! that 10,000 of them fit in this process and their cost stays small beside the
 //! server's. Every loop is bounded in count and time.
 
-#[path = "../tests/drills/instances.rs"]
-mod instances;
-
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
@@ -56,7 +53,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use instances::{Postgres, Redis, Server};
+use agent_stream_testkit::instances::{self, Postgres, Redis, Server};
 
 /// Size of every message the bench writes (its JSON as sent), in bytes.
 const MESSAGE_BYTES: usize = 1024;
