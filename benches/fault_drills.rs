@@ -34,13 +34,16 @@
 //!   stalled clients close), its RSS over time, and how many bytes the kernel holds
 //!   for the stalled connections.
 //!
-//! A name after `--` runs the faults whose name contains it:
-//! `cargo bench --bench fault_drills -- postgres`.
-
-#[path = "../tests/drills/client.rs"]
-mod client;
-#[path = "../tests/drills/instances.rs"]
-mod instances;
+//! Then the fleet (issue 11, item 3; `tests/drills/fleet_drills.rs` is the same run as
+//! a drill): HAProxy in front of three instances on a private PostgreSQL and Redis, 150
+//! SSE followers that reconnect as an `EventSource` does (`Last-Event-ID`), one writer
+//! at ~20 appends/s through HAProxy; one instance is killed (SIGKILL), then another
+//! drained (SIGTERM), each once every follower is live. Printed: how many followers
+//! were exact, their reconnects, from a drop to the next response, and the worst gap
+//! from an append's answer to a follower having it.
+//!
+//! A name after `--` runs the faults (and the fleet) whose name contains it:
+//! `cargo bench --bench fault_drills -- postgres`, `… -- fleet`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -50,11 +53,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use client::{
-    message, process_id, verify_exact, Api, Appender, AppenderConfig, Attempt, FollowSpec,
-    FollowState, Follower, Format, Outcome,
+use agent_stream_testkit::client::{
+    verify_appends, verify_exact, wait_for, Api, AppendRecord, Appender, AppenderConfig, Attempt,
+    FollowSpec, FollowState, Follower, Format, Outcome,
 };
-use instances::{Postgres, Redis, Server};
+use agent_stream_testkit::fixtures::message;
+use agent_stream_testkit::fleet::{Fleet, FleetFigures};
+use agent_stream_testkit::instances::{self, Haproxy, HaproxyTimeouts, Postgres, Redis};
+use agent_stream_testkit::rig::Rig;
 
 const FOLLOWERS: usize = 50;
 const APPENDS_PER_SECOND: u64 = 100;
@@ -232,64 +238,38 @@ fn main() {
         );
         rows.push(row);
     }
-    print_table(&rows);
-    if rows.iter().any(|row| !row.inexact.is_empty()) {
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    let fleet =
+        (filter.is_empty() || filter.iter().any(|w| FLEET_KEY.contains(w.as_str()))).then(|| {
+            eprintln!("fault_drills: {FLEET_KEY} …");
+            runtime.block_on(fleet_bench())
+        });
+    if let Some(fleet) = &fleet {
+        print_fleet(fleet);
+    }
+    let fleet_inexact = fleet.iter().flat_map(|run| &run.inexact);
+    if rows.iter().any(|row| !row.inexact.is_empty()) || fleet_inexact.clone().next().is_some() {
         for row in &rows {
             for problem in &row.inexact {
                 eprintln!("NOT EXACT ({}): {problem}", row.fault.key());
             }
         }
+        for problem in fleet_inexact {
+            eprintln!("NOT EXACT ({FLEET_KEY}): {problem}");
+        }
         std::process::exit(1);
     }
 }
 
+/// One row: set up (a [`Rig`] and its followers) → drive (the writer, the fault) →
+/// finish and check every follower → measure.
 async fn drill(fault: Fault) -> Row {
-    let mut pg = Postgres::start();
-    let mut redis = if fault == Fault::RedisDownAtStart {
-        Redis::reserve()
-    } else {
-        Redis::start()
-    };
-    let mut server = Server::start(&pg.url(), Some(&redis.url()), &[]);
-    let api = Api::new(&server.base());
-    let process = process_id(fault.key());
-    match api.put_process(&process).await {
-        Attempt::Answered { status: 201, .. } => {}
-        other => panic!("PUT /processes/{process}: {other:?}"),
-    }
-
-    let deadline = Instant::now() + RUN + Duration::from_secs(60);
-    let followers: Vec<Follower> = (0..FOLLOWERS)
-        .map(|i| {
-            let format = match i % 4 {
-                0 | 2 => Format::Sse,
-                1 => Format::Ndjson,
-                _ => Format::NdjsonStream,
-            };
-            Follower::spawn(
-                api.http.clone(),
-                FollowSpec {
-                    base: api.base.clone(),
-                    process: process.clone(),
-                    format,
-                    after: 0,
-                    reconnect: true,
-                    deadline,
-                    keep_values: false,
-                    eventsource_backoff: None,
-                },
-            )
-        })
-        .collect();
-    let connected = client::wait_for(Duration::from_secs(15), || {
-        followers.iter().all(|f| f.connections() >= 1)
-    })
-    .await;
-    assert!(
-        connected,
-        "{}: the followers did not all connect",
-        fault.key()
-    );
+    let mut rig = Rig::start(fault.key(), fault != Fault::RedisDownAtStart, &[]);
+    rig.deadline = Instant::now() + RUN + Duration::from_secs(60);
+    rig.register().await;
+    let followers = connect_followers(&rig, fault).await;
     let sse = followers
         .iter()
         .filter(|f| f.spec.format == Format::Sse)
@@ -298,27 +278,115 @@ async fn drill(fault: Fault) -> Row {
     let mut notes = Vec::new();
     let sampler = fault
         .whole_run()
-        .then(|| Sampler::spawn(server.pid().expect("the server runs")));
-    let stalled = if fault == Fault::StalledClients {
-        let rss_before = server.rss_kib().unwrap_or(0);
-        let stalled = Stalled::open(server.port(), &process, STALLED_CLIENTS).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        notes.push(format!(
-            "server RSS {} with the {FOLLOWERS} followers, {} once the {} stalled follows were open too ({} SSE, {} NDJSON; every one answered 200), before the first append",
-            mib(rss_before),
-            mib(server.rss_kib().unwrap_or(0)),
-            stalled.streams.len(),
-            stalled.sse,
-            stalled.streams.len() - stalled.sse,
-        ));
-        Some(stalled)
-    } else {
-        None
+        .then(|| Sampler::spawn(rig.server.pid().expect("the server runs")));
+    let stalled = match fault {
+        Fault::StalledClients => Some(open_stalled(&rig, &mut notes).await),
+        _ => None,
     };
+    let appender = start_writer(&rig, fault);
+    let started = Instant::now();
+    let window = inject(&mut rig, fault, started).await;
 
-    let appender = Appender::spawn_with(
-        api.clone(),
-        process.clone(),
+    tokio::time::sleep_until((started + RUN).into()).await;
+    let records = appender.stop().await;
+    let run_time = started.elapsed();
+    let stopped = Instant::now();
+    rig.server.sample_memory();
+    let end_rss_kib = rig.server.rss_kib().unwrap_or(0);
+
+    let (stored, states) = finish_and_join(&rig.api, &rig.process, fault.key(), followers).await;
+    let peak_rss_kib = rig.server.peak_rss_kib();
+    let closed_rss_kib = match stalled {
+        Some(stalled) => close_stalled(&rig, stalled, &mut notes).await,
+        None => None,
+    };
+    if let Some(sampler) = sampler {
+        notes.push(rss_note(&sampler.stop().await, started, stopped));
+    }
+    let (exact, inexact) = judge(&records, &stored, &states);
+    let delays = Delays::measure(&records, &states, window);
+    if fault.whole_run() {
+        notes.push(windows_note(&records, &states, started));
+    }
+    Row {
+        fault,
+        fault_lasted: if fault.whole_run() {
+            run_time
+        } else {
+            window.end.saturating_duration_since(window.start)
+        },
+        stalled: if fault == Fault::StalledClients {
+            STALLED_CLIENTS
+        } else {
+            0
+        },
+        sse,
+        ndjson: states.len() - sse,
+        exact,
+        inexact,
+        peak_rss_kib,
+        end_rss_kib,
+        closed_rss_kib,
+        notes,
+        ..Row::measured(&records, &stored, &states, run_time, delays)
+    }
+}
+
+/// [`FOLLOWERS`] followers from the beginning (SSE, NDJSON, SSE, NDJSON on `/stream`,
+/// in turn), reconnecting with their last stream ID, all connected once.
+async fn connect_followers(rig: &Rig, fault: Fault) -> Vec<Follower> {
+    let followers: Vec<Follower> = (0..FOLLOWERS)
+        .map(|i| {
+            let format = match i % 4 {
+                0 | 2 => Format::Sse,
+                1 => Format::Ndjson,
+                _ => Format::NdjsonStream,
+            };
+            Follower::spawn(
+                rig.api.http.clone(),
+                FollowSpec {
+                    // The bench keeps only seqs and times: 50 followers of ~2,000 messages.
+                    keep_values: false,
+                    ..rig.follow_spec(format, 0, true)
+                },
+            )
+        })
+        .collect();
+    let connected = wait_for(Duration::from_secs(15), || {
+        followers.iter().all(|f| f.connections() >= 1)
+    })
+    .await;
+    assert!(
+        connected,
+        "{}: the followers did not all connect",
+        fault.key()
+    );
+    followers
+}
+
+/// Opens the [`STALLED_CLIENTS`] follows that never read, and notes the server's RSS
+/// before and after.
+async fn open_stalled(rig: &Rig, notes: &mut Vec<String>) -> Stalled {
+    let rss_before = rig.server.rss_kib().unwrap_or(0);
+    let stalled = Stalled::open(rig.server.port(), &rig.process, STALLED_CLIENTS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    notes.push(format!(
+        "server RSS {} with the {FOLLOWERS} followers, {} once the {} stalled follows were open too ({} SSE, {} NDJSON; every one answered 200), before the first append",
+        mib(rss_before),
+        mib(rig.server.rss_kib().unwrap_or(0)),
+        stalled.streams.len(),
+        stalled.sse,
+        stalled.streams.len() - stalled.sse,
+    ));
+    stalled
+}
+
+/// The one writer: ~[`APPENDS_PER_SECOND`] appends, one at a time, resending an append
+/// that got no answer.
+fn start_writer(rig: &Rig, fault: Fault) -> Appender {
+    Appender::spawn_with(
+        rig.api.clone(),
+        rig.process.clone(),
         "m".to_owned(),
         AppenderConfig {
             interval: Duration::from_micros(1_000_000 / APPENDS_PER_SECOND),
@@ -331,268 +399,317 @@ async fn drill(fault: Fault) -> Row {
         } else {
             message
         },
-    );
-    let started = Instant::now();
+    )
+}
 
-    let (fault_start, fault_end) = match fault {
+/// When the fault held: appends answered in `start..end` are "during".
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+/// Causes the fault [`FAULT_AT`] after `started` and ends it [`FAULT_FOR`] later (Redis
+/// down at start: ends it [`FAULT_FOR`] after `started`); returns when it held.
+async fn inject(rig: &mut Rig, fault: Fault, started: Instant) -> Window {
+    match fault {
         // Everything is "during": the stalled clients stay for the whole run.
-        Fault::Baseline | Fault::StalledClients => {
-            (started, started + RUN + Duration::from_secs(3600))
-        }
+        Fault::Baseline | Fault::StalledClients => Window {
+            start: started,
+            end: started + RUN + Duration::from_secs(3600),
+        },
         Fault::RedisDownAtStart => {
             tokio::time::sleep_until((started + FAULT_FOR).into()).await;
-            redis.launch();
-            (started, Instant::now())
+            rig.redis.launch();
+            Window {
+                start: started,
+                end: Instant::now(),
+            }
         }
         _ => {
             tokio::time::sleep_until((started + FAULT_AT).into()).await;
-            let fault_start = Instant::now();
+            let start = Instant::now();
             match fault {
-                Fault::RedisKill => redis.kill(),
-                Fault::PostgresStop => pg.stop_immediate(),
-                Fault::ServerKill9 => server.kill9(),
-                Fault::ServerSigterm => server.sigterm(),
+                Fault::RedisKill => rig.redis.kill(),
+                Fault::PostgresStop => rig.pg.stop_immediate(),
+                Fault::ServerKill9 => rig.server.kill9(),
+                Fault::ServerSigterm => rig.server.sigterm(),
                 Fault::RedisDownAtStart | Fault::Baseline | Fault::StalledClients => {
                     unreachable!()
                 }
             }
             if fault == Fault::ServerSigterm {
-                let exit = server.wait_exit(Duration::from_secs(20));
+                let exit = rig.server.wait_exit(Duration::from_secs(20));
                 assert!(
                     exit.is_some(),
                     "the server did not exit within 20 s of SIGTERM"
                 );
             }
-            tokio::time::sleep_until((fault_start + FAULT_FOR).into()).await;
+            tokio::time::sleep_until((start + FAULT_FOR).into()).await;
             match fault {
-                Fault::RedisKill => redis.launch(),
-                Fault::PostgresStop => pg.launch(),
-                Fault::ServerKill9 | Fault::ServerSigterm => server.launch(),
+                Fault::RedisKill => rig.redis.launch(),
+                Fault::PostgresStop => rig.pg.launch(),
+                Fault::ServerKill9 | Fault::ServerSigterm => rig.server.launch(),
                 Fault::RedisDownAtStart | Fault::Baseline | Fault::StalledClients => {
                     unreachable!()
                 }
             }
-            (fault_start, Instant::now())
+            Window {
+                start,
+                end: Instant::now(),
+            }
         }
-    };
+    }
+}
 
-    tokio::time::sleep_until((started + RUN).into()).await;
-    let records = appender.stop().await;
-    let run_time = started.elapsed();
-    let stopped = Instant::now();
-    server.sample_memory();
-    let end_rss_kib = server.rss_kib().unwrap_or(0);
-
+/// Finishes `process`, reads what is stored, and waits for every follower's end; `what`
+/// names the run in a failure.
+async fn finish_and_join(
+    api: &Api,
+    process: &str,
+    what: &str,
+    followers: Vec<Follower>,
+) -> (Vec<Value>, Vec<FollowState>) {
     match api
-        .finish(&process, "succeeded", Duration::from_secs(30))
+        .finish(process, "succeeded", Duration::from_secs(30))
         .await
     {
         Attempt::Answered { status: 200, .. } => {}
-        other => panic!("{}: finish answered {other:?}", fault.key()),
+        other => panic!("{what}: finish answered {other:?}"),
     }
     let stored = api
-        .snapshot(&process, Duration::from_secs(30))
+        .snapshot(process, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut states: Vec<FollowState> = Vec::new();
+    let mut states = Vec::new();
     for follower in followers {
         states.push(follower.join().await);
     }
-    let peak_rss_kib = server.peak_rss_kib();
-    let mut closed_rss_kib = None;
-    if let Some(stalled) = stalled {
-        let queues = socket_queues(server.port(), &stalled.ports);
-        let count = stalled.streams.len().max(1) as u64;
-        notes.push(format!(
-            "once the followers got the end, per stalled connection the kernel held {} KiB unread on the client side and {} KiB unsent on the server side (mean; max {} + {} KiB); {}/{} stalled connections still established; TCP memory of the whole machine {} MiB (/proc/net/sockstat)",
-            queues.client_rx / count / 1024,
-            queues.server_tx / count / 1024,
-            queues.client_rx_max / 1024,
-            queues.server_tx_max / 1024,
-            queues.established,
-            stalled.streams.len(),
-            tcp_mem_pages().unwrap_or(0) * 4 / 1024,
-        ));
-        drop(stalled);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        closed_rss_kib = server.rss_kib();
-        let after = socket_queues(server.port(), &HashSet::new());
-        notes.push(format!(
-            "3 s after the stalled clients closed: server RSS {}, {} connections to the server still open (the {FOLLOWERS} followers are done too)",
-            mib(closed_rss_kib.unwrap_or(0)),
-            after.server_sockets,
-        ));
-    }
-    if let Some(sampler) = sampler {
-        let samples = sampler.stop().await;
-        let peak_tcp = samples.iter().map(|s| s.tcp_mem_pages).max().unwrap_or(0);
-        let peak_loaded = samples
-            .iter()
-            .filter(|s| s.at <= stopped)
-            .map(|s| s.rss_kib)
-            .max()
-            .unwrap_or(0);
-        let timeline: Vec<String> = samples
-            .iter()
-            .filter(|s| s.at >= started)
-            .step_by(5)
-            .map(|s| {
-                format!(
-                    "{:.0}s {:.0}",
-                    s.at.saturating_duration_since(started).as_secs_f64(),
-                    s.rss_kib as f64 / 1024.0
-                )
-            })
-            .collect();
-        notes.push(format!(
-            "server RSS (MiB) every second from the first append: {}; highest sampled while the writer ran {} (the peak RSS column also covers the finish and the bench's 16 MiB snapshot read); peak TCP memory of the machine {} MiB",
-            timeline.join(", "),
-            mib(peak_loaded),
-            peak_tcp * 4 / 1024
-        ));
-    }
+    (stored, states)
+}
 
+/// Notes what the kernel held for the stalled clients, closes them, and returns the
+/// server's RSS a while later.
+async fn close_stalled(rig: &Rig, stalled: Stalled, notes: &mut Vec<String>) -> Option<u64> {
+    let queues = socket_queues(rig.server.port(), &stalled.ports);
+    let count = stalled.streams.len().max(1) as u64;
+    notes.push(format!(
+        "once the followers got the end, per stalled connection the kernel held {} KiB unread on the client side and {} KiB unsent on the server side (mean; max {} + {} KiB); {}/{} stalled connections still established; TCP memory of the whole machine {} MiB (/proc/net/sockstat)",
+        queues.client_rx / count / 1024,
+        queues.server_tx / count / 1024,
+        queues.client_rx_max / 1024,
+        queues.server_tx_max / 1024,
+        queues.established,
+        stalled.streams.len(),
+        tcp_mem_pages().unwrap_or(0) * 4 / 1024,
+    ));
+    drop(stalled);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed_rss_kib = rig.server.rss_kib();
+    let after = socket_queues(rig.server.port(), &HashSet::new());
+    notes.push(format!(
+        "3 s after the stalled clients closed: server RSS {}, {} connections to the server still open (the {FOLLOWERS} followers are done too)",
+        mib(closed_rss_kib.unwrap_or(0)),
+        after.server_sockets,
+    ));
+    closed_rss_kib
+}
+
+/// The server's RSS over the run, from the sampler.
+fn rss_note(samples: &[Sample], started: Instant, stopped: Instant) -> String {
+    let peak_tcp = samples.iter().map(|s| s.tcp_mem_pages).max().unwrap_or(0);
+    let peak_loaded = samples
+        .iter()
+        .filter(|s| s.at <= stopped)
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(0);
+    let timeline: Vec<String> = samples
+        .iter()
+        .filter(|s| s.at >= started)
+        .step_by(5)
+        .map(|s| {
+            format!(
+                "{:.0}s {:.0}",
+                s.at.saturating_duration_since(started).as_secs_f64(),
+                s.rss_kib as f64 / 1024.0
+            )
+        })
+        .collect();
+    format!(
+        "server RSS (MiB) every second from the first append: {}; highest sampled while the writer ran {} (the peak RSS column also covers the finish and the bench's 16 MiB snapshot read); peak TCP memory of the machine {} MiB",
+        timeline.join(", "),
+        mib(peak_loaded),
+        peak_tcp * 4 / 1024
+    )
+}
+
+/// How many followers were exact, and what went wrong with the others (and with the
+/// appends).
+fn judge(
+    records: &[AppendRecord],
+    stored: &[Value],
+    states: &[FollowState],
+) -> (usize, Vec<String>) {
     let mut inexact = Vec::new();
-    if let Err(problem) = client::verify_appends(&records, &stored) {
+    if let Err(problem) = verify_appends(records, stored) {
         inexact.push(format!("appends vs snapshot: {problem}"));
     }
     let mut exact = 0;
     for (i, state) in states.iter().enumerate() {
-        match verify_exact(state, 0, &stored, "succeeded") {
+        match verify_exact(state, 0, stored, "succeeded") {
             Ok(()) => exact += 1,
             Err(problem) => inexact.push(format!("follower {i}: {problem}")),
         }
     }
+    (exact, inexact)
+}
 
-    // Delays, by when the append was answered.
-    let answered: HashMap<u64, Instant> = records
-        .iter()
-        .filter_map(|r| r.outcome.seq().map(|seq| (seq, r.answered)))
-        .collect();
-    let (mut before, mut during, mut after) =
-        (Worst::default(), Worst::default(), Worst::default());
-    let mut delays = Vec::new();
-    for state in &states {
-        for received in &state.received {
+/// Delays from an append's answer to a follower's receipt: the worst by when the
+/// append was answered (before, during, after the fault), and all of them, sorted.
+struct Delays {
+    before: Worst,
+    during: Worst,
+    after: Worst,
+    sorted: Vec<Duration>,
+}
+
+impl Delays {
+    fn measure(records: &[AppendRecord], states: &[FollowState], window: Window) -> Self {
+        let answered: HashMap<u64, Instant> = records
+            .iter()
+            .filter_map(|r| r.outcome.seq().map(|seq| (seq, r.answered)))
+            .collect();
+        let mut delays = Self {
+            before: Worst::default(),
+            during: Worst::default(),
+            after: Worst::default(),
+            sorted: Vec::new(),
+        };
+        for received in states.iter().flat_map(|state| &state.received) {
             let Some(&answered_at) = answered.get(&received.seq) else {
                 continue;
             };
             let delay = received.at.saturating_duration_since(answered_at);
-            delays.push(delay);
-            if answered_at < fault_start {
-                before.add(delay);
-            } else if answered_at < fault_end {
-                during.add(delay);
+            delays.sorted.push(delay);
+            if answered_at < window.start {
+                delays.before.add(delay);
+            } else if answered_at < window.end {
+                delays.during.add(delay);
             } else {
-                after.add(delay);
+                delays.after.add(delay);
             }
         }
+        delays.sorted.sort();
+        delays
     }
+}
 
-    let mut latencies: Vec<Duration> = records
-        .iter()
-        .filter(|r| r.failures.is_empty() && !matches!(r.outcome, Outcome::Unknown { .. }))
-        .map(|r| r.answered.saturating_duration_since(r.sent))
-        .collect();
-    latencies.sort();
-    delays.sort();
-    let latency = |q: usize| quantile(&latencies, q);
-    let count = |pred: fn(&Outcome) -> bool| records.iter().filter(|r| pred(&r.outcome)).count();
-    let answered_appends = records
-        .iter()
-        .filter(|r| !matches!(r.outcome, Outcome::Unknown { .. }))
-        .count();
-    if fault.whole_run() {
-        // By when the append was answered, in 2 s windows from the first append: how
-        // many were answered, and the delays of their deliveries (p50 / p99 / max).
-        let mut windows: Vec<(usize, Vec<Duration>)> = Vec::new();
-        for record in &records {
-            let Some(seq) = record.outcome.seq() else {
-                continue;
-            };
-            let window =
-                (record.answered.saturating_duration_since(started).as_secs() / 2) as usize;
-            if windows.len() <= window {
-                windows.resize_with(window + 1, Default::default);
-            }
-            windows[window].0 += 1;
-            for state in &states {
-                // Seqs are 1, 2, 3, …: an exact follower got seq s at index s - 1
-                // (one that is not is reported as such; here it only counts where
-                // that holds).
-                let index = (seq as usize).checked_sub(1);
-                if let Some(received) = index.and_then(|i| state.received.get(i)) {
-                    if received.seq == seq {
-                        windows[window]
-                            .1
-                            .push(received.at.saturating_duration_since(record.answered));
-                    }
+/// By when the append was answered, in 2 s windows from the first append: how many
+/// were answered, and the delays of their deliveries (p50 / p99 / max).
+fn windows_note(records: &[AppendRecord], states: &[FollowState], started: Instant) -> String {
+    let mut windows: Vec<(usize, Vec<Duration>)> = Vec::new();
+    for record in records {
+        let Some(seq) = record.outcome.seq() else {
+            continue;
+        };
+        let window = (record.answered.saturating_duration_since(started).as_secs() / 2) as usize;
+        if windows.len() <= window {
+            windows.resize_with(window + 1, Default::default);
+        }
+        windows[window].0 += 1;
+        for state in states {
+            // Seqs are 1, 2, 3, …: an exact follower got seq s at index s - 1 (one that
+            // is not is reported as such; here it only counts where that holds).
+            let index = (seq as usize).checked_sub(1);
+            if let Some(received) = index.and_then(|i| state.received.get(i)) {
+                if received.seq == seq {
+                    windows[window]
+                        .1
+                        .push(received.at.saturating_duration_since(record.answered));
                 }
             }
         }
-        let cells: Vec<String> = windows
-            .iter_mut()
-            .enumerate()
-            .map(|(i, (answered, delays))| {
-                delays.sort();
-                format!(
-                    "{}–{} s: {answered} appends, {} / {} / {}",
-                    2 * i,
-                    2 * i + 2,
-                    ms(quantile(delays, 50)),
-                    ms(quantile(delays, 99)),
-                    ms(delays.last().copied().unwrap_or_default()),
-                )
-            })
-            .collect();
-        notes.push(format!(
-            "by when the append was answered (from the first append), delays p50 / p99 / max: {}",
-            cells.join("; ")
-        ));
     }
-    let message_bytes = if stored.is_empty() {
-        0
-    } else {
-        stored.iter().map(|m| m.to_string().len()).sum::<usize>() / stored.len()
-    };
-    Row {
-        fault,
-        fault_lasted: if fault.whole_run() {
-            run_time
-        } else {
-            fault_end.saturating_duration_since(fault_start)
-        },
-        appends_per_second: answered_appends as f64 / run_time.as_secs_f64(),
-        message_bytes,
-        stalled: if fault == Fault::StalledClients {
-            STALLED_CLIENTS
-        } else {
+    let cells: Vec<String> = windows
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (answered, delays))| {
+            delays.sort();
+            format!(
+                "{}–{} s: {answered} appends, {} / {} / {}",
+                2 * i,
+                2 * i + 2,
+                ms(quantile(delays, 50)),
+                ms(quantile(delays, 99)),
+                ms(delays.last().copied().unwrap_or_default()),
+            )
+        })
+        .collect();
+    format!(
+        "by when the append was answered (from the first append), delays p50 / p99 / max: {}",
+        cells.join("; ")
+    )
+}
+
+impl Row {
+    /// The figures read from the appends, the stored messages and the followers; the
+    /// drill fills in the rest.
+    fn measured(
+        records: &[AppendRecord],
+        stored: &[Value],
+        states: &[FollowState],
+        run_time: Duration,
+        delays: Delays,
+    ) -> Self {
+        let mut latencies: Vec<Duration> = records
+            .iter()
+            .filter(|r| r.failures.is_empty() && !matches!(r.outcome, Outcome::Unknown { .. }))
+            .map(|r| r.answered.saturating_duration_since(r.sent))
+            .collect();
+        latencies.sort();
+        let count =
+            |pred: fn(&Outcome) -> bool| records.iter().filter(|r| pred(&r.outcome)).count();
+        let answered_appends = records
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Unknown { .. }))
+            .count();
+        let message_bytes = if stored.is_empty() {
             0
-        },
-        sse,
-        ndjson: states.len() - sse,
-        created: count(|o| matches!(o, Outcome::Created { .. })),
-        already_stored: count(|o| matches!(o, Outcome::AlreadyStored { .. })),
-        refused: count(|o| matches!(o, Outcome::Refused { .. })),
-        unknown: count(|o| matches!(o, Outcome::Unknown { .. })),
-        stored: stored.len(),
-        delivered_min: states.iter().map(|s| s.received.len()).min().unwrap_or(0),
-        delivered_max: states.iter().map(|s| s.received.len()).max().unwrap_or(0),
-        exact,
-        inexact,
-        before,
-        during,
-        after,
-        delay_p50: quantile(&delays, 50),
-        delay_p99: quantile(&delays, 99),
-        delay_max: delays.last().copied().unwrap_or_default(),
-        append_p50: latency(50),
-        append_max: latencies.last().copied().unwrap_or_default(),
-        reconnects: states.iter().map(|s| s.connections.saturating_sub(1)).sum(),
-        peak_rss_kib,
-        end_rss_kib,
-        closed_rss_kib,
-        notes,
+        } else {
+            stored.iter().map(|m| m.to_string().len()).sum::<usize>() / stored.len()
+        };
+        Row {
+            fault: Fault::Baseline,
+            fault_lasted: Duration::ZERO,
+            appends_per_second: answered_appends as f64 / run_time.as_secs_f64(),
+            message_bytes,
+            stalled: 0,
+            sse: 0,
+            ndjson: 0,
+            created: count(|o| matches!(o, Outcome::Created { .. })),
+            already_stored: count(|o| matches!(o, Outcome::AlreadyStored { .. })),
+            refused: count(|o| matches!(o, Outcome::Refused { .. })),
+            unknown: count(|o| matches!(o, Outcome::Unknown { .. })),
+            stored: stored.len(),
+            delivered_min: states.iter().map(|s| s.received.len()).min().unwrap_or(0),
+            delivered_max: states.iter().map(|s| s.received.len()).max().unwrap_or(0),
+            exact: 0,
+            inexact: Vec::new(),
+            before: delays.before,
+            during: delays.during,
+            after: delays.after,
+            delay_p50: quantile(&delays.sorted, 50),
+            delay_p99: quantile(&delays.sorted, 99),
+            delay_max: delays.sorted.last().copied().unwrap_or_default(),
+            append_p50: quantile(&latencies, 50),
+            append_max: latencies.last().copied().unwrap_or_default(),
+            reconnects: states.iter().map(|s| s.connections.saturating_sub(1)).sum(),
+            peak_rss_kib: 0,
+            end_rss_kib: 0,
+            closed_rss_kib: None,
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -920,4 +1037,150 @@ fn print_table(rows: &[Row]) {
     if rows.iter().any(|row| !row.notes.is_empty()) {
         println!();
     }
+}
+
+// --- the fleet behind HAProxy ------------------------------------------------------
+
+const FLEET_KEY: &str = "fleet";
+const FLEET_INSTANCES: usize = 3;
+const FLEET_FOLLOWERS: usize = 150;
+/// The servers' `--heartbeat`, well inside HAProxy's silence timeouts.
+const FLEET_HEARTBEAT: &str = "1s";
+const FLEET_HAPROXY: HaproxyTimeouts = HaproxyTimeouts {
+    quiet: Duration::from_secs(3),
+    check_interval: Duration::from_millis(500),
+};
+/// An `EventSource`'s reconnection time until the server sends a `retry:` hint.
+const FLEET_BACKOFF: Duration = Duration::from_millis(250);
+/// One append every 50 ms (20/s).
+const FLEET_APPEND_EVERY: Duration = Duration::from_millis(50);
+/// How long the followers may take to be live again after each fault.
+const FLEET_RECOVERY: Duration = Duration::from_secs(10);
+/// Followers give up (a violation) this long after the start.
+const FLEET_DEADLINE: Duration = Duration::from_secs(90);
+
+struct FleetRun {
+    figures: FleetFigures,
+    appends: usize,
+    stored: usize,
+    exact: usize,
+    inexact: Vec<String>,
+    took: Duration,
+}
+
+/// Set up (PostgreSQL, Redis, the fleet, followers, the writer) → drive (a kill, then a
+/// drain, each once every follower is live) → finish and check every follower →
+/// measure.
+async fn fleet_bench() -> FleetRun {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let mut fleet = Fleet::start(
+        &pg.url(),
+        &redis.url(),
+        FLEET_INSTANCES,
+        &["--heartbeat", FLEET_HEARTBEAT],
+        FLEET_HAPROXY,
+    )
+    .await;
+    let started = Instant::now();
+    let followers = fleet.sse_followers(FLEET_FOLLOWERS, started + FLEET_DEADLINE, FLEET_BACKOFF);
+    let appender = Appender::spawn(
+        fleet.api.clone(),
+        fleet.process.clone(),
+        "m".to_owned(),
+        AppenderConfig {
+            interval: FLEET_APPEND_EVERY,
+            max: 4_000,
+            retry_failures: true,
+            give_up_after: Duration::from_secs(15),
+        },
+    );
+    let mut inexact = Vec::new();
+    live_again(&followers, &appender, "before the faults", &mut inexact).await;
+    fleet.servers[0].kill9();
+    live_again(&followers, &appender, "after the SIGKILL", &mut inexact).await;
+    fleet.servers[1].sigterm();
+    if fleet.servers[1]
+        .wait_exit(Duration::from_secs(15))
+        .is_none()
+    {
+        inexact.push("the drained instance did not exit within 15 s".to_owned());
+    }
+    live_again(&followers, &appender, "after the SIGTERM", &mut inexact).await;
+    let records = appender.stop().await;
+
+    let (stored, states) = finish_and_join(&fleet.api, &fleet.process, FLEET_KEY, followers).await;
+    let (exact, problems) = judge(&records, &stored, &states);
+    inexact.extend(problems);
+    let answered: HashMap<u64, Instant> = records
+        .iter()
+        .filter_map(|r| r.outcome.seq().map(|seq| (seq, r.answered)))
+        .collect();
+    FleetRun {
+        figures: FleetFigures::of(&states, &answered),
+        appends: records.len(),
+        stored: stored.len(),
+        exact,
+        inexact,
+        took: started.elapsed(),
+    }
+}
+
+/// Waits until every follower has 10 appends past what was appended now, within
+/// [`FLEET_RECOVERY`]; notes it in `problems` if they do not.
+async fn live_again(
+    followers: &[Follower],
+    appender: &Appender,
+    what: &str,
+    problems: &mut Vec<String>,
+) {
+    let target = appender.max_seq() + 10;
+    let since = Instant::now();
+    if wait_for(FLEET_RECOVERY, || Rig::min_received(followers) >= target).await {
+        eprintln!(
+            "fault_drills: {FLEET_KEY}: every follower at seq {target} {:?} {what}",
+            since.elapsed()
+        );
+    } else {
+        problems.push(format!(
+            "not every follower reached seq {target} within {FLEET_RECOVERY:?} {what}: the slowest at {}",
+            Rig::min_received(followers)
+        ));
+    }
+}
+
+fn print_fleet(run: &FleetRun) {
+    let figures = &run.figures;
+    println!();
+    println!("### Fleet behind HAProxy");
+    println!();
+    println!("`cargo bench --bench fault_drills -- {FLEET_KEY}`");
+    println!();
+    println!(
+        "{FLEET_FOLLOWERS} SSE followers (reconnecting with `Last-Event-ID`, as an `EventSource`) through HAProxy ({}) in front of {FLEET_INSTANCES} instances (release build, `--heartbeat {FLEET_HEARTBEAT}`) on one PostgreSQL and one Redis; one writer at ~{} appends/s through HAProxy, resending an append without an answer; one instance SIGKILLed, then another drained with SIGTERM, each once every follower was live. Took {:.1} s.",
+        version(&Haproxy::binary()).lines().next().unwrap_or("?"),
+        1000 / FLEET_APPEND_EVERY.as_millis(),
+        run.took.as_secs_f64(),
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| appends / stored | {} / {} |", run.appends, run.stored);
+    println!("| followers exact | {}/{FLEET_FOLLOWERS} |", run.exact);
+    println!(
+        "| reconnects | {} ({} after a broken response, {} after a drain's clean end with a `retry:` hint); per follower {} |",
+        figures.reconnects, figures.broken, figures.drained, figures.per_follower
+    );
+    println!(
+        "| drop to the next response | median {}, worst {} |",
+        ms(figures.reconnect_median),
+        ms(figures.reconnect_worst)
+    );
+    println!(
+        "| worst gap (an append's answer to a follower having it) | {} (seq {}); p99 {} |",
+        ms(figures.gap_worst),
+        figures.gap_worst_seq,
+        ms(figures.gap_p99)
+    );
+    println!();
 }

@@ -49,8 +49,7 @@
 //! that 10,000 of them fit in this process and their cost stays small beside the
 //! server's. Every loop is bounded in count and time.
 
-#[path = "../../tests/drills/instances.rs"]
-mod instances;
+use agent_stream_testkit::instances;
 
 mod catchup;
 mod client;

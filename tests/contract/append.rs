@@ -2,8 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, session, Format, TestApp};
+use agent_stream_testkit::app::{Format, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs, session};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     the_fixture_round_trips_unchanged,

@@ -11,7 +11,8 @@ use agent_stream::domain::{FinishStatus, NewMessage, ProcessId, ProcessStatus};
 use agent_stream::ports::{AppendOutcome, MessageStore, StoreError};
 use chrono::Utc;
 
-use crate::support::{fresh_database, process_id};
+use agent_stream_testkit::app::fresh_database;
+use agent_stream_testkit::fixtures::process_id;
 
 /// One step of a case: a batch of message ids to append, or the process finishing.
 enum Step {

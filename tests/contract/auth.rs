@@ -13,8 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Backend, Format, TestApp, WAIT};
+use agent_stream_testkit::app::{Backend, Format, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 const SECRET: &str = "contract-test-secret-0123456789abcdef";
 const BIN: &str = env!("CARGO_BIN_EXE_agent-stream");

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::WAIT;
+use agent_stream_testkit::app::WAIT;
 
 fn tool(env: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);

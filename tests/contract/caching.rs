@@ -4,8 +4,9 @@
 use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, TestApp};
+use agent_stream_testkit::app::TestApp;
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     a_finished_processs_snapshot_is_immutable_and_revalidates_to_304,
@@ -14,7 +15,7 @@ on_every_backend!(
     a_tag_that_does_not_match_or_parse_gets_the_whole_snapshot,
 );
 mod with_auth {
-    crate::on_every_backend!(
+    agent_stream_testkit::on_every_backend!(
         spawn = crate::auth::spawn;
         with_auth_on_only_the_browser_may_keep_a_snapshot,
     );

@@ -6,7 +6,8 @@ use std::process::Stdio;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{process_id, seqs, session, Backend, Format, TestApp};
+use agent_stream_testkit::app::{Backend, Format, TestApp};
+use agent_stream_testkit::fixtures::{process_id, seqs, session};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_pipes_ndjson_into_a_process_that_followers_see_live() {

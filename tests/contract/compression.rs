@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, session, Backend, Format, Item, TestApp};
+use agent_stream_testkit::app::{Backend, Format, Item, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, session};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     snapshots_and_follows_are_compressed_with_the_codec_the_client_asks_for,
@@ -15,7 +16,7 @@ on_every_backend!(
     metrics_and_tiny_answers_go_uncompressed,
 );
 mod quick_heartbeats {
-    crate::on_every_backend!(
+    agent_stream_testkit::on_every_backend!(
         spawn = super::spawn_with_quick_heartbeats;
         a_compressed_follow_passes_each_heartbeat_on_at_once,
     );

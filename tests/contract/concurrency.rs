@@ -4,8 +4,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Format, TestApp};
+use agent_stream_testkit::app::{Format, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(concurrent_writers_get_distinct_gap_free_seqs_in_commit_order);
 

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{messages, process_id, Backend, TestApp};
+use agent_stream_testkit::app::{Backend, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id};
 
-const BACKENDS: [Backend; 2] = [Backend::Memory, Backend::Real];
+const BACKENDS: [Backend; 3] = Backend::ALL;
 
 /// HTTP/2's connection preface, then an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -71,16 +72,19 @@ async fn a_connection_with_a_follow_open_is_not_idle() {
         config.heartbeat = Duration::from_secs(60);
     })
     .await;
-    let process = crate::support::process_id();
+    let process = agent_stream_testkit::fixtures::process_id();
     app.put_process(&process).await;
     let mut follow = app
-        .follow(&process, crate::support::Format::Ndjson, None)
+        .follow(&process, agent_stream_testkit::app::Format::Ndjson, None)
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    app.append(&process, &crate::support::messages("late", 1))
-        .await;
+    app.append(
+        &process,
+        &agent_stream_testkit::fixtures::messages("late", 1),
+    )
+    .await;
     assert_eq!(
-        crate::support::seqs(&follow.take_messages(1).await),
+        agent_stream_testkit::fixtures::seqs(&follow.take_messages(1).await),
         vec![1],
         "the follow outlived five idle limits"
     );

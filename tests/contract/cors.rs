@@ -10,7 +10,9 @@ use axum::http::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{messages, process_id, Backend, TestApp, WAIT};
+use agent_stream_testkit::app::{Backend, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id};
+use agent_stream_testkit::on_every_backend;
 
 const ALLOWED: &str = "http://app.example.test:3000";
 const ALSO_ALLOWED: &str = "https://other.example.test";
@@ -25,28 +27,8 @@ async fn spawn(backend: Backend) -> TestApp {
     .await
 }
 
-macro_rules! with_cors_on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::spawn($crate::support::Backend::Memory).await).await
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::spawn($crate::support::Backend::Real).await).await
-                }
-            )*
-        }
-    };
-}
-
-with_cors_on_every_backend!(
+on_every_backend!(
+    spawn = super::spawn;
     a_listed_origin_gets_a_preflight_for_the_token_and_the_cursor,
     a_listed_origin_may_read_a_follow_and_its_errors,
     an_origin_not_listed_gets_no_cors_header,

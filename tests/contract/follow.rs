@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::on_every_backend;
-use crate::support::{
-    messages, process_id, seqs, session, Backend, End, Format, Item, TestApp, WAIT,
-};
+use agent_stream_testkit::app::{Backend, End, Format, Item, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs, session};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     a_follow_sends_history_then_live_messages_then_the_end,
@@ -309,7 +308,7 @@ async fn follow_format_follows_accept(app: TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_follow_sends_heartbeats() {
-    for backend in [Backend::Memory, Backend::Real] {
+    for backend in Backend::ALL {
         let app = TestApp::spawn_with(backend, |config| {
             config.heartbeat = Duration::from_millis(300)
         })

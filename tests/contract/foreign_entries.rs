@@ -5,7 +5,8 @@
 
 use serde_json::Value;
 
-use crate::support::{fresh_database, messages, process_id, recreate_database, Format, TestApp};
+use agent_stream_testkit::app::{fresh_database, recreate_database, Format, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id};
 
 fn ids(messages: &[Value]) -> Vec<&str> {
     messages

@@ -15,7 +15,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::header::HeaderValue;
 use serde_json::{json, Map, Value};
 
-use crate::support::{messages, process_id, Backend, TestApp, WAIT};
+use agent_stream_testkit::app::{Backend, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id};
 
 /// The server's limits in these tests, small so that random bodies cross them.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024;

@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::auth::{refused, started};
-use crate::support::{process_id, Backend, Format, TestApp};
+use agent_stream_testkit::app::{Backend, Format, TestApp};
+use agent_stream_testkit::fixtures::process_id;
 
 const SECRET: &str = "hardening-test-secret-0123456789abcdef";
 

@@ -7,15 +7,16 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Backend, Format, Item, TestApp};
+use agent_stream_testkit::app::{Backend, Format, Item, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     an_array_over_the_batch_limit_is_a_413_and_stores_nothing,
     shutdown_ends_follows_and_sse_says_when_to_reconnect,
 );
 
-const BACKENDS: [Backend; 2] = [Backend::Memory, Backend::Real];
+const BACKENDS: [Backend; 3] = Backend::ALL;
 
 async fn an_array_over_the_batch_limit_is_a_413_and_stores_nothing(app: TestApp) {
     let process = process_id();

@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::support::{fresh_database, process_id, Backend, TestApp, WAIT};
+use agent_stream_testkit::app::{fresh_database, Backend, TestApp, WAIT};
+use agent_stream_testkit::fixtures::process_id;
 
 /// `agent-stream serve` on the embedded store and a port of its choosing, with its
 /// stderr (the logs) captured.

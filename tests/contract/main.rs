@@ -1,10 +1,11 @@
 //! The contract (../shared/CONTRACT.md, restated in the README), call by call, through
-//! the public HTTP surface of a server bound to port 0. Most tests run twice: on the
-//! embedded memory backend and on a real PostgreSQL + Redis (`bash .ci/test` starts
+//! the public HTTP surface of a server bound to port 0. Most tests run on each backend
+//! (`on_every_backend!`, from the test kit): the embedded memory backend, a real
+//! PostgreSQL with the in-process feed, and PostgreSQL + Redis (`bash .ci/test` starts
 //! them; without DATABASE_URL and REDIS_URL the real runs fail, they are never skipped).
+//! `ports.rs` holds each port's adapters to the same tests below HTTP.
 
 mod browser;
-mod support;
 
 mod append;
 mod append_rule;
@@ -25,6 +26,7 @@ mod logs;
 mod metrics;
 mod model;
 mod platform;
+mod ports;
 mod processes;
 mod redis_faults;
 mod replica;

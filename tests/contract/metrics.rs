@@ -13,8 +13,9 @@ use agent_stream::ports::{FeedError, FeedSubscription, LiveFeed};
 use agent_stream::startup::Backends;
 use async_trait::async_trait;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, Backend, Format, TestApp, WAIT};
+use agent_stream_testkit::app::{Backend, Format, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id};
+use agent_stream_testkit::on_every_backend;
 
 /// Held across a scrape whose instance gauges (degraded follows, pools) are checked:
 /// every scrape sets them for its own instance.

@@ -26,7 +26,8 @@ use async_trait::async_trait;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{messages, process_id, seqs, Backend, End, Follow, Format, Item, TestApp};
+use agent_stream_testkit::app::{Backend, End, Follow, Format, Item, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -553,7 +554,7 @@ fn check(backend: Backend, cases: u32) {
                 };
                 TestApp::spawn_on(Backend::Memory, backends, None, tune).await
             }
-            Backend::Real => TestApp::spawn_with(Backend::Real, tune).await,
+            backend => TestApp::spawn_with(backend, tune).await,
         }
     });
     let app = std::cell::RefCell::new(app);

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Backend, TestApp, WAIT};
+use agent_stream_testkit::app::{Backend, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     the_workers_notification_is_appended_as_a_post_of_its_message_would_be,
@@ -275,7 +276,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(300);
 /// stops by itself at the terminal status, with no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uis_poller_started_before_the_first_message_follows_the_process_to_its_end() {
-    for backend in [Backend::Memory, Backend::Real] {
+    for backend in Backend::ALL {
         let app = TestApp::spawn(backend).await;
         let process = process_id();
         let mut poller = tokio::process::Command::new("node")

@@ -2,8 +2,9 @@
 
 use serde_json::Value;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, TestApp};
+use agent_stream_testkit::app::TestApp;
+use agent_stream_testkit::fixtures::{messages, process_id};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     registering_answers_201_then_200_with_the_process,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{messages, process_id, seqs, Backend, Format, TestApp};
+use agent_stream_testkit::app::{Backend, Format, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
 
 /// A stream entry as XRANGE returns it: its ID and its field-value pairs.
 type Entry = (String, Vec<(String, Vec<u8>)>);

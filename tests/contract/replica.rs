@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::Connection;
 
-use crate::support::*;
+use agent_stream_testkit::app::*;
+use agent_stream_testkit::fixtures::*;
 
 /// One replica test at a time.
 static REPLICA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

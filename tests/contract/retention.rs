@@ -4,7 +4,8 @@
 
 use serde_json::json;
 
-use crate::support::{process_id, seqs, Backend, Format, TestApp};
+use agent_stream_testkit::app::{Backend, Format, TestApp};
+use agent_stream_testkit::fixtures::{process_id, seqs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_messages_of_900_kib_keep_the_stream_under_8_mib_and_all_reach_followers() {
@@ -42,11 +43,11 @@ async fn twenty_messages_of_900_kib_keep_the_stream_under_8_mib_and_all_reach_fo
 async fn each_append_sets_the_running_streams_expiry() {
     let mut app = TestApp::spawn(Backend::Real).await;
     let process = process_id();
-    app.append(&process, &crate::support::messages("m", 1))
+    app.append(&process, &agent_stream_testkit::fixtures::messages("m", 1))
         .await;
     let key = app.redis().key(&process);
     let _: i64 = app.redis().run(redis::cmd("PERSIST").arg(&key)).await;
-    app.append(&process, &crate::support::messages("n", 1))
+    app.append(&process, &agent_stream_testkit::fixtures::messages("n", 1))
         .await;
     let ttl: i64 = app.redis().run(redis::cmd("TTL").arg(&key)).await;
     // The test servers run with a running-stream TTL of an hour.

@@ -4,8 +4,9 @@
 
 use serde_json::Value;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, seqs, Backend, TestApp};
+use agent_stream_testkit::app::{Backend, TestApp};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     a_snapshot_pages_by_limit_and_after,
@@ -87,7 +88,7 @@ async fn a_snapshot_from_a_cursor_has_exactly_what_follows_it(app: TestApp) {
 /// however many store pages (of messages, or of bytes) it takes to read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_without_limit_has_every_message_after_the_cursor_across_store_pages() {
-    for backend in [Backend::Memory, Backend::Real] {
+    for backend in Backend::ALL {
         let app = TestApp::spawn_with(backend, |config| {
             config.follow.page_size = 3;
             // About two of these messages: some pages are cut by bytes, not count.

@@ -11,8 +11,9 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 
-use crate::on_every_backend;
-use crate::support::{messages, process_id, session, TestApp, WAIT};
+use agent_stream_testkit::app::{TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id, session};
+use agent_stream_testkit::on_every_backend;
 
 /// A running `agent-stream tail`, read line by line.
 struct Tail {
@@ -345,7 +346,7 @@ async fn tail_with_wait_gives_up_with_2_when_the_server_stays_unreachable_for_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_refuses_a_malformed_from_before_asking_the_server() {
-    let app = TestApp::spawn(crate::support::Backend::Memory).await;
+    let app = TestApp::spawn(agent_stream_testkit::app::Backend::Memory).await;
     let (printed, stderr, code) = Tail::start(&app, &process_id(), &["--from", "abc"])
         .exit()
         .await;

@@ -11,9 +11,8 @@ use agent_stream::adapters::redis::{RedisFeed, RedisFeedConfig};
 use agent_stream::ports::Epoch;
 use url::Url;
 
-use crate::support::{
-    fresh_database_on, messages, process_id, required_env, seqs, Format, TestApp, WAIT,
-};
+use agent_stream_testkit::app::{fresh_database_on, required_env, Format, TestApp, WAIT};
+use agent_stream_testkit::fixtures::{messages, process_id, seqs};
 
 /// The TLS PostgreSQL's URL (`sslmode=verify-full`, `sslrootcert` = the test CA).
 fn tls_database_url() -> Url {

@@ -9,9 +9,10 @@ use reqwest::header;
 use serde_json::{json, Value};
 
 use crate::browser::{Browser, Proxy};
-use crate::on_every_backend;
-use crate::support::{messages, process_id, session, TestApp};
 use agent_stream::auth::Scope;
+use agent_stream_testkit::app::TestApp;
+use agent_stream_testkit::fixtures::{messages, process_id, session};
+use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
     the_viewer_follows_live_and_a_dropped_connection_loses_or_doubles_nothing,
@@ -22,7 +23,7 @@ on_every_backend!(
 );
 
 mod with_auth {
-    crate::on_every_backend!(
+    agent_stream_testkit::on_every_backend!(
         spawn = crate::auth::spawn;
         a_page_opened_with_a_token_follows_by_its_cookie_with_the_token_gone_from_the_address,
     );

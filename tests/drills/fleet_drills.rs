@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::client::{
-    process_id, verify_appends, verify_exact, wait_for, Api, Appender, AppenderConfig, Attempt,
-    FollowSpec, FollowState, Follower, Format, Outcome,
+use agent_stream_testkit::client::{
+    verify_appends, verify_exact, wait_for, Appender, AppenderConfig, Attempt, Follower, Outcome,
 };
-use crate::instances::{Haproxy, HaproxyTimeouts, Server};
-use crate::rig::{outcome_summary, serial, Checks, Rig};
+use agent_stream_testkit::fleet::{Fleet, FleetFigures};
+use agent_stream_testkit::instances::HaproxyTimeouts;
+use agent_stream_testkit::rig::{outcome_summary, serial, Checks, Rig};
 
 const INSTANCES: usize = 3;
 const FOLLOWERS: usize = 150;
@@ -57,46 +57,26 @@ async fn a_fleet_behind_haproxy_delivers_everything_once_through_a_kill_and_a_dr
     let mut checks = Checks::new("fleet behind HAProxy");
     let started = Instant::now();
     let (database_url, redis_url) = (shared("DATABASE_URL"), shared("REDIS_URL"));
-    let mut servers: Vec<Server> = (0..INSTANCES)
-        .map(|_| Server::start(&database_url, Some(&redis_url), &["--heartbeat", HEARTBEAT]))
-        .collect();
-    let names: Vec<String> = (1..=INSTANCES).map(|i| format!("a{i}")).collect();
-    let haproxy = Haproxy::start(
-        &names
-            .iter()
-            .cloned()
-            .zip(servers.iter().map(Server::port))
-            .collect::<Vec<_>>(),
+    let fleet = Fleet::start(
+        &database_url,
+        &redis_url,
+        INSTANCES,
+        &["--heartbeat", HEARTBEAT],
         HaproxyTimeouts {
             quiet: HAPROXY_QUIET,
             check_interval: CHECK_INTERVAL,
         },
-    );
-    let api = Api::new(&haproxy.base());
-    let process = process_id("fleet");
-    match api.put_process(&process).await {
-        Attempt::Answered { status: 201, .. } => {}
-        other => panic!("PUT /processes/{process} through HAProxy answered {other:?}"),
-    }
-
+    )
+    .await;
     let deadline = started + DRILL_DEADLINE;
-    let followers: Vec<Follower> = (0..FOLLOWERS)
-        .map(|_| {
-            Follower::spawn(
-                api.http.clone(),
-                FollowSpec {
-                    base: api.base.clone(),
-                    process: process.clone(),
-                    format: Format::Sse,
-                    after: 0,
-                    reconnect: true,
-                    deadline,
-                    keep_values: false,
-                    eventsource_backoff: Some(EVENTSOURCE_BACKOFF),
-                },
-            )
-        })
-        .collect();
+    let followers = fleet.sse_followers(FOLLOWERS, deadline, EVENTSOURCE_BACKOFF);
+    let Fleet {
+        haproxy,
+        mut servers,
+        names,
+        api,
+        process,
+    } = fleet;
     // An idempotent writer: an append without an answer (or with HAProxy's 502) is sent
     // again with the same id.
     let appender = Appender::spawn(
@@ -250,7 +230,7 @@ async fn a_fleet_behind_haproxy_delivers_everything_once_through_a_kill_and_a_dr
         .iter()
         .filter_map(|r| r.outcome.seq().map(|seq| (seq, r.answered)))
         .collect();
-    let figures = Figures::of(&states, &answered);
+    let figures = FleetFigures::of(&states, &answered);
     report(format!(
         "{FOLLOWERS} SSE followers through HAProxy, {INSTANCES} instances, {} messages; one instance SIGKILLed, one drained with SIGTERM; took {:?}",
         stored.len(),
@@ -309,77 +289,4 @@ async fn check_live_again(
             outcome_summary(&appender.records())
         ),
     );
-}
-
-/// The drill's figures, from every follower's record.
-struct Figures {
-    reconnects: u32,
-    /// Breaks without the end: the response failed (SIGKILL)…
-    broken: usize,
-    /// …or ended cleanly, its last frame a `retry:` hint (SIGTERM).
-    drained: usize,
-    /// "min–max" reconnects per follower.
-    per_follower: String,
-    reconnect_median: Duration,
-    reconnect_worst: Duration,
-    gap_worst: Duration,
-    gap_worst_seq: u64,
-    gap_p99: Duration,
-}
-
-impl Figures {
-    fn of(states: &[FollowState], answered: &HashMap<u64, Instant>) -> Self {
-        let per: Vec<u32> = states
-            .iter()
-            .map(|s| s.connections.saturating_sub(1))
-            .collect();
-        let mut reconnect_times = Vec::new();
-        let (mut broken, mut drained) = (0, 0);
-        for state in states {
-            for broke in &state.breaks {
-                if broke.clean && broke.last_frame_retry.is_some() {
-                    drained += 1;
-                } else {
-                    broken += 1;
-                }
-                // From the drop to the next response opened (its 200).
-                if let Some(opened) = state.opened.iter().find(|at| **at >= broke.at) {
-                    reconnect_times.push(*opened - broke.at);
-                }
-            }
-        }
-        reconnect_times.sort();
-        let mut gaps: Vec<(Duration, u64)> = states
-            .iter()
-            .flat_map(|s| &s.received)
-            .filter_map(|r| {
-                answered
-                    .get(&r.seq)
-                    .map(|at| (r.at.saturating_duration_since(*at), r.seq))
-            })
-            .collect();
-        gaps.sort();
-        let (gap_worst, gap_worst_seq) = gaps.last().copied().unwrap_or_default();
-        Self {
-            reconnects: per.iter().sum(),
-            broken,
-            drained,
-            per_follower: format!(
-                "{}–{}",
-                per.iter().min().unwrap_or(&0),
-                per.iter().max().unwrap_or(&0)
-            ),
-            reconnect_median: reconnect_times
-                .get(reconnect_times.len() / 2)
-                .copied()
-                .unwrap_or_default(),
-            reconnect_worst: reconnect_times.last().copied().unwrap_or_default(),
-            gap_worst,
-            gap_worst_seq,
-            gap_p99: gaps
-                .get(gaps.len() * 99 / 100)
-                .map(|g| g.0)
-                .unwrap_or_default(),
-        }
-    }
 }

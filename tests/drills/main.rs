@@ -4,7 +4,7 @@
 //! cursor, in order, each once, then the end.
 //!
 //! Each drill starts its OWN PostgreSQL cluster, Redis and server on free ports (see
-//! `instances.rs`); the shared servers of `.ci/test` are never touched. The binaries
+//! `agent_stream_testkit::instances`); the shared servers of `.ci/test` are never touched. The binaries
 //! come from AGENT_STREAM_TEST_PG_BINDIR (else `pg_config --bindir`) and
 //! AGENT_STREAM_TEST_REDIS_SERVER (else `redis-server` on PATH); as root, PostgreSQL
 //! runs as AGENT_STREAM_TEST_PG_USER (else `postgres`). A drill that cannot find them
@@ -16,10 +16,6 @@
 //! agent-stream instances only, so they run on the suite's PostgreSQL and Redis
 //! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
 //! on PATH or in /usr/sbin).
-
-mod client;
-mod instances;
-mod rig;
 
 mod fleet_drills;
 mod postgres_drills;

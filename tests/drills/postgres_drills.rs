@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{wait_for, Outcome};
-use crate::rig::{error_code, serial, Checks, Rig};
+use agent_stream_testkit::client::{wait_for, Outcome};
+use agent_stream_testkit::rig::{error_code, serial, Checks, Rig};
 
 /// Drill 3: PostgreSQL stopped (`pg_ctl -m immediate stop`) mid-stream, started again
 /// ~2 s later (or once an append has been refused, if that takes longer).
@@ -37,7 +37,8 @@ async fn postgres_stopped_mid_stream_refuses_appends_and_keeps_follows() {
     // Keep it down for 2.5 s, and until an append sent after the stop has been
     // answered (at most 8 s).
     tokio::time::sleep_until((stopped_at + Duration::from_millis(2500)).into()).await;
-    let answered_during = |a: &crate::client::Appender| a.count_where(|r| r.sent >= stopped_at);
+    let answered_during =
+        |a: &agent_stream_testkit::client::Appender| a.count_where(|r| r.sent >= stopped_at);
     wait_for(
         (stopped_at + Duration::from_secs(8)).saturating_duration_since(Instant::now()),
         || answered_during(&appender) >= 1,

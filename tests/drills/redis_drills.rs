@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{wait_for, Outcome};
-use crate::rig::{serial, Checks, Rig};
+use agent_stream_testkit::client::{wait_for, Outcome};
+use agent_stream_testkit::rig::{serial, Checks, Rig};
 
 /// `--idle-poll` of these drills: far above `--degraded-poll` (500 ms).
 const IDLE_POLL: &str = "5s";
@@ -63,14 +63,15 @@ async fn redis_killed_mid_stream_costs_no_message_and_no_append() {
 
     rig.redis.launch();
     let restarted_at = Instant::now();
-    let outage_delay = |records: &[crate::client::AppendRecord],
-                        states: &[crate::client::FollowState]| {
-        let during: Vec<_> = records
-            .iter()
-            .filter(|r| r.answered >= killed_at && r.answered < restarted_at)
-            .collect();
-        (during.len(), worst_delay(&during, states))
-    };
+    let outage_delay =
+        |records: &[agent_stream_testkit::client::AppendRecord],
+         states: &[agent_stream_testkit::client::FollowState]| {
+            let during: Vec<_> = records
+                .iter()
+                .filter(|r| r.answered >= killed_at && r.answered < restarted_at)
+                .collect();
+            (during.len(), worst_delay(&during, states))
+        };
     checks.check_result(
         rig.api
             .wait_readyz(200, None, Duration::from_secs(10))
@@ -193,7 +194,7 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
             .all(|r| matches!(r.outcome, Outcome::Created { .. })),
         format!(
             "every append is answered 201: {}",
-            crate::rig::outcome_summary(&records)
+            agent_stream_testkit::rig::outcome_summary(&records)
         ),
     );
     // Informational: once Redis is back, delivery should be live again, not polled.
@@ -226,8 +227,8 @@ async fn redis_down_at_start_then_started_delivery_stays_exact() {
 
 /// The longest time from an append's answer to a follower's receipt of it.
 pub fn worst_delay(
-    records: &[&crate::client::AppendRecord],
-    states: &[crate::client::FollowState],
+    records: &[&agent_stream_testkit::client::AppendRecord],
+    states: &[agent_stream_testkit::client::FollowState],
 ) -> Duration {
     let mut worst = Duration::ZERO;
     for state in states {

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{message, wait_for, AppendRecord, Attempt, Format, Outcome};
-use crate::rig::{error_code, serial, Checks, Rig};
+use agent_stream_testkit::client::{wait_for, AppendRecord, Attempt, Format, Outcome};
+use agent_stream_testkit::fixtures::message;
+use agent_stream_testkit::rig::{error_code, serial, Checks, Rig};
 
 /// Drill 4: kill -9 mid-stream, restarted on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +58,7 @@ async fn server_killed_mid_stream_loses_nothing_and_clients_resume_exactly() {
         }),
         format!(
             "every append ends stored (201, or 200 when a retry finds it): {}",
-            crate::rig::outcome_summary(&records)
+            agent_stream_testkit::rig::outcome_summary(&records)
         ),
     );
     rig.finish_and_verify(&mut checks, followers, &records)
@@ -160,7 +161,7 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
             status: 201, body, ..
         } => body["stream_id"]
             .as_str()
-            .and_then(crate::client::seq_of)
+            .and_then(agent_stream_testkit::fixtures::seq_of)
             .map(|seq| Outcome::Created { seq }),
         Attempt::Answered {
             status: 503,
@@ -199,7 +200,7 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
     let mut records = appender.stop().await;
     checks.note(format!(
         "appends around SIGTERM: {}",
-        crate::rig::outcome_summary(&records)
+        agent_stream_testkit::rig::outcome_summary(&records)
     ));
     checks.check(
         records.iter().all(|r| {
@@ -210,7 +211,7 @@ async fn server_sigterm_ends_follows_cleanly_and_keeps_appends() {
         }),
         format!(
             "every append ends stored (201, or 200 when a retry finds it): {}",
-            crate::rig::outcome_summary(&records)
+            agent_stream_testkit::rig::outcome_summary(&records)
         ),
     );
     // An append that lost its connection during the shutdown and then turned out to

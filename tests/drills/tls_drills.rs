@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::Outcome;
-use crate::rig::{serial, Checks, Rig};
+use agent_stream_testkit::client::Outcome;
+use agent_stream_testkit::rig::{serial, Checks, Rig};
 
 /// `--idle-poll` of this drill: well above the degraded poll, as in the Redis drills.
 const IDLE_POLL: &str = "5s";
@@ -36,7 +36,7 @@ async fn over_tls_to_both_followers_get_every_message_exactly_across_a_redis_res
     rig.redis.restart();
     let restarted_at = Instant::now();
     checks.note(format!("Redis restarted at seq {}", appender.max_seq()));
-    let reconnected = crate::client::wait_for(Duration::from_secs(10), || {
+    let reconnected = agent_stream_testkit::client::wait_for(Duration::from_secs(10), || {
         rig.server.full_log().contains("Redis answers again")
     })
     .await;

@@ -3,12 +3,10 @@
 //! told to, reconnect with the last stream ID they saw, as a real client does.
 //!
 //! Nothing here panics on what the server does: it records it, and the drill (or the
-//! bench) judges. Shared with `benches/fault_drills.rs` through `#[path]`.
-
-#![allow(dead_code)]
+//! bench) judges.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,37 +14,15 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-// --- messages ----------------------------------------------------------------------
-
-/// The recorded Claude Code session, one message per line.
-pub fn session() -> &'static [Value] {
-    static SESSION: OnceLock<Vec<Value>> = OnceLock::new();
-    SESSION.get_or_init(|| {
-        agent_stream::demo::SESSION
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(|line| serde_json::from_str(line).expect("fixture line"))
-            .collect()
-    })
-}
-
-/// The `n`th message of a run: a message of the recorded session (cycling), with the
-/// id `<tag>-<n>` so every append of a process is distinct.
-pub fn message(tag: &str, n: usize) -> Value {
-    let session = session();
-    let mut message = session[n % session.len()].clone();
-    message["id"] = Value::from(format!("{tag}-{n}"));
-    message
-}
+use crate::fixtures::{message, seq_of};
+pub use crate::frame::End;
+use crate::frame::{
+    parse_ndjson, parse_sse, take_frame, Frame, SseEvent, NDJSON_SEPARATOR, SSE_SEPARATOR,
+};
 
 /// A process id no other drill uses.
 pub fn process_id(label: &str) -> String {
     format!("drill-{label}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// `42-0` → 42.
-pub fn seq_of(stream_id: &str) -> Option<u64> {
-    stream_id.strip_suffix("-0")?.parse().ok()
 }
 
 // --- calls -------------------------------------------------------------------------
@@ -496,12 +472,6 @@ pub struct Received {
     pub at: Instant,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct End {
-    pub status: String,
-    pub stream_id: String,
-}
-
 /// A follow response that ended without the end event.
 #[derive(Debug, Clone)]
 pub struct Break {
@@ -601,302 +571,316 @@ impl Follower {
     }
 }
 
-/// One frame of a follow response.
-#[derive(Debug)]
-enum Frame {
-    Message { stream_id: String, value: Value },
-    End(End),
-    Heartbeat,
-}
-
-fn parse_sse(frame: &str) -> Result<(Frame, Option<String>), String> {
-    let (mut id, mut event, mut data, mut retry) = (None, None, Vec::new(), None);
-    for line in frame.lines() {
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line
-            .split_once(':')
-            .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
-            .unwrap_or((line, ""));
-        match field {
-            "id" => id = Some(value.to_owned()),
-            "event" => event = Some(value.to_owned()),
-            "data" => data.push(value.to_owned()),
-            "retry" => retry = Some(value.to_owned()),
-            other => return Err(format!("unexpected SSE field {other:?} in {frame:?}")),
-        }
-    }
-    let data = data.join("\n");
-    let frame = match event.as_deref() {
-        None if data.is_empty() && id.is_none() => Frame::Heartbeat,
-        Some("message") => {
-            let value: Value = serde_json::from_str(&data)
-                .map_err(|e| format!("SSE data is not JSON ({e}): {data}"))?;
-            let stream_id = value["stream_id"].as_str().unwrap_or_default().to_owned();
-            if id.as_deref() != Some(stream_id.as_str()) {
-                return Err(format!("SSE id {id:?} is not the stream_id {stream_id:?}"));
-            }
-            Frame::Message { stream_id, value }
-        }
-        Some("end") => {
-            let end: Value = serde_json::from_str(&data)
-                .map_err(|e| format!("SSE end data is not JSON ({e}): {data}"))?;
-            Frame::End(End {
-                status: end["status"].as_str().unwrap_or_default().to_owned(),
-                stream_id: id.ok_or("the SSE end has no id")?,
-            })
-        }
-        other => return Err(format!("unexpected SSE event {other:?}: {frame:?}")),
-    };
-    Ok((frame, retry))
-}
-
-fn parse_ndjson(line: &str) -> Result<Frame, String> {
-    if line.is_empty() {
-        return Ok(Frame::Heartbeat);
-    }
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("NDJSON line is not JSON ({e}): {line}"))?;
-    if value.get("event").and_then(Value::as_str) == Some("end") {
-        return Ok(Frame::End(End {
-            status: value["status"].as_str().unwrap_or_default().to_owned(),
-            stream_id: value["stream_id"].as_str().unwrap_or_default().to_owned(),
-        }));
-    }
-    let stream_id = value["stream_id"].as_str().unwrap_or_default().to_owned();
-    Ok(Frame::Message { stream_id, value })
-}
-
-/// Splits complete frames off `buffer`.
-fn frames(buffer: &mut Vec<u8>, format: Format) -> Vec<String> {
-    let separator: &[u8] = match format {
-        Format::Sse => b"\n\n",
-        Format::Ndjson | Format::NdjsonStream => b"\n",
+/// The complete frames in `buffer`, cut off it, each parsed (with the SSE `retry:`
+/// field it carried).
+fn frames(buffer: &mut Vec<u8>, format: Format) -> Vec<Result<SseEvent, String>> {
+    let separator = match format {
+        Format::Sse => SSE_SEPARATOR,
+        Format::Ndjson | Format::NdjsonStream => NDJSON_SEPARATOR,
     };
     let mut out = Vec::new();
-    let mut start = 0;
-    while let Some(at) = buffer[start..]
-        .windows(separator.len())
-        .position(|w| w == separator)
-    {
-        out.push(String::from_utf8_lossy(&buffer[start..start + at]).into_owned());
-        start += at + separator.len();
+    while let Some(frame) = take_frame(buffer, separator) {
+        let text = String::from_utf8_lossy(&frame);
+        out.push(match format {
+            Format::Sse => parse_sse(&text),
+            _ => parse_ndjson(&text).map(|frame| (frame, None)),
+        });
     }
-    buffer.drain(..start);
     out
 }
 
+/// Where a follower is: the stream ID to resume after, the last seq it has, and how
+/// long it waits before reconnecting.
+struct Position {
+    cursor: Option<String>,
+    last_seq: u64,
+    /// An EventSource's reconnection time: the default until a `retry:` field sets it.
+    reconnect_after: Duration,
+}
+
+/// What opening a follow came to.
+enum Opened {
+    Response(reqwest::Response),
+    /// Refused or failed, recorded: try again.
+    Again,
+    /// Refused or failed (a violation when the follower does not reconnect), or the
+    /// deadline passed: stop.
+    Stop,
+}
+
+/// Connects, reads, and (when told to) reconnects from the last stream ID, until the
+/// end event or the deadline; records everything in `state`.
 async fn run_follower(http: reqwest::Client, spec: FollowSpec, state: Arc<Mutex<FollowState>>) {
-    let deadline = tokio::time::Instant::from_std(spec.deadline);
-    let violation = |text: String| state.lock().unwrap().violations.push(text);
-    let mut cursor: Option<String> = (spec.after > 0).then(|| format!("{}-0", spec.after));
-    let mut last_seq = spec.after;
-    // An EventSource's reconnection time: the default until a `retry:` field sets it.
-    let mut reconnect_after = spec
-        .eventsource_backoff
-        .unwrap_or(Duration::from_millis(50));
+    let mut position = Position {
+        cursor: (spec.after > 0).then(|| format!("{}-0", spec.after)),
+        last_seq: spec.after,
+        reconnect_after: spec
+            .eventsource_backoff
+            .unwrap_or(Duration::from_millis(50)),
+    };
     loop {
-        if tokio::time::Instant::now() >= deadline {
-            violation(format!(
-                "no end event by the deadline (last seq {last_seq})"
-            ));
+        let response = match open(&http, &spec, &position, &state).await {
+            Opened::Response(response) => response,
+            Opened::Again => continue,
+            Opened::Stop => return,
+        };
+        let Some(broke) = read(response, &spec, &mut position, &state).await else {
+            return;
+        };
+        let (clean, error) = (broke.clean, broke.error.clone());
+        state.lock().unwrap().breaks.push(broke);
+        if !spec.reconnect {
+            violation(
+                &state,
+                format!(
+                    "the follow was dropped after seq {} ({})",
+                    position.last_seq,
+                    error.unwrap_or_else(|| if clean {
+                        "the response ended".into()
+                    } else {
+                        "error".into()
+                    })
+                ),
+            );
             return;
         }
-        let path = match spec.format {
-            Format::NdjsonStream => "messages/stream",
-            _ => "messages",
-        };
-        let mut url = format!("{}/processes/{}/{path}", spec.base, spec.process);
-        let mut request = http.get(&url);
-        match spec.format {
-            Format::Sse => {
-                request = request.header("accept", "text/event-stream");
-                if let Some(cursor) = &cursor {
-                    request = request.header("last-event-id", cursor);
-                }
-            }
-            Format::Ndjson | Format::NdjsonStream => {
-                if let Some(cursor) = &cursor {
-                    url.push_str(&format!("?after={cursor}"));
-                    request = http.get(&url);
-                }
-                request = request.header("accept", "application/x-ndjson");
+        tokio::time::sleep(position.reconnect_after).await;
+    }
+}
+
+fn violation(state: &Mutex<FollowState>, text: String) {
+    state.lock().unwrap().violations.push(text);
+}
+
+/// The follow request from `position`: SSE resumes with `Last-Event-ID`, NDJSON with
+/// `?after=`.
+fn request(
+    http: &reqwest::Client,
+    spec: &FollowSpec,
+    position: &Position,
+) -> reqwest::RequestBuilder {
+    let path = match spec.format {
+        Format::NdjsonStream => "messages/stream",
+        _ => "messages",
+    };
+    let mut url = format!("{}/processes/{}/{path}", spec.base, spec.process);
+    match spec.format {
+        Format::Sse => {
+            let request = http.get(&url).header("accept", "text/event-stream");
+            match &position.cursor {
+                Some(cursor) => request.header("last-event-id", cursor),
+                None => request,
             }
         }
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
-            Err(_) => continue, // the deadline check above reports it
-            Ok(Err(error)) => {
-                state
-                    .lock()
-                    .unwrap()
-                    .refusals
-                    .push(format!("connect: {error}"));
-                if !spec.reconnect {
-                    violation(format!("could not open the follow: {error}"));
-                    return;
-                }
-                // A network error: an EventSource tries again after its reconnection time.
-                let pause = match spec.eventsource_backoff {
-                    Some(_) => reconnect_after,
-                    None => Duration::from_millis(100),
-                };
-                tokio::time::sleep(pause).await;
-                continue;
+        Format::Ndjson | Format::NdjsonStream => {
+            if let Some(cursor) = &position.cursor {
+                url.push_str(&format!("?after={cursor}"));
             }
-            Ok(Ok(response)) if response.status() != 200 => {
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                state
-                    .lock()
-                    .unwrap()
-                    .refusals
-                    .push(format!("{status}: {body}"));
-                if !spec.reconnect {
-                    violation(format!("the follow was refused: {status} {body}"));
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            http.get(&url).header("accept", "application/x-ndjson")
+        }
+    }
+}
+
+/// Opens the follow, recording a refusal (and pausing before the next try) or the
+/// connection.
+async fn open(
+    http: &reqwest::Client,
+    spec: &FollowSpec,
+    position: &Position,
+    state: &Mutex<FollowState>,
+) -> Opened {
+    let deadline = tokio::time::Instant::from_std(spec.deadline);
+    if tokio::time::Instant::now() >= deadline {
+        violation(
+            state,
+            format!(
+                "no end event by the deadline (last seq {})",
+                position.last_seq
+            ),
+        );
+        return Opened::Stop;
+    }
+    let sent = tokio::time::timeout_at(deadline, request(http, spec, position).send()).await;
+    match sent {
+        Err(_) => Opened::Again, // the deadline check above reports it
+        Ok(Err(error)) => {
+            state
+                .lock()
+                .unwrap()
+                .refusals
+                .push(format!("connect: {error}"));
+            if !spec.reconnect {
+                violation(state, format!("could not open the follow: {error}"));
+                return Opened::Stop;
             }
-            Ok(Ok(response)) => response,
-        };
-        {
+            // A network error: an EventSource tries again after its reconnection time.
+            let pause = match spec.eventsource_backoff {
+                Some(_) => position.reconnect_after,
+                None => Duration::from_millis(100),
+            };
+            tokio::time::sleep(pause).await;
+            Opened::Again
+        }
+        Ok(Ok(response)) if response.status() != 200 => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            state
+                .lock()
+                .unwrap()
+                .refusals
+                .push(format!("{status}: {body}"));
+            if !spec.reconnect {
+                violation(state, format!("the follow was refused: {status} {body}"));
+                return Opened::Stop;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Opened::Again
+        }
+        Ok(Ok(response)) => {
             let mut state = state.lock().unwrap();
             state.connections += 1;
             state.opened.push(Instant::now());
+            Opened::Response(response)
         }
-        let mut body = response.bytes_stream();
-        let mut buffer = Vec::new();
-        let mut last_retry: Option<String> = None;
-        let mut ended: Option<End> = None;
-        let broke = loop {
-            let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
-                Err(_) => {
-                    violation(format!(
-                        "no end event by the deadline (last seq {last_seq})"
-                    ));
-                    return;
-                }
-                Ok(chunk) => chunk,
-            };
-            match chunk {
-                None => {
-                    if !buffer.is_empty() {
-                        violation(format!(
+    }
+}
+
+/// Reads one response, recording each message; returns how it broke, or `None` once
+/// the follower is done (the end came, or the deadline passed).
+async fn read(
+    response: reqwest::Response,
+    spec: &FollowSpec,
+    position: &mut Position,
+    state: &Mutex<FollowState>,
+) -> Option<Break> {
+    let deadline = tokio::time::Instant::from_std(spec.deadline);
+    let mut body = response.bytes_stream();
+    let mut buffer = Vec::new();
+    let mut last_retry: Option<String> = None;
+    loop {
+        let Ok(chunk) = tokio::time::timeout_at(deadline, body.next()).await else {
+            let last_seq = position.last_seq;
+            violation(
+                state,
+                format!("no end event by the deadline (last seq {last_seq})"),
+            );
+            return None;
+        };
+        let broke = |clean, error| Break {
+            at: Instant::now(),
+            after_seq: position.last_seq,
+            clean,
+            last_frame_retry: last_retry.clone(),
+            error,
+        };
+        match chunk {
+            None => {
+                if !buffer.is_empty() {
+                    violation(
+                        state,
+                        format!(
                             "the response ended mid-frame: {:?}",
                             String::from_utf8_lossy(&buffer)
-                        ));
-                    }
-                    break Break {
-                        at: Instant::now(),
-                        after_seq: last_seq,
-                        clean: buffer.is_empty(),
-                        last_frame_retry: last_retry.clone(),
-                        error: None,
-                    };
+                        ),
+                    );
                 }
-                Some(Err(error)) => {
-                    break Break {
-                        at: Instant::now(),
-                        after_seq: last_seq,
-                        clean: false,
-                        last_frame_retry: last_retry.clone(),
-                        error: Some(format!("{error:?}")),
-                    }
-                }
-                Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
+                return Some(broke(buffer.is_empty(), None));
             }
-            let at = Instant::now();
-            for text in frames(&mut buffer, spec.format) {
-                let parsed = match spec.format {
-                    Format::Sse => parse_sse(&text),
-                    _ => parse_ndjson(&text).map(|frame| (frame, None)),
-                };
-                let (frame, retry) = match parsed {
-                    Ok(parsed) => parsed,
-                    Err(error) => {
-                        violation(error);
-                        continue;
-                    }
-                };
-                if spec.eventsource_backoff.is_some() {
-                    if let Some(ms) = retry.as_deref().and_then(|r| r.parse::<u64>().ok()) {
-                        reconnect_after = Duration::from_millis(ms);
-                    }
-                }
-                last_retry = retry;
-                if let Some(end) = &ended {
-                    violation(format!("{frame:?} after the end {end:?}"));
+            Some(Err(error)) => return Some(broke(false, Some(format!("{error:?}")))),
+            Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
+        }
+        let at = Instant::now();
+        let mut ended: Option<End> = None;
+        for parsed in frames(&mut buffer, spec.format) {
+            let (frame, retry) = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    violation(state, error);
                     continue;
                 }
-                match frame {
-                    Frame::Heartbeat => {}
-                    Frame::Message { stream_id, value } => {
-                        let Some(seq) = seq_of(&stream_id) else {
-                            violation(format!("a message with stream_id {stream_id:?}"));
-                            continue;
-                        };
-                        if seq != last_seq + 1 {
-                            violation(format!("seq {seq} after seq {last_seq}"));
-                        }
-                        last_seq = seq;
-                        let mut state = state.lock().unwrap();
-                        state.received.push(Received {
-                            seq,
-                            id: value["id"].as_str().unwrap_or_default().to_owned(),
-                            value: spec.keep_values.then_some(value),
-                            at,
-                        });
-                        state.last_id = Some(stream_id.clone());
-                        cursor = Some(stream_id);
-                    }
-                    Frame::End(end) => ended = Some(end),
+            };
+            if spec.eventsource_backoff.is_some() {
+                if let Some(ms) = retry.as_deref().and_then(|r| r.parse::<u64>().ok()) {
+                    position.reconnect_after = Duration::from_millis(ms);
                 }
             }
-            if let Some(end) = ended.take() {
-                state.lock().unwrap().end = Some(end.clone());
-                // Nothing may follow the end: the response must close.
-                let rest = tokio::time::timeout(Duration::from_secs(5), async {
-                    let mut extra = buffer.clone();
-                    while let Some(chunk) = body.next().await {
-                        match chunk {
-                            Ok(bytes) => extra.extend_from_slice(&bytes),
-                            Err(error) => return Err(format!("{error:?}")),
-                        }
-                    }
-                    Ok(extra)
-                })
-                .await;
-                match rest {
-                    Ok(Ok(extra)) if extra.is_empty() => {}
-                    Ok(Ok(extra)) => violation(format!(
-                        "data after the end: {:?}",
-                        String::from_utf8_lossy(&extra)
-                    )),
-                    Ok(Err(error)) => {
-                        violation(format!("the response failed after the end: {error}"))
-                    }
-                    Err(_) => violation("the response stayed open after the end".to_owned()),
-                }
-                return;
+            last_retry = retry;
+            if let Some(end) = &ended {
+                violation(state, format!("{frame:?} after the end {end:?}"));
+                continue;
             }
-        };
-        let clean = broke.clean;
-        let error = broke.error.clone();
-        state.lock().unwrap().breaks.push(broke);
-        if !spec.reconnect {
-            violation(format!(
-                "the follow was dropped after seq {last_seq} ({})",
-                error.unwrap_or_else(|| if clean {
-                    "the response ended".into()
-                } else {
-                    "error".into()
-                })
-            ));
-            return;
+            match frame {
+                Frame::Heartbeat => {}
+                Frame::Message { stream_id, value } => {
+                    record(spec, position, state, stream_id, value, at)
+                }
+                Frame::End(end) => ended = Some(end),
+            }
         }
-        tokio::time::sleep(reconnect_after).await;
+        if let Some(end) = ended {
+            state.lock().unwrap().end = Some(end);
+            // Nothing may follow the end: the response must close.
+            if let Err(problem) = closes_after_end(body, buffer).await {
+                violation(state, problem);
+            }
+            return None;
+        }
+    }
+}
+
+/// Records a message received at `at`, checking that it is the next seq.
+fn record(
+    spec: &FollowSpec,
+    position: &mut Position,
+    state: &Mutex<FollowState>,
+    stream_id: String,
+    value: Value,
+    at: Instant,
+) {
+    let Some(seq) = seq_of(&stream_id) else {
+        violation(state, format!("a message with stream_id {stream_id:?}"));
+        return;
+    };
+    if seq != position.last_seq + 1 {
+        violation(state, format!("seq {seq} after seq {}", position.last_seq));
+    }
+    position.last_seq = seq;
+    let mut state = state.lock().unwrap();
+    state.received.push(Received {
+        seq,
+        id: value["id"].as_str().unwrap_or_default().to_owned(),
+        value: spec.keep_values.then_some(value),
+        at,
+    });
+    state.last_id = Some(stream_id.clone());
+    position.cursor = Some(stream_id);
+}
+
+/// Checks that the response closes, with nothing more, within 5 s of the end event
+/// (`rest`: what was left in the buffer after it).
+async fn closes_after_end(
+    mut body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+    rest: Vec<u8>,
+) -> Result<(), String> {
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut extra = rest;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => extra.extend_from_slice(&bytes),
+                Err(error) => return Err(format!("{error:?}")),
+            }
+        }
+        Ok(extra)
+    })
+    .await;
+    match rest {
+        Ok(Ok(extra)) if extra.is_empty() => Ok(()),
+        Ok(Ok(extra)) => Err(format!(
+            "data after the end: {:?}",
+            String::from_utf8_lossy(&extra)
+        )),
+        Ok(Err(error)) => Err(format!("the response failed after the end: {error}")),
+        Err(_) => Err("the response stayed open after the end".to_owned()),
     }
 }
 

@@ -6,10 +6,6 @@
 //! Everything here is synchronous (std::process), so that `Drop` can clean up even when
 //! a test panics: processes are killed and directories removed. A binary that cannot be
 //! found is a panic (the drill fails), never a skip.
-//!
-//! Shared with `benches/fault_drills.rs` through `#[path]`.
-
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -643,7 +639,7 @@ impl Server {
             env.push(("REDIS_URL".to_owned(), redis_url.to_owned()));
         }
         let mut server = Self {
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_agent-stream")),
+            binary: Self::binary(),
             port: free_port(),
             env,
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -654,6 +650,25 @@ impl Server {
         };
         server.launch();
         server
+    }
+
+    /// AGENT_STREAM_TEST_BINARY, else the `agent-stream` that cargo built beside the
+    /// running test or bench (`target/<profile>/`, above its `deps/`): cargo builds a
+    /// package's binaries for its tests and benches, but names them (CARGO_BIN_EXE_*)
+    /// only to that package's own targets, not to this crate.
+    pub fn binary() -> PathBuf {
+        if let Some(path) = env_nonempty("AGENT_STREAM_TEST_BINARY") {
+            return PathBuf::from(path);
+        }
+        let running = std::env::current_exe().expect("the running test's path");
+        let binary = running
+            .parent()
+            .and_then(Path::parent)
+            .map(|profile| profile.join("agent-stream"))
+            .filter(|binary| binary.is_file());
+        binary.unwrap_or_else(|| {
+            panic!("agent-stream not found beside {}: run the tests and benches with cargo, or set AGENT_STREAM_TEST_BINARY", running.display())
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -131,19 +131,25 @@ impl Rig {
         }
     }
 
+    /// A follow of the rig's process from `after`, until the rig's deadline, keeping
+    /// each message's JSON.
+    pub fn follow_spec(&self, format: Format, after: u64, reconnect: bool) -> FollowSpec {
+        FollowSpec {
+            base: self.api.base.clone(),
+            process: self.process.clone(),
+            format,
+            after,
+            reconnect,
+            deadline: self.deadline,
+            keep_values: true,
+            eventsource_backoff: None,
+        }
+    }
+
     pub fn follower(&self, format: Format, after: u64, reconnect: bool) -> Follower {
         Follower::spawn(
             self.api.http.clone(),
-            FollowSpec {
-                base: self.api.base.clone(),
-                process: self.process.clone(),
-                format,
-                after,
-                reconnect,
-                deadline: self.deadline,
-                keep_values: true,
-                eventsource_backoff: None,
-            },
+            self.follow_spec(format, after, reconnect),
         )
     }
 

@@ -1,6 +1,8 @@
-//! The test harness: a real agent-stream server on port 0 per test, on the memory
-//! backend or on a real PostgreSQL (own database per test) and Redis (own key prefix
-//! per test), with helpers that speak the contract.
+//! The contract suite's harness: a real agent-stream server on port 0 per test, on one
+//! of the [`Backend`]s (memory; a real PostgreSQL, own database per test, with the
+//! in-process feed; or PostgreSQL and a real Redis, own key prefix per test), with
+//! helpers that speak the contract, and [`Follow`], which reads a follow item by item
+//! and panics on anything the contract does not allow.
 
 use std::time::Duration;
 
@@ -14,15 +16,27 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use crate::frame::End;
+use crate::frame::{parse_ndjson, parse_sse, take_frame, Frame, NDJSON_SEPARATOR, SSE_SEPARATOR};
+
 /// Generous bound on any single wait, so a broken follow fails the test instead of
 /// hanging it.
 pub const WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// The embedded memory store and in-process feed (`serve` without `--database-url`).
     Memory,
+    /// PostgreSQL from DATABASE_URL with the in-process feed (`--database-url` without
+    /// `--redis-url`: one instance, no Redis).
+    Postgres,
     /// PostgreSQL and Redis from DATABASE_URL and REDIS_URL (`bash .ci/test` starts them).
     Real,
+}
+
+impl Backend {
+    /// Every backend, for tests that loop over them.
+    pub const ALL: [Backend; 3] = [Backend::Memory, Backend::Postgres, Backend::Real];
 }
 
 pub struct TestApp {
@@ -127,6 +141,48 @@ pub async fn recreate_database(database_url: &str) {
     create_database_on(&required_env("DATABASE_URL"), name).await;
 }
 
+/// The tests' backend configuration on the PostgreSQL database at `database_url`, with
+/// no Redis: small pools and buffers, long TTLs, a 1 s database timeout.
+fn test_backend_config(database_url: String) -> BackendConfig {
+    BackendConfig {
+        database_url: Some(database_url),
+        database_read_url: None,
+        redis_url: None,
+        redis_tls_ca: None,
+        redis_prefix: String::new(),
+        stream_maxlen: 1000,
+        finished_stream_ttl: Duration::from_secs(3600),
+        running_stream_ttl: Duration::from_secs(3600),
+        stream_inline_bytes: 64 * 1024,
+        redis_readers: 2,
+        database_timeout: Duration::from_secs(1),
+        database_max_connections: 8,
+        follower_buffer: 256,
+    }
+}
+
+/// A Redis key prefix no other test uses.
+fn fresh_prefix() -> String {
+    format!("test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// The backends of `backend` without a server, for tests of the ports themselves: on a
+/// fresh database and a fresh Redis key prefix.
+pub async fn connect_backends(backend: Backend) -> Backends {
+    let config = match backend {
+        Backend::Memory => return Backends::embedded(256),
+        Backend::Postgres => test_backend_config(fresh_database().await),
+        Backend::Real => BackendConfig {
+            redis_url: Some(required_env("REDIS_URL")),
+            redis_prefix: fresh_prefix(),
+            ..test_backend_config(fresh_database().await)
+        },
+    };
+    Backends::connect(&config)
+        .await
+        .expect("connect the backends")
+}
+
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
         Self::spawn_with(backend, |_| {}).await
@@ -136,12 +192,25 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, tune: impl FnOnce(&mut HttpConfig)) -> Self {
         let (backends, redis) = match backend {
             Backend::Memory => (Backends::embedded(256), None),
+            Backend::Postgres => return Self::spawn_postgres(fresh_database().await, tune).await,
             Backend::Real => {
-                let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+                let prefix = fresh_prefix();
                 return Self::spawn_real(fresh_database().await, prefix, tune).await;
             }
         };
         Self::spawn_on(backend, backends, redis, tune).await
+    }
+
+    /// Spawns a server on the PostgreSQL database at `database_url` with the in-process
+    /// feed: the deployment of one instance without Redis.
+    pub async fn spawn_postgres(database_url: String, tune: impl FnOnce(&mut HttpConfig)) -> Self {
+        let backend_config = test_backend_config(database_url);
+        let backends = Backends::connect(&backend_config)
+            .await
+            .expect("connect PostgreSQL");
+        let mut app = Self::spawn_on(Backend::Postgres, backends, None, tune).await;
+        app.backend_config = Some(backend_config);
+        app
     }
 
     /// Spawns a server on the real backends: the PostgreSQL database at
@@ -164,19 +233,10 @@ impl TestApp {
     ) -> Self {
         let redis_url = required_env("REDIS_URL");
         let backend_config = BackendConfig {
-            database_url: Some(database_url),
             database_read_url: read_url,
             redis_url: Some(redis_url.clone()),
-            redis_tls_ca: None,
             redis_prefix: prefix.clone(),
-            stream_maxlen: 1000,
-            finished_stream_ttl: Duration::from_secs(3600),
-            running_stream_ttl: Duration::from_secs(3600),
-            stream_inline_bytes: 64 * 1024,
-            redis_readers: 2,
-            database_timeout: Duration::from_secs(1),
-            database_max_connections: 8,
-            follower_buffer: 256,
+            ..test_backend_config(database_url)
         };
         let backends = Backends::connect(&backend_config)
             .await
@@ -200,21 +260,12 @@ impl TestApp {
     /// test CA beside the system's roots.
     pub async fn spawn_tls() -> Self {
         let backend_config = BackendConfig {
-            database_url: Some(
-                fresh_database_on(&required_env("AGENT_STREAM_TEST_TLS_DATABASE_URL")).await,
-            ),
-            database_read_url: None,
             redis_url: Some(required_env("AGENT_STREAM_TEST_TLS_REDIS_URL")),
             redis_tls_ca: Some(required_env("AGENT_STREAM_TEST_TLS_CA").into()),
-            redis_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),
-            stream_maxlen: 1000,
-            finished_stream_ttl: Duration::from_secs(3600),
-            running_stream_ttl: Duration::from_secs(3600),
-            stream_inline_bytes: 64 * 1024,
-            redis_readers: 2,
-            database_timeout: Duration::from_secs(1),
-            database_max_connections: 8,
-            follower_buffer: 256,
+            redis_prefix: fresh_prefix(),
+            ..test_backend_config(
+                fresh_database_on(&required_env("AGENT_STREAM_TEST_TLS_DATABASE_URL")).await,
+            )
         };
         let backends = Backends::connect(&backend_config)
             .await
@@ -476,12 +527,6 @@ pub enum Item {
     Retry(u64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct End {
-    pub status: String,
-    pub stream_id: String,
-}
-
 /// An open follow, read item by item.
 pub struct Follow {
     format: Format,
@@ -503,21 +548,16 @@ impl Follow {
     }
 
     async fn next_untimed(&mut self) -> Option<Item> {
-        let separator: &[u8] = match self.format {
-            Format::Sse => b"\n\n",
-            Format::Ndjson => b"\n",
+        let separator = match self.format {
+            Format::Sse => SSE_SEPARATOR,
+            Format::Ndjson => NDJSON_SEPARATOR,
         };
         loop {
-            if let Some(at) = self
-                .buffer
-                .windows(separator.len())
-                .position(|w| w == separator)
-            {
-                let frame: Vec<u8> = self.buffer.drain(..at + separator.len()).take(at).collect();
+            if let Some(frame) = take_frame(&mut self.buffer, separator) {
                 let frame = String::from_utf8(frame).expect("UTF-8 frames");
                 return Some(match self.format {
-                    Format::Sse => parse_sse(&frame),
-                    Format::Ndjson => parse_ndjson(&frame),
+                    Format::Sse => sse_item(&frame),
+                    Format::Ndjson => ndjson_item(&frame),
                 });
             }
             match self.body.next().await {
@@ -571,130 +611,25 @@ impl Follow {
     }
 }
 
-fn parse_sse(frame: &str) -> Item {
-    let mut retry = None;
-    let (mut id, mut event, mut data) = (None, None, Vec::new());
-    for line in frame.lines() {
-        if line.starts_with(':') {
-            continue;
+/// An SSE event as an item; panics on an event the contract does not allow.
+fn sse_item(frame: &str) -> Item {
+    match parse_sse(frame).unwrap_or_else(|error| panic!("{error}")) {
+        (Frame::Heartbeat, Some(retry)) => {
+            Item::Retry(retry.parse().expect("retry is a number of milliseconds"))
         }
-        let (field, value) = line
-            .split_once(':')
-            .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
-            .unwrap_or((line, ""));
-        match field {
-            "id" => id = Some(value.to_owned()),
-            "event" => event = Some(value.to_owned()),
-            "data" => data.push(value.to_owned()),
-            "retry" => retry = Some(value.parse().expect("retry is a number of milliseconds")),
-            other => panic!("unexpected SSE field {other:?} in {frame:?}"),
-        }
-    }
-    let data = data.join("\n");
-    match event.as_deref() {
-        None if data.is_empty() && id.is_none() => match retry {
-            Some(retry) => Item::Retry(retry),
-            None => Item::Heartbeat,
-        },
-        Some("message") => {
-            let message: Value = serde_json::from_str(&data).expect("SSE data is a message");
-            assert_eq!(
-                Some(message["stream_id"].as_str().expect("stream_id")),
-                id.as_deref(),
-                "SSE id is the stream ID"
-            );
-            Item::Message(message)
-        }
-        Some("end") => {
-            let end: Value = serde_json::from_str(&data).expect("SSE end data is JSON");
-            Item::End(End {
-                status: end["status"].as_str().expect("status").to_owned(),
-                stream_id: id.expect("the end has an id"),
-            })
-        }
-        other => panic!("unexpected SSE event {other:?}: {frame:?}"),
+        (frame, _) => item(frame),
     }
 }
 
-fn parse_ndjson(line: &str) -> Item {
-    if line.is_empty() {
-        return Item::Heartbeat;
+/// An NDJSON line as an item; panics on a line that is not JSON.
+fn ndjson_item(line: &str) -> Item {
+    item(parse_ndjson(line).unwrap_or_else(|error| panic!("{error}")))
+}
+
+fn item(frame: Frame) -> Item {
+    match frame {
+        Frame::Message { value, .. } => Item::Message(value),
+        Frame::End(end) => Item::End(end),
+        Frame::Heartbeat => Item::Heartbeat,
     }
-    let value: Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("NDJSON line is not JSON ({e}): {line}"));
-    if value.get("event").and_then(Value::as_str) == Some("end") {
-        return Item::End(End {
-            status: value["status"].as_str().expect("status").to_owned(),
-            stream_id: value["stream_id"].as_str().expect("stream_id").to_owned(),
-        });
-    }
-    Item::Message(value)
-}
-
-/// The recorded Claude Code session, one message per line.
-pub fn session() -> Vec<Value> {
-    agent_stream::demo::SESSION
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).expect("fixture line"))
-        .collect()
-}
-
-/// `n` small messages with ids `<prefix>-<i>`.
-pub fn messages(prefix: &str, n: usize) -> Vec<Value> {
-    (1..=n)
-        .map(|i| {
-            serde_json::json!({
-                "id": format!("{prefix}-{i}"), "type": "AssistantMessage", "turn": i, "agent": "CLAUDE_CODE",
-                "model": "claude-sonnet-4-5-20250929", "payload": { "content": [{ "text": format!("message {i}") }] }
-            })
-        })
-        .collect()
-}
-
-/// A process id no other test uses.
-pub fn process_id() -> String {
-    format!("p-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// The seqs of followed messages.
-pub fn seqs(messages: &[Value]) -> Vec<u64> {
-    messages
-        .iter()
-        .map(|m| {
-            m["stream_id"]
-                .as_str()
-                .and_then(|s| s.strip_suffix("-0"))
-                .and_then(|s| s.parse().ok())
-                .expect("a message stream ID")
-        })
-        .collect()
-}
-
-/// Runs each listed `async fn name(app: TestApp)` once per backend: `memory::name` and
-/// `real::name`, on a server from `TestApp::spawn`, or from `spawn = path;` (an
-/// `async fn(Backend) -> TestApp`, e.g. one that turns auth on).
-#[macro_export]
-macro_rules! on_every_backend {
-    (spawn = $spawn:path; $($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($spawn($crate::support::Backend::Memory).await).await
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($spawn($crate::support::Backend::Real).await).await
-                }
-            )*
-        }
-    };
-    ($($name:ident),* $(,)?) => {
-        $crate::on_every_backend!(spawn = $crate::support::TestApp::spawn; $($name),*);
-    };
 }
