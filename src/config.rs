@@ -129,8 +129,9 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub auth: AuthConfig,
 
-    /// How long a follower waits on a silent live feed before it asks the store
-    /// (catches a message whose Redis XADD never happened, or Redis being down).
+    /// How long a follower waits on a silent live feed before it checks how far the
+    /// process goes (with Redis: in its stream; else, or while Redis is down, in the
+    /// store), and how often one instance republishes what Redis missed.
     #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL", default_value = follow::IDLE_POLL, value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
 

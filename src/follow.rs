@@ -2,41 +2,50 @@
 //! process after a cursor, in order, each once, then each new one as it is appended,
 //! then the end once the process is finished.
 //!
-//! The reader always knows which seq comes next (`last + 1`), because seqs are gap-free.
-//! So the live feed is only a hint: an event with the next seq is delivered, an older
-//! one is a duplicate and dropped, a newer one reveals a gap that is filled from the
-//! store (seqs commit in order, so everything below it is there). When the feed says
-//! nothing for `idle_poll`, the store is asked directly, which catches a message whose
-//! publish never happened and a feed that is down. (A message the store has but the
-//! live feed has not brought yet is given one more interval: the look often falls
-//! between a commit and its publish, and catching up then would only add load.) A reader that falls behind its
-//! bounded feed buffer (a slow client) is told it lagged and catches up from the store
-//! in pages, so memory stays bounded however slowly it reads.
+//! A follower always knows which seq comes next (`delivered + 1`), because seqs are
+//! gap-free. So the live feed is only a hint: an event with the next seq is delivered,
+//! an older one is a duplicate and dropped, a newer one reveals a gap that is filled
+//! from the store (seqs commit in order, so everything below it is there). When the
+//! feed says nothing for the poll interval (`idle_poll`), the follower checks the
+//! process's status in the store, which catches a message whose publish never happened
+//! and a feed that is down. (A message the store has but the live feed has not brought
+//! yet is given one more interval: the check often falls between a commit and its
+//! publish, and catching up then would only add load.) A follower that falls behind its
+//! bounded feed buffer (a slow client) is told so and catches up from the store in
+//! pages, so memory stays bounded however slowly it reads.
 //!
-//! A follower also keeps the highest seq it knows is committed (`known`: from the
-//! status it started from, its looks, and the feed) and gives it with each catch-up
-//! read, so a store reading from a lagging replica completes a page from the primary
-//! instead of ending it early (`adapters::postgres`).
+//! With a feed that tells how far its publishing got (Redis) on a store whose instances
+//! elect a republisher (PostgreSQL), a quiet-feed check asks the feed first: when it
+//! holds nothing past what the follower delivered, there is nothing to do, because the
+//! republisher ([`crate::republish`]) puts into the feed whatever the store holds but
+//! the feed missed. The store is asked only when the feed holds more, cannot tell, or
+//! holds entries that are not this store's. So quiet followers cost the store nothing
+//! while the feed is live, on any number of instances.
 //!
-//! A look runs beside the live feed, not instead of it: a follower goes on delivering
-//! the next messages while its look waits for the store, so a slow store delays no live
-//! message.
+//! A follower also keeps the highest seq it knows is committed (`committed`: from the
+//! status it started from, its status checks, and the feed) and gives it with each
+//! catch-up read, so a store reading from a lagging replica completes a page from the
+//! primary instead of ending it early (`adapters::postgres`).
 //!
-//! Those looks are shared: [`Followers`] keeps each process's status as last read, one
-//! read at a time per process. An idle follower reuses a read younger than its interval,
-//! and any follower reuses a read that began after it asked, so the followers of a
-//! process that wake together (they heard the same message) make one query, not one
-//! each. Looks that decide something at once (after a catch-up, on an end marker) read
-//! fresh. Followers' store reads also take turns for a share of the store's connections
-//! (`FollowConfig::store_reads`), so that appends always find one.
+//! A status check runs beside the live feed, not instead of it: a follower goes on
+//! delivering the next messages while its check waits for the store, so a slow store
+//! delays no live message.
+//!
+//! Those checks are shared: [`Followers`] keeps each process's status as last read, one
+//! read at a time per process. A check because the feed was quiet reuses a read younger
+//! than the poll interval, and any check reuses a read that began after it was asked, so
+//! the followers of a process that wake together (they heard the same message) make one
+//! query, not one each. Checks that decide something at once (after a catch-up, on an
+//! end marker) read fresh. Followers' store reads also take turns for a share of the
+//! store's connections (`FollowConfig::store_reads`), so that appends always find one.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,7 +53,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
 use crate::metrics::{self, DelaySampler};
-use crate::ports::{FeedEvent, FeedSubscription, LiveFeed, MessageStore, StoreError};
+use crate::ports::{
+    FeedEvent, FeedNext, FeedSubscription, LiveFeed, MessageStore, Published, StoreError,
+};
 
 /// What one follower sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +111,10 @@ pub struct Followers {
     feed: Arc<dyn LiveFeed>,
     config: FollowConfig,
     statuses: StatusCache,
+    /// Whether a republisher puts into the feed whatever the store holds but the feed
+    /// missed (see [`crate::republish`]): then a quiet feed's "nothing new" is believed,
+    /// and quiet-feed checks ask the feed instead of the store.
+    republished: bool,
     /// One permit per follower store read in flight, `config.store_reads` in all.
     reads: Semaphore,
     shutdown: CancellationToken,
@@ -113,6 +128,7 @@ impl Followers {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            republished: crate::republish::applies(&*store, &*feed),
             store,
             feed,
             reads: Semaphore::new(config.store_reads.max(1)),
@@ -137,16 +153,20 @@ impl Followers {
         let follower = Follower {
             shared: self.clone(),
             process,
-            subscription,
-            last: cursor.after_seq(),
-            known: known_last_seq,
-            pending: VecDeque::new(),
+            progress: Progress {
+                delivered: cursor.after_seq(),
+                committed: known_last_seq,
+                pending: VecDeque::new(),
+                end: None,
+            },
             mode: Mode::CatchUp,
-            heard_at: Instant::now(),
-            awaiting: None,
-            look: None,
-            end: None,
-            delays: DelaySampler::default(),
+            listening: Listening {
+                subscription,
+                last_heard: Instant::now(),
+                expected_from_feed: None,
+                status_check: None,
+                delays: DelaySampler::default(),
+            },
             shutdown: self.shutdown.child_token(),
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -155,11 +175,29 @@ impl Followers {
     }
 }
 
-/// A process's status, and when the read that got it began.
+/// What a status read learned about a process, and when it began.
 #[derive(Clone)]
 struct StatusRead {
     started: Instant,
-    info: ProcessInfo,
+    known: Known,
+}
+
+/// Where a status read got its answer.
+#[derive(Clone)]
+enum Known {
+    /// The store's status of the process.
+    Store(ProcessInfo),
+    /// How far the feed's publishing got.
+    Feed(Published),
+}
+
+/// What a status check tells a follower.
+enum Status {
+    /// The store's status of the process.
+    Stored(ProcessInfo),
+    /// The feed holds nothing past what the follower delivered, and a republisher
+    /// puts into it anything stored but unpublished: nothing to do.
+    NothingNew,
 }
 
 type StatusSlot = Arc<AsyncMutex<Option<StatusRead>>>;
@@ -192,63 +230,95 @@ impl StatusCache {
 enum Mode {
     /// Reading pages from the store until a short page.
     CatchUp,
-    /// Waiting on the feed, and on the look at the store under way, if any.
+    /// Waiting on the feed, and on the status check under way, if any.
     Live,
     Done,
 }
 
-/// A status read under way, in a task of its own so that dropping the follower (or
-/// starting another look) never drops a store call halfway.
-struct Look {
-    fresh: bool,
-    answer: JoinHandle<Option<ProcessInfo>>,
-    /// Cancels the look's retries once nobody waits for it.
+/// How recent a status read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// The answer decides something at once (after a catch-up, on an end marker): only a
+    /// read that began after the check was asked will do.
+    Fresh,
+    /// A check because the feed was quiet: a read younger than the poll interval will do.
+    Recent,
+}
+
+/// A status check under way, in a task of its own so that dropping the follower (or
+/// starting another check) never drops a store call halfway.
+struct StatusCheck {
+    freshness: Freshness,
+    answer: JoinHandle<Option<Status>>,
+    /// Cancels the check's retries once nobody waits for it.
     _cancel: DropGuard,
+}
+
+/// How far a follower has got: what it delivered, what it knows is committed, and what
+/// it has read but not delivered yet.
+struct Progress {
+    /// The seq of the last message delivered (or the cursor's).
+    delivered: u64,
+    /// The highest seq known to be committed (from a status read or the feed): a
+    /// catch-up page from a read replica that ends short of it is completed from the
+    /// primary.
+    committed: u64,
+    /// Messages read but not yet delivered, all above `delivered`, in order.
+    pending: VecDeque<StoredMessage>,
+    /// The end, once a status check found the process finished and everything delivered.
+    end: Option<FollowEvent>,
+}
+
+impl Progress {
+    /// The next event ready to deliver, if any.
+    fn next_ready(&mut self) -> Option<FollowEvent> {
+        if let Some(message) = self.pending.pop_front() {
+            self.delivered = message.seq;
+            return Some(FollowEvent::Message(message));
+        }
+        self.end.take()
+    }
+}
+
+/// What a follower listens to while live: the feed, and the status checks that stand
+/// in for it when it is quiet.
+struct Listening {
+    subscription: FeedSubscription,
+    /// When the store or the feed last told this follower something.
+    last_heard: Instant,
+    /// The last seq a quiet-feed check saw committed, that the feed has one more
+    /// interval to bring.
+    expected_from_feed: Option<u64>,
+    /// The status check under way, if any.
+    status_check: Option<StatusCheck>,
+    delays: DelaySampler,
 }
 
 struct Follower {
     shared: Arc<Followers>,
     process: ProcessId,
-    subscription: FeedSubscription,
-    /// The seq of the last message delivered (or the cursor's).
-    last: u64,
-    /// The highest seq known to be committed (from a status read or the feed): a
-    /// catch-up page from a read replica that ends short of it is completed from the
-    /// primary.
-    known: u64,
-    /// Messages read but not yet delivered, all above `last`, in order.
-    pending: VecDeque<StoredMessage>,
+    progress: Progress,
     mode: Mode,
-    /// When the store or the feed last told this follower something.
-    heard_at: Instant,
-    /// The last seq an idle look saw committed, that the feed has one interval to bring.
-    awaiting: Option<u64>,
-    /// The status read under way, if any.
-    look: Option<Look>,
-    /// The end, once a look found the process finished and everything delivered.
-    end: Option<FollowEvent>,
-    delays: DelaySampler,
+    listening: Listening,
     shutdown: CancellationToken,
 }
 
 impl Follower {
     async fn next(&mut self) -> Option<FollowEvent> {
         loop {
-            if let Some(message) = self.pending.pop_front() {
-                self.last = message.seq;
-                return Some(FollowEvent::Message(message));
-            }
-            if let Some(end) = self.end.take() {
-                self.mode = Mode::Done;
-                return Some(end);
+            if let Some(event) = self.progress.next_ready() {
+                if matches!(event, FollowEvent::End { .. }) {
+                    self.mode = Mode::Done;
+                }
+                return Some(event);
             }
             if self.shutdown.is_cancelled() {
                 return None;
             }
             match self.mode {
                 Mode::CatchUp => {
-                    let (store, process, after) = (&self.shared.store, &self.process, self.last);
-                    let known = self.known;
+                    let (store, process) = (&self.shared.store, &self.process);
+                    let (after, known) = (self.progress.delivered, self.progress.committed);
                     let config = &self.shared.config;
                     let (limit, max_bytes) = (config.page_size, config.page_bytes);
                     let page = retry(&self.shutdown, &self.shared.reads, || {
@@ -258,69 +328,83 @@ impl Follower {
                     metrics::catch_up_page(page.len());
                     if page.len() < limit {
                         // Caught up: whether the process is finished decides what next.
-                        self.start_look(true);
+                        self.check_status(Freshness::Fresh);
                         self.mode = Mode::Live;
                     }
-                    self.pending.extend(page);
+                    self.progress.pending.extend(page);
                 }
-                Mode::Live => self.wait_live().await?,
+                Mode::Live => {
+                    if self.wait_live().await.is_break() {
+                        return None;
+                    }
+                }
                 Mode::Done => return None,
             }
         }
     }
 
-    /// Starts a look at how far the process goes and whether it is finished (replacing
-    /// one under way: its answer is no longer wanted). `fresh` when the answer decides
-    /// something at once, else a shared recent read will do.
-    fn start_look(&mut self, fresh: bool) {
+    /// Starts a check of how far the process goes and whether it is finished (replacing
+    /// one under way: its answer is no longer wanted).
+    fn check_status(&mut self, freshness: Freshness) {
         let cancel = self.shutdown.child_token();
-        let answer = tokio::spawn(status(
+        let answer = tokio::spawn(read_status(
             self.shared.clone(),
             self.process.clone(),
-            fresh,
-            self.quiet(),
+            freshness,
+            self.progress.delivered,
+            self.poll_interval(),
             cancel.clone(),
         ));
-        self.look = Some(Look {
-            fresh,
+        self.listening.status_check = Some(StatusCheck {
+            freshness,
             answer,
             _cancel: cancel.drop_guard(),
         });
     }
 
-    /// Acts on a look's answer: catch up if the store has more than was delivered
-    /// (an idle look first gives the feed one more interval), end if the process is
-    /// finished and everything was delivered, else go on waiting. `None` if the look
-    /// found nothing (shutdown).
-    fn looked(&mut self, info: Option<ProcessInfo>, fresh: bool) -> Option<()> {
-        let info = info?;
-        self.heard_at = Instant::now();
-        self.known = self.known.max(info.last_seq);
-        let behind = info.last_seq > self.last;
-        // An idle look often lands between a commit and its XADD: while the feed is
-        // live, give it one more interval to deliver, and catch up only if what was
+    /// Acts on a status check's answer: catch up if the store has more than was
+    /// delivered (a quiet-feed check first gives the feed one more interval), end if
+    /// the process is finished and everything was delivered, else go on waiting. Stops
+    /// if the check found nothing (shutdown).
+    fn on_status(&mut self, status: Option<Status>, freshness: Freshness) -> ControlFlow<()> {
+        let (progress, listening) = (&mut self.progress, &mut self.listening);
+        let info = match status {
+            None => return ControlFlow::Break(()),
+            Some(Status::NothingNew) => {
+                listening.last_heard = Instant::now();
+                return ControlFlow::Continue(());
+            }
+            Some(Status::Stored(info)) => info,
+        };
+        listening.last_heard = Instant::now();
+        progress.committed = progress.committed.max(info.last_seq);
+        let behind = info.last_seq > progress.delivered;
+        // A quiet-feed check often lands between a commit and its XADD: while the feed
+        // is live, give it one more interval to deliver, and catch up only if what was
         // missing then is still missing.
-        let give_feed_time = behind
-            && !fresh
+        let wait_for_feed = behind
+            && freshness == Freshness::Recent
             && self.shared.feed.is_live()
-            && self.awaiting.is_none_or(|awaited| self.last >= awaited);
-        if give_feed_time {
-            self.awaiting = Some(info.last_seq);
+            && listening
+                .expected_from_feed
+                .is_none_or(|expected| progress.delivered >= expected);
+        if wait_for_feed {
+            listening.expected_from_feed = Some(info.last_seq);
         } else if behind {
-            self.awaiting = None;
+            listening.expected_from_feed = None;
             self.mode = Mode::CatchUp;
         } else if let Some(status) = info.status.finished() {
-            self.end = Some(FollowEvent::End {
+            progress.end = Some(FollowEvent::End {
                 stream_id: info.end_stream_id(),
                 status: status.clone(),
             });
         }
-        Some(())
+        ControlFlow::Continue(())
     }
 
     /// How long the feed may stay silent before the store is asked. While the feed is
     /// down, nothing comes from it: ask the store more often.
-    fn quiet(&self) -> Duration {
+    fn poll_interval(&self) -> Duration {
         let config = &self.shared.config;
         if self.shared.feed.is_live() {
             config.idle_poll
@@ -329,79 +413,118 @@ impl Follower {
         }
     }
 
-    /// Waits for the feed's next useful event, the look under way, or (with none under
-    /// way) the time to look at the store.
-    async fn wait_live(&mut self) -> Option<()> {
-        // The feed can go down during the wait: look again at least that often.
-        let quiet = self.quiet();
-        let wake = (self.heard_at + quiet).min(Instant::now() + self.shared.config.degraded_poll);
-        let looking = self.look.is_some();
-        let event = tokio::select! {
-            _ = self.shutdown.cancelled() => return None,
-            event = self.subscription.recv() => Some(event),
-            answer = async { (&mut self.look.as_mut()?.answer).await.ok() }, if looking => {
-                let fresh = self.look.take().is_some_and(|look| look.fresh);
-                return self.looked(answer.flatten(), fresh);
+    /// Waits for the feed's next useful event, the status check under way, or (with none
+    /// under way) the time to check the status. Stops on shutdown.
+    async fn wait_live(&mut self) -> ControlFlow<()> {
+        // The feed can go down during the wait: check again at least that often.
+        let interval = self.poll_interval();
+        let last_heard = self.listening.last_heard;
+        let wake = (last_heard + interval).min(Instant::now() + self.shared.config.degraded_poll);
+        let checking = self.listening.status_check.is_some();
+        let next = tokio::select! {
+            _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+            next = self.listening.subscription.next() => Some(next),
+            answer = async { (&mut self.listening.status_check.as_mut()?.answer).await.ok() }, if checking => {
+                let freshness = self.listening.status_check.take().map_or(Freshness::Recent, |check| check.freshness);
+                return self.on_status(answer.flatten(), freshness);
             }
-            _ = tokio::time::sleep_until(wake), if !looking => None,
+            _ = tokio::time::sleep_until(wake), if !checking => None,
         };
-        match event {
-            None if Instant::now() < self.heard_at + quiet && self.shared.feed.is_live() => {}
-            None => self.start_look(false),
-            Some(Ok(FeedEvent::Message(message))) if message.seq == self.last + 1 => {
-                self.heard_at = Instant::now();
-                self.delays.message(self.heard_at, &message.json);
-                self.pending.push_back(message);
+        let delivered = self.progress.delivered;
+        match next {
+            None if Instant::now() < last_heard + interval && self.shared.feed.is_live() => {}
+            None => self.check_status(Freshness::Recent),
+            Some(FeedNext::Event(FeedEvent::Message(message))) if message.seq == delivered + 1 => {
+                let now = Instant::now();
+                self.listening.last_heard = now;
+                self.listening.delays.message(now, &message.json);
+                self.progress.pending.push_back(message);
             }
-            Some(Ok(FeedEvent::Message(message))) if message.seq <= self.last => {}
-            Some(Ok(FeedEvent::Message(message))) => {
-                tracing::debug!(process = %self.process, expected = self.last + 1, got = message.seq, "gap in the live feed: filling it from the store");
+            Some(FeedNext::Event(FeedEvent::Message(message))) if message.seq <= delivered => {}
+            Some(FeedNext::Event(FeedEvent::Message(message))) => {
+                tracing::debug!(process = %self.process, expected = delivered + 1, got = message.seq, "gap in the live feed: filling it from the store");
                 metrics::gap_fill();
                 // Published after its commit: it and every seq below it are stored.
-                self.known = self.known.max(message.seq);
+                self.progress.committed = self.progress.committed.max(message.seq);
                 self.mode = Mode::CatchUp;
             }
-            Some(Err(RecvError::Lagged(missed))) => {
+            Some(FeedNext::FellBehind { missed }) => {
                 tracing::debug!(process = %self.process, missed, "follower fell behind its feed buffer: catching up from the store");
                 metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
             // Too large for the feed: the store has it, and everything before it.
-            Some(Ok(FeedEvent::Stored { seq })) if seq > self.last => {
-                self.heard_at = Instant::now();
-                self.known = self.known.max(seq);
+            Some(FeedNext::Event(FeedEvent::Stored { seq })) if seq > delivered => {
+                self.listening.last_heard = Instant::now();
+                self.progress.committed = self.progress.committed.max(seq);
                 self.mode = Mode::CatchUp;
             }
-            Some(Ok(FeedEvent::Stored { .. })) => {}
-            Some(Ok(FeedEvent::End { .. })) => self.start_look(true),
-            Some(Err(RecvError::Closed)) => {
-                self.subscription = self.shared.feed.subscribe(&self.process, self.last);
-                self.start_look(true);
+            Some(FeedNext::Event(FeedEvent::Stored { .. })) => {}
+            Some(FeedNext::Event(FeedEvent::End { .. })) => self.check_status(Freshness::Fresh),
+            Some(FeedNext::Closed) => {
+                self.listening.subscription = self.shared.feed.subscribe(&self.process, delivered);
+                self.check_status(Freshness::Fresh);
             }
         }
-        Some(())
+        ControlFlow::Continue(())
     }
 }
 
-/// The process's status: a read that began after this call, or when not `fresh`, one
-/// younger than `max_age`. Reads of one process take turns, so followers asking
-/// together share one. `None` once `cancel` is.
-async fn status(
+/// The process's status for a follower that delivered up to `delivered`: a store read
+/// that began after this call, or for a [`Freshness::Recent`] check, any read younger
+/// than `max_age`. A recent check asks the feed first while a republisher covers it
+/// (see [`Followers`]), and the store only when the feed holds more than was delivered
+/// or cannot tell. Reads of one process take turns, so followers asking together share
+/// one. `None` once `cancel` is.
+async fn read_status(
     shared: Arc<Followers>,
     process: ProcessId,
-    fresh: bool,
+    freshness: Freshness,
+    delivered: u64,
     max_age: Duration,
     cancel: CancellationToken,
-) -> Option<ProcessInfo> {
+) -> Option<Status> {
     let asked = Instant::now();
     let slot = shared.statuses.slot(&process, max_age);
     let mut last = tokio::select! {
         _ = cancel.cancelled() => return None,
         last = slot.lock() => last,
     };
+    let recent = freshness == Freshness::Recent;
+    let mut ask_feed = recent && shared.republished && shared.feed.is_live();
     if let Some(read) = last.as_ref() {
-        if read.started >= asked || (!fresh && read.started.elapsed() < max_age) {
-            return Some(read.info.clone());
+        let young = recent && read.started.elapsed() < max_age;
+        match &read.known {
+            Known::Store(info) if read.started >= asked || young => {
+                return Some(Status::Stored(info.clone()));
+            }
+            Known::Feed(published) if young => {
+                if published.nothing_past(delivered) {
+                    return Some(Status::NothingNew);
+                }
+                // The feed was just asked, and it holds more than this follower has.
+                ask_feed = false;
+            }
+            _ => {}
+        }
+    }
+    if ask_feed {
+        let started = Instant::now();
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            answer = shared.feed.published(std::slice::from_ref(&process)) => answer,
+        };
+        // A feed that does not answer tells nothing: the store does.
+        let published = answer
+            .ok()
+            .and_then(|answer| answer.first().copied())
+            .unwrap_or(Published::Unknown);
+        *last = Some(StatusRead {
+            started,
+            known: Known::Feed(published),
+        });
+        if published.nothing_past(delivered) {
+            return Some(Status::NothingNew);
         }
     }
     let started = Instant::now();
@@ -412,9 +535,9 @@ async fn status(
         .unwrap_or_else(|| ProcessInfo::not_known_yet(process.clone()));
     *last = Some(StatusRead {
         started,
-        info: info.clone(),
+        known: Known::Store(info.clone()),
     });
-    Some(info)
+    Some(Status::Stored(info))
 }
 
 /// Runs a store call, holding one of the followers' read permits, until it succeeds or
@@ -463,10 +586,110 @@ mod tests {
     use crate::domain::{NewMessage, RecentProcess, StoredMessage};
     use crate::ports::{AppendOutcome, Registration};
 
-    /// The memory store, counting status reads.
+    /// The memory store, counting status reads; `elects` says whether it elects a
+    /// republisher (as PostgreSQL does).
     struct Counting {
         inner: MemoryStore,
         status_reads: AtomicUsize,
+        elects: bool,
+    }
+
+    impl Counting {
+        fn new(elects: bool) -> Arc<Self> {
+            Arc::new(Self {
+                inner: MemoryStore::new(),
+                status_reads: AtomicUsize::new(0),
+                elects,
+            })
+        }
+    }
+
+    /// The in-process feed, telling how far its publishing got as the test sets it (as
+    /// Redis tells it).
+    struct Telling {
+        inner: InProcessFeed,
+        published: Mutex<Published>,
+    }
+
+    #[async_trait]
+    impl LiveFeed for Telling {
+        async fn publish(
+            &self,
+            process: &ProcessId,
+            messages: &[StoredMessage],
+        ) -> Result<(), crate::ports::FeedError> {
+            self.inner.publish(process, messages).await
+        }
+        async fn publish_end(
+            &self,
+            process: &ProcessId,
+            last_seq: u64,
+            status: &str,
+        ) -> Result<(), crate::ports::FeedError> {
+            self.inner.publish_end(process, last_seq, status).await
+        }
+        fn subscribe(&self, process: &ProcessId, after: u64) -> FeedSubscription {
+            self.inner.subscribe(process, after)
+        }
+        fn tells_how_far(&self) -> bool {
+            true
+        }
+        async fn published(
+            &self,
+            processes: &[ProcessId],
+        ) -> Result<Vec<Published>, crate::ports::FeedError> {
+            Ok(vec![*crate::sync::lock(&self.published); processes.len()])
+        }
+        async fn ping(&self) -> Result<(), crate::ports::FeedError> {
+            Ok(())
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "telling"
+        }
+    }
+
+    /// Fifty followers of one quiet process, settled into their quiet-feed checks.
+    async fn quiet_followers(
+        store: Arc<Counting>,
+        feed: Arc<dyn LiveFeed>,
+    ) -> Vec<std::pin::Pin<Box<impl Stream<Item = FollowEvent>>>> {
+        let config = FollowConfig {
+            idle_poll: Duration::from_millis(100),
+            ..FollowConfig::default()
+        };
+        let followers = Followers::new(store.clone(), feed, config, CancellationToken::new());
+        let process = ProcessId::parse("quiet").unwrap();
+        store.register(&process).await.unwrap();
+        let mut follows: Vec<_> = (0..50)
+            .map(|_| Box::pin(followers.follow(process.clone(), Cursor::default(), 0)))
+            .collect();
+        // Let every follower catch up and settle into its quiet-feed checks.
+        for follow in &mut follows {
+            let _ = tokio::time::timeout(Duration::from_millis(1), follow.next()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        follows
+    }
+
+    /// Status reads the followers make in ten intervals, delivering nothing.
+    async fn status_reads_in_ten_intervals(
+        store: &Counting,
+        follows: &mut [std::pin::Pin<Box<impl Stream<Item = FollowEvent>>>],
+    ) -> usize {
+        let before = store.status_reads.load(Ordering::SeqCst);
+        let polled = futures::future::join_all(
+            follows
+                .iter_mut()
+                .map(|follow| tokio::time::timeout(Duration::from_secs(1), follow.next())),
+        );
+        assert!(
+            polled.await.iter().all(Result::is_err),
+            "nothing to deliver"
+        );
+        store.status_reads.load(Ordering::SeqCst) - before
     }
 
     #[async_trait]
@@ -514,6 +737,9 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        fn elects_a_republisher(&self) -> bool {
+            self.elects
+        }
         fn name(&self) -> &'static str {
             "counting"
         }
@@ -523,46 +749,40 @@ mod tests {
     /// read per idle interval instead of making one each.
     #[tokio::test(start_paused = true)]
     async fn followers_of_a_quiet_process_share_their_idle_looks() {
-        let store = Arc::new(Counting {
-            inner: MemoryStore::new(),
-            status_reads: AtomicUsize::new(0),
-        });
-        let config = FollowConfig {
-            idle_poll: Duration::from_millis(100),
-            ..FollowConfig::default()
-        };
-        let followers = Followers::new(
-            store.clone(),
-            Arc::new(InProcessFeed::new(16)),
-            config,
-            CancellationToken::new(),
-        );
-        let process = ProcessId::parse("quiet").unwrap();
-        store.register(&process).await.unwrap();
-        let mut follows: Vec<_> = (0..50)
-            .map(|_| Box::pin(followers.follow(process.clone(), Cursor::default(), 0)))
-            .collect();
-        // Let every follower catch up and settle into its idle looks.
-        for follow in &mut follows {
-            let _ = tokio::time::timeout(Duration::from_millis(1), follow.next()).await;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-
-        let before = store.status_reads.load(Ordering::SeqCst);
-        let polled = futures::future::join_all(
-            follows
-                .iter_mut()
-                .map(|follow| tokio::time::timeout(Duration::from_secs(1), follow.next())),
-        );
-        assert!(
-            polled.await.iter().all(Result::is_err),
-            "nothing to deliver"
-        );
-        let reads = store.status_reads.load(Ordering::SeqCst) - before;
+        let store = Counting::new(false);
+        let feed = Arc::new(InProcessFeed::new(16));
+        let mut follows = quiet_followers(store.clone(), feed).await;
+        let reads = status_reads_in_ten_intervals(&store, &mut follows).await;
         // Ten intervals: about one read each (fifty followers each reading would be 500).
         assert!(
             reads <= 20,
             "{reads} status reads for 50 idle followers in 10 intervals"
+        );
+    }
+
+    /// With a republisher, a feed that holds nothing past what was delivered is
+    /// believed: quiet followers ask the store nothing. A feed whose last entry is not
+    /// the store's is not: they ask the store again.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_republisher_quiet_followers_ask_the_feed_and_the_store_only_when_it_cannot_tell(
+    ) {
+        let store = Counting::new(true);
+        let feed = Arc::new(Telling {
+            inner: InProcessFeed::new(16),
+            published: Mutex::new(Published::Nothing),
+        });
+        let mut follows = quiet_followers(store.clone(), feed.clone()).await;
+        let reads = status_reads_in_ten_intervals(&store, &mut follows).await;
+        assert_eq!(
+            reads, 0,
+            "the feed holds nothing new: the store is not asked"
+        );
+
+        *crate::sync::lock(&feed.published) = Published::Foreign;
+        let reads = status_reads_in_ten_intervals(&store, &mut follows).await;
+        assert!(
+            (5..=20).contains(&reads),
+            "{reads} status reads in 10 intervals once the feed cannot tell (about one each)"
         );
     }
 }

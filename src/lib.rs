@@ -7,7 +7,8 @@
 //!
 //! The modules follow the architecture: [`domain`] (what things are), [`ports`] (what
 //! the core needs from storage and live delivery), [`adapters`] (PostgreSQL, Redis,
-//! memory), [`writer`] (the write path), [`follow`] (the read path), [`http`] and
+//! memory), [`writer`] (the write path), [`follow`] (the read path), [`republish`] (the
+//! safety net for a lost publish), [`http`] and
 //! [`cli`] on top (with [`tail`], an HTTP client of the follow), [`startup`] wiring it all
 //! from [`config`]. [`auth`] checks the tokens that say who may read and write which
 //! processes. [`metrics`] names what `/metrics` reports. [`report`] says errors in one line.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod ports;
 pub mod report;
+pub mod republish;
 pub mod startup;
 pub mod sync;
 pub mod tail;

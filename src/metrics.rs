@@ -40,6 +40,9 @@ pub const CATCH_UP_PAGES: &str = "agent_stream_catch_up_pages_total";
 pub const CATCH_UP_MESSAGES: &str = "agent_stream_catch_up_messages_total";
 /// Counter: gaps in the live feed that followers filled from the store.
 pub const GAP_FILLS: &str = "agent_stream_gap_fills_total";
+/// Counter: messages and end markers the republisher put into the live feed, stored
+/// but never published (see `crate::republish`).
+pub const REPUBLISHED: &str = "agent_stream_republished_total";
 /// Counter: times a follower fell behind its feed buffer.
 pub const LAGGED: &str = "agent_stream_lagged_followers_total";
 /// Counter `{outcome}`: append calls that reached the store, by outcome.
@@ -143,6 +146,10 @@ fn describe() {
         "Gaps in the live feed (a message ahead of the next seq) filled from the store."
     );
     describe_counter!(
+        REPUBLISHED,
+        "Messages and end markers stored but never published (a lost XADD) that the republisher put into the live feed."
+    );
+    describe_counter!(
         REPLICA_READS,
         "Pages of messages read while a read replica is set, by outcome: replica (whole from it), completed (it lagged: the rest from the primary), fallback (it failed or rests: from the primary)."
     );
@@ -220,6 +227,7 @@ fn start_at_zero() {
         CATCH_UP_PAGES,
         CATCH_UP_MESSAGES,
         GAP_FILLS,
+        REPUBLISHED,
         LAGGED,
         MESSAGES_APPENDED,
         REDIS_WRITE_FAILURES,
@@ -340,6 +348,11 @@ pub fn replica_read(outcome: ReplicaRead) {
 
 pub fn gap_fill() {
     ::metrics::counter!(GAP_FILLS).increment(1);
+}
+
+/// The republisher put `entries` (messages or an end marker) into the live feed.
+pub fn republished(entries: usize) {
+    ::metrics::counter!(REPUBLISHED).increment(entries as u64);
 }
 
 /// A follower fell behind its feed buffer.

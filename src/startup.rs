@@ -176,6 +176,15 @@ pub async fn serve(
         close_grace: grace,
     };
     let keep_alive = config.http2_keep_alive;
+    if crate::republish::applies(&*backends.store, &*backends.feed) {
+        // Until shutdown; only the holder of the store's lease sweeps.
+        tokio::spawn(crate::republish::run(
+            backends.store.clone(),
+            backends.feed.clone(),
+            config.follow.clone(),
+            stop_follows.clone(),
+        ));
+    }
     let app = router(AppState::new(
         backends.store,
         backends.feed,

@@ -215,6 +215,22 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         )
     }
 
+    fn elects_a_republisher(&self) -> bool {
+        self.inner.elects_a_republisher()
+    }
+
+    async fn changed_if_republisher(
+        &self,
+        within: Duration,
+        limit: usize,
+    ) -> Result<Option<Vec<ProcessInfo>>, StoreError> {
+        self.admit()?;
+        self.observe(
+            "list changed processes",
+            self.inner.changed_if_republisher(within, limit).await,
+        )
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.observe("ping", self.inner.ping().await)
     }

@@ -495,7 +495,7 @@ fn events(
     let log = FollowLog {
         span,
         sent: 0,
-        ended: "the client left",
+        ended: EndReason::ClientLeft,
         metrics: FollowMetrics::start(format),
     };
     Ok(futures::stream::unfold(
@@ -509,9 +509,9 @@ fn events(
                         log.sent += 1;
                         log.metrics.delivered();
                     }
-                    Some(FollowEvent::End { .. }) => log.ended = "the process finished",
-                    None if log.ended != "the process finished" => {
-                        log.ended = "the server is shutting down"
+                    Some(FollowEvent::End { .. }) => log.ended = EndReason::ProcessFinished,
+                    None if log.ended != EndReason::ProcessFinished => {
+                        log.ended = EndReason::ServerShutdown
                     }
                     None => {}
                 }
@@ -527,14 +527,40 @@ fn events(
 struct FollowLog {
     span: Span,
     sent: u64,
-    ended: &'static str,
+    ended: EndReason,
     metrics: FollowMetrics,
+}
+
+/// Why a follow ended, as its log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndReason {
+    /// The response was dropped before the end: the client went away.
+    ClientLeft,
+    /// The end event was sent.
+    ProcessFinished,
+    /// The instance's shutdown ended the follow; the client resumes elsewhere.
+    ServerShutdown,
+}
+
+impl EndReason {
+    /// The label logs (and any metric) carry.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientLeft => "the client left",
+            Self::ProcessFinished => "the process finished",
+            Self::ServerShutdown => "the server is shutting down",
+        }
+    }
 }
 
 impl Drop for FollowLog {
     fn drop(&mut self) {
         self.span.in_scope(|| {
-            tracing::debug!(sent = self.sent, reason = self.ended, "follow ended");
+            tracing::debug!(
+                sent = self.sent,
+                reason = self.ended.as_str(),
+                "follow ended"
+            );
         });
     }
 }

@@ -5,5 +5,5 @@
 mod feed;
 mod store;
 
-pub use feed::{FeedError, FeedEvent, FeedSubscription, LiveFeed};
+pub use feed::{FeedError, FeedEvent, FeedNext, FeedSender, FeedSubscription, LiveFeed, Published};
 pub use store::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};

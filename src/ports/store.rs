@@ -1,6 +1,7 @@
 //! The store port: durable, ordered messages per process, and each process's status.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -188,6 +189,24 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
         only: Option<&[ProcessId]>,
     ) -> Result<Vec<RecentProcess>, StoreError>;
+
+    /// Whether the instances on this store elect one republisher among them (see
+    /// [`crate::republish`]): true for a store a fleet shares.
+    fn elects_a_republisher(&self) -> bool {
+        false
+    }
+
+    /// For the republisher: the processes appended to or finished within the last
+    /// `within`, the most recent first, at most `limit`; but only while this instance
+    /// holds the store's republisher lease (taken when free, kept while the instance
+    /// lives), else `None`. So one instance of a fleet republishes at a time.
+    async fn changed_if_republisher(
+        &self,
+        _within: Duration,
+        _limit: usize,
+    ) -> Result<Option<Vec<ProcessInfo>>, StoreError> {
+        Ok(None)
+    }
 
     /// Answers when the store does, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;

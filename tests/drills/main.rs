@@ -15,8 +15,10 @@
 //! The fleet drill (`fleet_drills.rs`) is the exception: it kills and drains
 //! agent-stream instances only, so they run on the suite's PostgreSQL and Redis
 //! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
-//! on PATH or in /usr/sbin).
+//! on PATH or in /usr/sbin). So do the fleet-cost drills (`fleet_cost.rs`), each on a
+//! database and a Redis prefix of its own.
 
+mod fleet_cost;
 mod fleet_drills;
 mod postgres_drills;
 mod redis_drills;

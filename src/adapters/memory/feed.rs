@@ -1,13 +1,12 @@
-//! [`InProcessFeed`]: the live-feed port on one broadcast channel per followed process.
+//! [`InProcessFeed`]: the live-feed port on one [`FeedSender`] per followed process.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 
 use crate::domain::{ProcessId, StoredMessage};
-use crate::ports::{FeedError, FeedEvent, FeedSubscription, LiveFeed};
+use crate::ports::{FeedError, FeedEvent, FeedSender, FeedSubscription, LiveFeed};
 
 /// Channels exist only while someone follows the process: a channel nobody listens to
 /// is dropped when next published to, at the end of its process, or by the sweep that
@@ -19,7 +18,7 @@ pub struct InProcessFeed {
 
 #[derive(Default)]
 struct Channels {
-    by_process: HashMap<ProcessId, broadcast::Sender<FeedEvent>>,
+    by_process: HashMap<ProcessId, FeedSender>,
     sweep_at: usize,
 }
 
@@ -90,7 +89,7 @@ impl LiveFeed for InProcessFeed {
         channels
             .by_process
             .entry(process.clone())
-            .or_insert_with(|| broadcast::channel(capacity).0)
+            .or_insert_with(|| FeedSender::new(capacity))
             .subscribe()
     }
 

@@ -42,10 +42,31 @@ const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection idle this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// While another instance holds the republisher lease, how often this one tries to take
+/// it: the longest a fleet goes without a republisher after its holder dies. Each try
+/// is a transaction, so this is what each further instance costs PostgreSQL while its
+/// followers are quiet.
+pub const LEASE_RETRY: Duration = Duration::from_secs(10);
+
+/// The longest the republisher's query may take before its connection (and with it the
+/// lease) is given up: a connection that hangs must not hold the lease forever.
+const LEASE_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a PostgreSQL TLS failure says which CA to give.
 const HOW_TO_TRUST: &str = "sslrootcert=FILE in DATABASE_URL";
 
+/// The republisher lease ([`sql::REPUBLISHER_LEASE`]): a session advisory lock, held
+/// by a connection of its own, outside the pool, for as long as it lives.
+#[derive(Default)]
+struct Lease {
+    connection: Option<sqlx::PgConnection>,
+    held: bool,
+    /// While not held: when to try to take it again.
+    next_try: Option<std::time::Instant>,
+}
+
 pub struct PostgresStore {
+    lease: tokio::sync::Mutex<Lease>,
     pool: PgPool,
     /// `host:port` (or the socket), for messages.
     server: String,
@@ -87,6 +108,7 @@ impl PostgresStore {
             server,
             redacted_url: redact(database_url),
             replica: None,
+            lease: tokio::sync::Mutex::default(),
         })
     }
 
@@ -473,6 +495,77 @@ impl MessageStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    fn elects_a_republisher(&self) -> bool {
+        true
+    }
+
+    async fn changed_if_republisher(
+        &self,
+        within: Duration,
+        limit: usize,
+    ) -> Result<Option<Vec<ProcessInfo>>, StoreError> {
+        let mut lease = self.lease.lock().await;
+        let lease = &mut *lease;
+        if !lease.held {
+            let now = std::time::Instant::now();
+            if lease.next_try.is_some_and(|at| now < at) {
+                return Ok(None);
+            }
+            lease.next_try = Some(now + LEASE_RETRY);
+            if lease.connection.is_none() {
+                let options = self.pool.connect_options();
+                let connection = sqlx::PgConnection::connect_with(&options)
+                    .await
+                    .map_err(unavailable)?;
+                lease.connection = Some(connection);
+            }
+            let Some(connection) = lease.connection.as_mut() else {
+                return Ok(None);
+            };
+            let taken = sqlx::query_scalar::<_, bool>(sql::TAKE_REPUBLISHER_LEASE)
+                .bind(sql::REPUBLISHER_LEASE)
+                .fetch_one(connection)
+                .await;
+            match taken {
+                Ok(true) => {
+                    tracing::info!("this instance republishes what the live feed missed (it holds the republisher lease)");
+                    lease.held = true;
+                }
+                Ok(false) => return Ok(None),
+                Err(error) => {
+                    lease.connection = None;
+                    return Err(unavailable(error));
+                }
+            }
+        }
+        let Some(connection) = lease.connection.as_mut() else {
+            lease.held = false;
+            return Ok(None);
+        };
+        let rows = sqlx::query(sql::CHANGED_PROCESSES)
+            .bind(within.as_secs_f64())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(connection);
+        let error = match tokio::time::timeout(LEASE_QUERY_TIMEOUT, rows).await {
+            Ok(Ok(rows)) => {
+                return rows
+                    .iter()
+                    .map(process_info)
+                    .collect::<Result<_, _>>()
+                    .map(Some)
+            }
+            Ok(Err(error)) => StoreError::Unavailable(error.into()),
+            Err(_) => StoreError::Unavailable(anyhow::anyhow!(
+                "the republisher's query took over {LEASE_QUERY_TIMEOUT:?}"
+            )),
+        };
+        // The lease goes with its connection: another instance takes it.
+        tracing::info!("this instance gave up the republisher lease with its connection");
+        lease.connection = None;
+        lease.held = false;
+        Err(error)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

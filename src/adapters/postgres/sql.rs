@@ -47,6 +47,21 @@ pub const RECENT: &str = "\
     FROM processes WHERE $2::text[] IS NULL OR process_id = ANY ($2) \
     ORDER BY updated_at DESC, process_id LIMIT $1";
 
+/// The processes appended to or finished in the last `$1` seconds, the most recent
+/// first, at most `$2`: the keyset of `processes_recent_activity`, for the republisher.
+pub const CHANGED_PROCESSES: &str = "\
+    SELECT process_id, status, last_seq, created_at, finished_at \
+    FROM processes WHERE updated_at > clock_timestamp() - make_interval(secs => $1) \
+    ORDER BY updated_at DESC, process_id LIMIT $2";
+
+/// Takes the republisher lease, `$1` = [`REPUBLISHER_LEASE`], if no other session holds
+/// it: a session-level advisory lock, released when its connection closes.
+pub const TAKE_REPUBLISHER_LEASE: &str = "SELECT pg_try_advisory_lock($1)";
+
+/// The advisory lock key of the republisher lease ("agstream" in ASCII). Advisory locks
+/// are per database, so deployments on other databases each have their own.
+pub const REPUBLISHER_LEASE: i64 = 0x6167_7374_7265_616d;
+
 /// The database's epoch (one row, made by the migrations; adr/0007).
 pub const EPOCH: &str = "SELECT epoch FROM store_epoch";
 

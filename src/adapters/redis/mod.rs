@@ -26,6 +26,7 @@
 //! system's roots and the private CA of `--redis-tls-ca` ([`crate::adapters::tls`]).
 
 pub mod keys;
+mod published;
 mod reader;
 
 use std::hash::BuildHasher;
@@ -41,7 +42,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::adapters::tls;
 use crate::domain::{end_json, ProcessId, StoredMessage, StreamId};
-use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed};
+use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed, Published};
 use keys::{Keys, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use reader::Reader;
 
@@ -255,6 +256,20 @@ impl LiveFeed for RedisFeed {
             tokio::spawn(wake(reader.clone(), self.commands.clone(), generation));
         }
         subscription
+    }
+
+    fn tells_how_far(&self) -> bool {
+        true
+    }
+
+    async fn published(&self, processes: &[ProcessId]) -> Result<Vec<Published>, FeedError> {
+        if !self.health.is_up() {
+            return Ok(vec![Published::Unknown; processes.len()]);
+        }
+        let keys: Vec<String> = processes.iter().map(|p| self.keys.stream(p)).collect();
+        published::last_entries(self.commands.clone(), &keys, &self.config.epoch)
+            .await
+            .map_err(|error| FeedError(anyhow::Error::new(error).context("XREVRANGE")))
     }
 
     async fn ping(&self) -> Result<(), FeedError> {

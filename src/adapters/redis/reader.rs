@@ -17,13 +17,13 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::domain::{StoredMessage, StreamId};
-use crate::ports::{Epoch, FeedEvent, FeedSubscription};
+use crate::ports::{Epoch, FeedEvent, FeedSender, FeedSubscription};
 
 /// How long one `XREAD` blocks; the response timeout of its connection is longer.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -51,7 +51,7 @@ pub struct Reader {
 }
 
 struct Watch {
-    sender: broadcast::Sender<FeedEvent>,
+    sender: FeedSender,
     /// The last entry ID read (or the subscriber's start): the next `XREAD` asks for
     /// what comes after it.
     last: StreamId,
@@ -97,7 +97,8 @@ impl Reader {
         if let Some(watch) = watches.get(&key).filter(|w| w.sender.receiver_count() > 0) {
             return (watch.sender.subscribe(), None);
         }
-        let (sender, receiver) = broadcast::channel(capacity.max(1));
+        let sender = FeedSender::new(capacity);
+        let receiver = sender.subscribe();
         watches.insert(
             key,
             Watch {
