@@ -1,4 +1,4 @@
-//! The contract (../shared/CONTRACT.md, restated in the README), call by call, through
+//! The contract (../shared/CONTRACT.md, restated in docs/contract.md), call by call, through
 //! the public HTTP surface of a server bound to port 0. Most tests run twice: on the
 //! embedded memory backend and on a real PostgreSQL + Redis (`bash .ci/test` starts
 //! them; without DATABASE_URL and REDIS_URL the real runs fail, they are never skipped).
