@@ -36,11 +36,11 @@
 //!
 //! Each scenario is a file (set up → drive → measure → rows), on the shared pieces:
 //! `env` (the servers), `client` (HTTP/1.1), `follower` (SSE), `raw` (the baselines),
-//! `messages`, `usage` (CPU, RSS), `figures` and `report` (the table, README).
+//! `messages`, `usage` (CPU, RSS), `figures` and `report` (the table, docs/performance.md).
 //!
 //! Prints one markdown table (figure, agent-stream, baseline, ratio, target, met?), the
-//! machine and the command; `--write-readme` also rewrites the rows of the scenarios
-//! that ran in README.md, between `<!-- perf:begin -->` and `<!-- perf:end -->`.
+//! machine and the command; `--write-docs` also rewrites the rows of the scenarios
+//! that ran in docs/performance.md, between `<!-- perf:begin -->` and `<!-- perf:end -->`.
 //! A name after `--` runs one scenario: `cargo bench --bench perf -- fanout`. Under
 //! `cargo test` (no `--bench` argument) it does nothing.
 //!
@@ -68,12 +68,12 @@ mod usage;
 
 use std::time::{Duration, Instant};
 
-use report::{machine, render, write_readme_section, Report, Scenario};
+use report::{machine, render, write_docs_section, Report, Scenario};
 
 /// What the command line asks for.
 struct Args {
     scenarios: Vec<Scenario>,
-    write_readme: bool,
+    write_docs: bool,
     /// The command as it was typed, for the table's notes.
     command: String,
 }
@@ -89,11 +89,11 @@ fn main() {
     let machine = machine();
     println!();
     println!("{}", render(&machine, &report.rows, &report.notes));
-    if args.write_readme {
-        match write_readme_section(&machine, &args.scenarios, &report) {
+    if args.write_docs {
+        match write_docs_section(&machine, &args.scenarios, &report) {
             Ok(path) => eprintln!("perf: rewrote the table in {path}"),
             Err(error) => {
-                eprintln!("perf: could not rewrite README.md: {error}");
+                eprintln!("perf: could not rewrite docs/performance.md: {error}");
                 std::process::exit(1);
             }
         }
@@ -106,10 +106,10 @@ fn main() {
     }
 }
 
-/// The scenarios named (all when none is), `--write-readme`, and the command; exits 2
+/// The scenarios named (all when none is), `--write-docs`, and the command; exits 2
 /// when a name matches no scenario.
 fn parse(args: &[String]) -> Args {
-    let write_readme = args.iter().any(|a| a == "--write-readme");
+    let write_docs = args.iter().any(|a| a == "--write-docs");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
@@ -124,19 +124,19 @@ fn parse(args: &[String]) -> Args {
         std::process::exit(2);
     }
     let mut command = "cargo bench --bench perf".to_owned();
-    if !filter.is_empty() || write_readme {
+    if !filter.is_empty() || write_docs {
         command.push_str(" --");
         for word in &filter {
             command.push(' ');
             command.push_str(word);
         }
-        if write_readme {
-            command.push_str(" --write-readme");
+        if write_docs {
+            command.push_str(" --write-docs");
         }
     }
     Args {
         scenarios,
-        write_readme,
+        write_docs,
         command,
     }
 }

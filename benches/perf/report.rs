@@ -1,5 +1,5 @@
 //! The table: one row per figure, with its baseline, ratio and target, the notes under it,
-//! the machine it ran on; and the README section it can rewrite.
+//! the machine it ran on; and the section of docs/performance.md it can rewrite.
 
 use std::fmt::Write as _;
 
@@ -192,14 +192,14 @@ pub fn render(machine: &str, rows: &[Row], notes: &[(Scenario, String)]) -> Stri
 pub const BEGIN: &str = "<!-- perf:begin -->";
 pub const END: &str = "<!-- perf:end -->";
 
-/// Rewrites README.md between the markers: the rows and notes of the scenarios that
+/// Rewrites docs/performance.md between the markers: the rows and notes of the scenarios that
 /// ran replace theirs; those of the others stay.
-pub fn write_readme_section(
+pub fn write_docs_section(
     machine: &str,
     ran: &[Scenario],
     report: &Report,
 ) -> Result<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/performance.md");
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let (start, end) = match (text.find(BEGIN), text.find(END)) {
         (Some(start), Some(end)) if start < end => (start + BEGIN.len(), end),

@@ -631,7 +631,7 @@ mod tests {
             .boxed()
         }
 
-        /// The contract's rule for one message, restated from the README's error table.
+        /// The contract's rule for one message, restated from the error table of docs/contract.md.
         fn is_valid_message(value: &Value) -> bool {
             let Some(message) = value.as_object() else {
                 return false;

@@ -14,7 +14,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 /// One level for the three: gzip 4, brotli 4, zstd 4. Brotli's default (11) costs far
 /// too much per event of a follow; 4 keeps each codec fast at a ratio close to its best
-/// on agent messages (README, "Compression and caching").
+/// on agent messages (docs/contract.md, "Compression and caching").
 const LEVEL: i32 = 4;
 /// Bodies smaller than this go as they are (tower-http's default): the framing would
 /// outweigh the gain.

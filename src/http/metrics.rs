@@ -1,5 +1,5 @@
 //! `GET /metrics`: the process's metrics in the Prometheus text format (the list is in
-//! [`crate::metrics`] and the README). Open without a token: it names no process.
+//! [`crate::metrics`] and docs/operating.md). Open without a token: it names no process.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
@@ -17,7 +17,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
     path = "/metrics",
     tag = "probes",
     summary = "Prometheus metrics",
-    description = "The process's metrics in the Prometheus text format (listed in the README). Names no process, so open without a token.",
+    description = "The process's metrics in the Prometheus text format (listed in docs/operating.md). Names no process, so open without a token.",
     responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4")),
     security(()),
 )]

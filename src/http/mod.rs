@@ -233,7 +233,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such route; see the README for the API",
+                "no such route; the API is listed at /openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {

@@ -29,7 +29,7 @@ pub const COOKIE_TOKEN: &str = "cookie";
 #[openapi(
     info(
         title = "agent-stream",
-        description = "Follow a coding agent's messages live: durable append to PostgreSQL, live delivery over Redis Streams, exact resumable follows over Server-Sent Events and NDJSON, and the JSON array the existing API answers. The contract is in the README (\"The contract\"); this document is generated from the code that serves it.",
+        description = "Follow a coding agent's messages live: durable append to PostgreSQL, live delivery over Redis Streams, exact resumable follows over Server-Sent Events and NDJSON, and the JSON array the existing API answers. The contract is in docs/contract.md; this document is generated from the code that serves it.",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(

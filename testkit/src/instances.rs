@@ -894,7 +894,7 @@ impl Haproxy {
     }
 
     /// The configuration: one frontend on `port`, one backend of `servers` (name,
-    /// port), health-checked on `/healthz`. README's "Deploying behind a proxy" shows
+    /// port), health-checked on `/healthz`. docs/operating.md's "Deploying behind a proxy" shows
     /// the same configuration with production timeouts.
     pub fn config(
         dir: &Path,

@@ -194,7 +194,7 @@ async fn the_fixtures_catch_up_and_snapshot_take_at_most_30_percent_of_their_byt
             );
             figures.push(format!("{codec} {compressed} ({:.1}%)", share * 100.0));
         }
-        // The figures of the README (`-- --nocapture` shows them).
+        // The figures of docs/contract.md (`-- --nocapture` shows them).
         println!("{:?} fixture {read}: {}", app.backend, figures.join(", "));
     }
 }

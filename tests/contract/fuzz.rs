@@ -1,7 +1,7 @@
 //! Fuzz. Invariant: whatever a client puts in the process id, the query string, `after`,
 //! `Last-Event-ID`, `Accept` or the body, the server answers; never with a 5xx; every
 //! 4xx is the contract's JSON error `{"error": {"code", "message"}}` with a code of the
-//! README's table and that code's status; a refused write stores nothing; and the
+//! the error table's (docs/contract.md) and that code's status; a refused write stores nothing; and the
 //! server still answers `/healthz` afterwards.
 //!
 //! One server per backend serves every case, so that what one case leaves behind (a
@@ -23,7 +23,7 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 const MAX_BODY_BYTES: usize = 16 * 1024;
 const MAX_BATCH_MESSAGES: usize = 3;
 
-/// The README's error table: every code a 4xx may carry, with its status.
+/// The error table of docs/contract.md: every code a 4xx may carry, with its status.
 const ERROR_CODES: &[(&str, u16)] = &[
     ("invalid_process_id", 400),
     ("invalid_cursor", 400),
@@ -633,7 +633,7 @@ async fn run_case(app: &TestApp, finished: &str, case: &Case) -> Result<(), Test
             prop_assert_eq!(
                 expected,
                 Some(status.as_u16()),
-                "code {:?} is in the README's table with that status: {}",
+                "code {:?} is in the error table (docs/contract.md) with that status: {}",
                 code,
                 error
             );
@@ -831,7 +831,7 @@ async fn a_request_head_over_the_header_limit_gets_a_json_error_too() {
 
 /// Requests no well-behaved client sends (reqwest refuses to), written on the socket.
 /// They are not HTTP, so no route sees them: the connection layer answers a bare 400
-/// and closes the connection (as the README says), and the server serves on.
+/// and closes the connection (as docs/contract.md says), and the server serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http_gets_a_400_and_a_closed_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,4 +1,4 @@
-//! The contract (../shared/CONTRACT.md, restated in the README), call by call, through
+//! The contract (../shared/CONTRACT.md, restated in docs/contract.md), call by call, through
 //! the public HTTP surface of a server bound to port 0. Most tests run on each backend
 //! (`on_every_backend!`, from the test kit): the embedded memory backend, a real
 //! PostgreSQL with the in-process feed, and PostgreSQL + Redis (`bash .ci/test` starts

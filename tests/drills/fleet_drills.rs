@@ -5,7 +5,7 @@
 //! One instance is killed (SIGKILL) mid-stream and another drained (SIGTERM); every
 //! follower must still end with every message once, in order, then the end event.
 //!
-//! HAProxy's configuration is the one README's "Deploying behind a proxy" shows, with
+//! HAProxy's configuration is the one docs/operating.md's "Deploying behind a proxy" shows, with
 //! its timeouts scaled down (and the servers' heartbeat with them) so that the drill
 //! also shows a quiet follow outliving HAProxy's silence timeouts.
 
