@@ -748,7 +748,7 @@ mod tests {
     /// Followers that wake together (they heard the same message) share one status
     /// read per idle interval instead of making one each.
     #[tokio::test(start_paused = true)]
-    async fn followers_of_a_quiet_process_share_their_idle_looks() {
+    async fn followers_of_a_quiet_process_share_their_status_checks() {
         let store = Counting::new(false);
         let feed = Arc::new(InProcessFeed::new(16));
         let mut follows = quiet_followers(store.clone(), feed).await;
