@@ -324,10 +324,13 @@ mod feed {
 /// the test (these tests publish far less than any buffer holds). The one place that
 /// knows the subscription's type.
 async fn next_event(subscription: &mut FeedSubscription) -> FeedEvent {
-    tokio::time::timeout(WAIT, subscription.recv())
+    let next = tokio::time::timeout(WAIT, subscription.next())
         .await
-        .expect("the feed delivered nothing in time")
-        .expect("the subscription stays open and keeps up")
+        .expect("the feed delivered nothing in time");
+    match next {
+        FeedNext::Event(event) => event,
+        other => panic!("the subscription stays open and keeps up, but got {other:?}"),
+    }
 }
 
 fn process() -> ProcessId {

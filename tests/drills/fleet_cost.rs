@@ -18,7 +18,8 @@ use serde_json::Value;
 use sqlx::Connection;
 use tokio::task::JoinHandle;
 
-use agent_stream_testkit::client::{message, process_id, Api, Attempt};
+use agent_stream_testkit::client::{process_id, Api, Attempt};
+use agent_stream_testkit::fixtures::message;
 use agent_stream_testkit::instances::Server;
 use agent_stream_testkit::rig::serial;
 
