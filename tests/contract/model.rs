@@ -553,7 +553,7 @@ fn check(backend: Backend, cases: u32) {
                 };
                 TestApp::spawn_on(Backend::Memory, backends, None, tune).await
             }
-            Backend::Real => TestApp::spawn_with(Backend::Real, tune).await,
+            Backend::Real | Backend::Cluster => TestApp::spawn_with(backend, tune).await,
         }
     });
     let app = std::cell::RefCell::new(app);

@@ -16,11 +16,15 @@
 //! agent-stream instances only, so they run on the suite's PostgreSQL and Redis
 //! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
 //! on PATH or in /usr/sbin).
+//!
+//! The Redis Cluster drill (`cluster_drills.rs`) starts its own six-node cluster with
+//! redis-cli (AGENT_STREAM_TEST_REDIS_CLI, else beside redis-server, else on PATH).
 
 mod client;
 mod instances;
 mod rig;
 
+mod cluster_drills;
 mod fleet_drills;
 mod postgres_drills;
 mod redis_drills;
