@@ -82,6 +82,9 @@ impl RedisCluster {
                 ])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                // Replicas sync at once (not 5 s later): a replica that never synced
+                // cannot be promoted.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(&node_dir)
                 .stdin(Stdio::null())
@@ -136,6 +139,17 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Every replica in sync with its master, so that any of them can take over.
+        while !cluster.nodes.iter().all(|n| {
+            let replication = cluster.cli(n.port, &["info", "replication"]);
+            replication.contains("role:master") || replication.contains("master_link_status:up")
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's replicas are not in sync within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         cluster
     }
 
@@ -156,7 +170,7 @@ impl RedisCluster {
     }
 
     /// Slot ranges by master port, as the node on `asked` sees them (`CLUSTER NODES`),
-    /// leaving out masters flagged `fail`.
+    /// leaving out masters flagged `fail` and masters without slots.
     fn masters_seen_by(&self, asked: u16) -> BTreeMap<u16, Vec<(u16, u16)>> {
         let mut masters = BTreeMap::new();
         for line in self.cli(asked, &["cluster", "nodes"]).lines() {
@@ -172,14 +186,17 @@ impl RedisCluster {
             else {
                 continue;
             };
-            let ranges = fields[8..]
+            let ranges: Vec<(u16, u16)> = fields[8..]
                 .iter()
                 .filter_map(|range| {
                     let (start, end) = range.split_once('-').unwrap_or((range, range));
                     Some((start.parse().ok()?, end.parse().ok()?))
                 })
                 .collect();
-            masters.insert(port, ranges);
+            // A node not yet told it is a replica shows as a master without slots.
+            if !ranges.is_empty() {
+                masters.insert(port, ranges);
+            }
         }
         masters
     }

@@ -123,6 +123,19 @@ struct Layout {
     keys: Keys,
     readers: Vec<Arc<Reader>>,
     pick: std::collections::hash_map::RandomState,
+    /// In a cluster, whether each bucket's master takes writes, as last seen: a dead
+    /// master makes the writes of its buckets skip Redis (one probe per interval), not
+    /// those of the others. Empty on a single server (the feed's health says it).
+    buckets: Vec<Arc<Health>>,
+}
+
+impl Layout {
+    /// The health that decides whether a write to `process`'s stream is sent.
+    fn health_of<'a>(&'a self, process: &ProcessId, feed: &'a Arc<Health>) -> &'a Arc<Health> {
+        self.buckets
+            .get(usize::from(keys::bucket(process)))
+            .unwrap_or(feed)
+    }
 }
 
 /// The connection commands go over.
@@ -252,7 +265,12 @@ impl RedisFeed {
     /// Sends a write. While Redis is down, appends do not wait on it: the write is
     /// skipped, but for one per interval that goes out in the background as a probe,
     /// whose answer tells whether Redis is back.
-    async fn run(&self, what: &'static str, pipe: redis::Pipeline) -> Result<(), FeedError> {
+    async fn run(
+        &self,
+        what: &'static str,
+        process: &ProcessId,
+        pipe: redis::Pipeline,
+    ) -> Result<(), FeedError> {
         let Some(layout) = self.shared.layout.get() else {
             if self.shared.health.should_try(RETRY_WHILE_DOWN) {
                 let shared = self.shared.clone();
@@ -263,7 +281,7 @@ impl RedisFeed {
                 "{what} skipped: Redis has not answered yet"
             )));
         };
-        let health = &self.shared.health;
+        let health = layout.health_of(process, &self.shared.health);
         if health.is_up() {
             return send(&layout.commands, health, what, &pipe).await;
         }
@@ -354,6 +372,7 @@ impl Shared {
                 keys: Keys::new(config.prefix.clone()),
                 readers,
                 pick: Default::default(),
+                buckets: Vec::new(),
             });
         }
         let commands = cluster::connect(&config.url, self.root_cert.clone()).await?;
@@ -372,6 +391,15 @@ impl Shared {
             keys: Keys::cluster(config.prefix.clone()),
             readers,
             pick: Default::default(),
+            buckets: (0..CLUSTER_BUCKETS)
+                .map(|_| {
+                    Arc::new(Health::new(
+                        "a Redis Cluster master",
+                        "appends to its slots skip Redis and followers poll PostgreSQL until it answers",
+                        "live delivery of its slots is back on Redis Streams",
+                    ))
+                })
+                .collect(),
         })
     }
 
@@ -410,7 +438,7 @@ impl LiveFeed for RedisFeed {
         messages: &[StoredMessage],
     ) -> Result<(), FeedError> {
         let Some(key) = self.key(process) else {
-            return self.run("XADD", redis::pipe()).await;
+            return self.run("XADD", process, redis::pipe()).await;
         };
         let config = &self.shared.config;
         let mut pipe = redis::pipe();
@@ -440,7 +468,7 @@ impl LiveFeed for RedisFeed {
             .arg(&key)
             .arg(config.running_ttl.as_secs().max(1))
             .ignore();
-        self.run("XADD", pipe).await
+        self.run("XADD", process, pipe).await
     }
 
     async fn publish_end(
@@ -451,7 +479,7 @@ impl LiveFeed for RedisFeed {
     ) -> Result<(), FeedError> {
         let what = "XADD end marker and EXPIRE";
         let Some(key) = self.key(process) else {
-            return self.run(what, redis::pipe()).await;
+            return self.run(what, process, redis::pipe()).await;
         };
         let end = end_json(status);
         let mut pipe = redis::pipe();
@@ -467,7 +495,7 @@ impl LiveFeed for RedisFeed {
             .arg(&key)
             .arg(self.shared.config.finished_ttl.as_secs().max(1))
             .ignore();
-        self.run(what, pipe).await
+        self.run(what, process, pipe).await
     }
 
     fn subscribe(&self, process: &ProcessId, after: u64) -> FeedSubscription {
@@ -516,7 +544,14 @@ impl LiveFeed for RedisFeed {
     }
 
     fn is_live(&self) -> bool {
-        self.shared.health.is_up() && self.shared.layout.get().is_some()
+        // In a cluster, one master failing over makes every follower poll the store
+        // more often for those seconds: followers do not know their process's bucket.
+        self.shared.health.is_up()
+            && self
+                .shared
+                .layout
+                .get()
+                .is_some_and(|layout| layout.buckets.iter().all(|bucket| bucket.is_up()))
     }
 
     fn name(&self) -> &'static str {
@@ -574,8 +609,18 @@ async fn send(
         }
         Err(error) => {
             crate::metrics::redis_write_failed();
-            // A server error (such as a refused ID) means Redis answers.
-            if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+            // A server error (such as a refused ID) means Redis answers; but for a
+            // cluster without a master for a slot (`CLUSTERDOWN`, during a failover).
+            if !matches!(error.kind(), redis::ErrorKind::Server(_))
+                || matches!(
+                    error.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::ClusterDown
+                            | redis::ServerErrorKind::MasterDown
+                            | redis::ServerErrorKind::TryAgain
+                    )
+                )
+            {
                 health.mark_down(what, &error);
             }
             Err(FeedError(
