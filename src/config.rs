@@ -401,7 +401,12 @@ impl ServeConfig {
     pub fn max_connections(&self) -> usize {
         let backend = &self.backend;
         let redis = if backend.redis_url().is_some() {
-            backend.redis_readers + 1
+            // A Redis Cluster, found out only once it answers, takes one reader per
+            // bucket and one command connection per node: keep room for that.
+            backend
+                .redis_readers
+                .max(usize::from(crate::adapters::redis::keys::CLUSTER_BUCKETS))
+                + CLUSTER_COMMAND_CONNECTIONS
         } else {
             0
         };
@@ -484,6 +489,10 @@ pub fn duration(default: &'static str) -> Duration {
     // Every default is parsed at once by the test below: this never fails at run time.
     humantime::parse_duration(default).expect("a default duration parses")
 }
+
+/// Descriptors kept for Redis command connections: one on a single server, one per
+/// node of a Redis Cluster (this many nodes' worth).
+const CLUSTER_COMMAND_CONNECTIONS: usize = 16;
 
 /// The scheme of a Redis URL over TLS.
 pub const REDIS_TLS_SCHEME: &str = "rediss://";

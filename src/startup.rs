@@ -89,7 +89,8 @@ impl Backends {
                 if let Some(error) = feed.check_at_start().await? {
                     tracing::warn!(redis = %redact(redis_url), error = crate::report::one_line(&error.0), "Redis does not answer yet: serving from PostgreSQL until it does");
                 } else {
-                    tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix, "Redis Streams live feed ready");
+                    let cluster = feed.is_cluster().unwrap_or(false);
+                    tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix, cluster, "Redis Streams live feed ready");
                 }
                 Arc::new(feed)
             }

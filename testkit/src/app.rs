@@ -32,6 +32,10 @@ pub enum Backend {
     Postgres,
     /// PostgreSQL and Redis from DATABASE_URL and REDIS_URL (`bash .ci/test` starts them).
     Real,
+    /// PostgreSQL from DATABASE_URL and the Redis Cluster of
+    /// AGENT_STREAM_TEST_CLUSTER_REDIS_URL (`bash .ci/test` starts 3 masters and 3
+    /// replicas): the subset chosen in adr/0013 (see [`on_the_cluster!`]).
+    Cluster,
 }
 
 impl Backend {
@@ -54,8 +58,15 @@ pub struct TestApp {
 }
 
 pub struct TestRedis {
-    pub connection: redis::aio::MultiplexedConnection,
+    pub connection: TestRedisConnection,
     pub keys: Keys,
+}
+
+/// The test's own connection to its Redis: to the server, or to the cluster (which
+/// routes each command to its key's master).
+pub enum TestRedisConnection {
+    Server(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 pub fn required_env(name: &str) -> String {
@@ -177,6 +188,11 @@ pub async fn connect_backends(backend: Backend) -> Backends {
             redis_prefix: fresh_prefix(),
             ..test_backend_config(fresh_database().await)
         },
+        Backend::Cluster => BackendConfig {
+            redis_url: Some(required_env("AGENT_STREAM_TEST_CLUSTER_REDIS_URL")),
+            redis_prefix: fresh_prefix(),
+            ..test_backend_config(fresh_database().await)
+        },
     };
     Backends::connect(&config)
         .await
@@ -196,6 +212,16 @@ impl TestApp {
             Backend::Real => {
                 let prefix = fresh_prefix();
                 return Self::spawn_real(fresh_database().await, prefix, tune).await;
+            }
+            Backend::Cluster => {
+                return Self::spawn_on_redis(
+                    fresh_database().await,
+                    None,
+                    required_env("AGENT_STREAM_TEST_CLUSTER_REDIS_URL"),
+                    fresh_prefix(),
+                    tune,
+                )
+                .await;
             }
         };
         Self::spawn_on(backend, backends, redis, tune).await
@@ -232,6 +258,18 @@ impl TestApp {
         tune: impl FnOnce(&mut HttpConfig),
     ) -> Self {
         let redis_url = required_env("REDIS_URL");
+        Self::spawn_on_redis(database_url, read_url, redis_url, prefix, tune).await
+    }
+
+    /// Like [`TestApp::spawn_replicated`], on the Redis (server or cluster) of
+    /// `redis_url`.
+    async fn spawn_on_redis(
+        database_url: String,
+        read_url: Option<String>,
+        redis_url: String,
+        prefix: String,
+        tune: impl FnOnce(&mut HttpConfig),
+    ) -> Self {
         let backend_config = BackendConfig {
             database_read_url: read_url,
             redis_url: Some(redis_url.clone()),
@@ -241,16 +279,50 @@ impl TestApp {
         let backends = Backends::connect(&backend_config)
             .await
             .expect("connect the real backends");
-        let connection = redis::Client::open(redis_url)
-            .expect("REDIS_URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to REDIS_URL");
-        let redis = TestRedis {
-            connection,
-            keys: Keys::new(prefix),
+        let cluster = backends.feed.name() == "redis" && {
+            // The feed finds out what Redis is once it first answers (at start here).
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(
+                    &mut redis::Client::open(redis_url.as_str())
+                        .expect("a Redis URL")
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("connect to the Redis URL"),
+                )
+                .await
+                .expect("INFO cluster");
+            info.contains("cluster_enabled:1")
         };
-        let mut app = Self::spawn_on(Backend::Real, backends, Some(redis), tune).await;
+        let redis = if cluster {
+            TestRedis {
+                connection: TestRedisConnection::Cluster(
+                    redis::cluster::ClusterClient::new(vec![redis_url.as_str()])
+                        .expect("a Redis Cluster URL")
+                        .get_async_connection()
+                        .await
+                        .expect("connect to the Redis Cluster"),
+                ),
+                keys: Keys::cluster(prefix),
+            }
+        } else {
+            TestRedis {
+                connection: TestRedisConnection::Server(
+                    redis::Client::open(redis_url)
+                        .expect("REDIS_URL")
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("connect to REDIS_URL"),
+                ),
+                keys: Keys::new(prefix),
+            }
+        };
+        let backend = if cluster {
+            Backend::Cluster
+        } else {
+            Backend::Real
+        };
+        let mut app = Self::spawn_on(backend, backends, Some(redis), tune).await;
         app.backend_config = Some(backend_config);
         app
     }
@@ -499,15 +571,16 @@ impl TestRedis {
     }
 
     pub async fn run<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> T {
-        command
-            .query_async(&mut self.connection)
-            .await
-            .expect("redis command")
+        let value = self.try_run(command).await.expect("redis command");
+        redis::from_redis_value(value).expect("the redis command's answer")
     }
 
     /// Runs a command whose refusal is part of the test (such as an XADD under the top ID).
     pub async fn try_run(&mut self, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        command.query_async(&mut self.connection).await
+        match &mut self.connection {
+            TestRedisConnection::Server(connection) => command.query_async(connection).await,
+            TestRedisConnection::Cluster(connection) => command.query_async(connection).await,
+        }
     }
 }
 

@@ -47,3 +47,16 @@ macro_rules! on_every_backend {
         $crate::on_every_backend!(spawn = $crate::app::TestApp::spawn; $($name),*);
     };
 }
+
+/// Runs each named test on the Redis Cluster backend too, in a `cluster` module (the
+/// subset chosen in adr/0013: append, follow, resume, many followers, trims, refused
+/// and lost entries). `spawn = path;` spawns the app otherwise.
+#[macro_export]
+macro_rules! on_the_cluster {
+    (spawn = $spawn:path; $($name:ident),* $(,)?) => {
+        $crate::on_every_backend!(@backend cluster, Cluster, $spawn; $($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_the_cluster!(spawn = $crate::app::TestApp::spawn; $($name),*);
+    };
+}

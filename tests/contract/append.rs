@@ -17,6 +17,13 @@ on_every_backend!(
     a_retry_of_a_stored_message_after_finish_still_answers_200,
 );
 
+agent_stream_testkit::on_the_cluster!(
+    each_message_gets_the_next_stream_id_and_201,
+    a_batch_answers_one_id_and_stream_id_per_message_in_order,
+    a_stored_id_returns_its_original_stream_id_and_is_not_stored_twice,
+    a_finished_process_takes_no_more_messages,
+);
+
 /// Every field the writer sent comes back as sent; the service adds only
 /// `stream_id` and `created_at`.
 fn assert_round_trip(sent: &[Value], got: &[Value]) {

@@ -23,6 +23,15 @@ on_every_backend!(
     a_follow_opened_before_the_process_is_known_gets_every_message_then_the_end,
 );
 
+agent_stream_testkit::on_the_cluster!(
+    a_follow_sends_history_then_live_messages_then_the_end,
+    resume_from_any_cursor_is_exact,
+    the_end_carries_an_id_right_after_the_last_message,
+    many_concurrent_followers_all_receive_the_same_exact_sequence,
+    live_messages_are_byte_for_byte_the_stored_ones,
+    a_follow_opened_before_the_process_is_known_gets_every_message_then_the_end,
+);
+
 async fn a_follow_sends_history_then_live_messages_then_the_end(app: TestApp) {
     for format in [Format::Sse, Format::Ndjson] {
         let process = process_id();

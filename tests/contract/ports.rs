@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use agent_stream::domain::{FinishStatus, NewMessage, ProcessId, ProcessStatus, StoredMessage};
 use agent_stream::ports::{
-    Appended, FeedEvent, FeedSubscription, LiveFeed, MessageStore, Registration, StoreError,
+    Appended, FeedEvent, FeedNext, FeedSubscription, LiveFeed, MessageStore, Registration,
+    StoreError,
 };
 use agent_stream_testkit::app::WAIT;
 use agent_stream_testkit::fixtures::{messages, process_id};

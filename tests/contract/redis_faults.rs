@@ -1,5 +1,6 @@
 //! The Redis contract, and Redis losing, trimming or refusing entries: it costs
-//! latency, never a message. Real backend only: these tests reach into Redis.
+//! latency, never a message. Real backends only, on one Redis server and on a Redis
+//! Cluster (keys with their bucket's hash tag): these tests reach into Redis.
 
 use std::time::Duration;
 
@@ -11,13 +12,26 @@ use agent_stream_testkit::fixtures::{messages, process_id, seqs};
 /// A stream entry as XRANGE returns it: its ID and its field-value pairs.
 type Entry = (String, Vec<(String, Vec<u8>)>);
 
-async fn real() -> TestApp {
-    TestApp::spawn(Backend::Real).await
+/// Runs each test on the single Redis server (`mod real`) and on the Redis Cluster
+/// (`mod cluster`).
+macro_rules! on_redis_and_the_cluster {
+    ($($name:ident),* $(,)?) => {
+        agent_stream_testkit::on_every_backend!(
+            @backend real, Real, agent_stream_testkit::app::TestApp::spawn; $($name),*
+        );
+        agent_stream_testkit::on_the_cluster!($($name),*);
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows() {
-    let mut app = real().await;
+on_redis_and_the_cluster!(
+    each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows,
+    every_xadd_trims_the_stream_to_about_maxlen,
+    resume_is_exact_after_the_stream_was_trimmed_to_nothing,
+    messages_still_arrive_when_redis_refuses_every_xadd,
+    a_deleted_stream_and_replayed_old_entries_cost_no_message_and_no_duplicate,
+);
+
+async fn each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows(mut app: TestApp) {
     let process = process_id();
     app.append(&process, &messages("m", 3)).await;
     app.finish(&process, "succeeded").await;
@@ -28,6 +42,12 @@ async fn each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows(
         key.starts_with("test-") && key.ends_with(&format!("process:{process}:stream")),
         "{key}"
     );
+    if app.backend == Backend::Cluster {
+        assert!(
+            key.contains("{b") && key.contains(&format!("}}process:{process}:stream")),
+            "in a cluster the key carries its bucket's hash tag: {key}"
+        );
+    }
     let entries: Vec<Entry> = app
         .redis()
         .run(redis::cmd("XRANGE").arg(&key).arg("-").arg("+"))
@@ -52,9 +72,7 @@ async fn each_message_is_an_entry_with_its_seq_as_id_and_the_end_marker_follows(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_xadd_trims_the_stream_to_about_maxlen() {
-    let mut app = real().await;
+async fn every_xadd_trims_the_stream_to_about_maxlen(mut app: TestApp) {
     let process = process_id();
     for batch in 0..25 {
         app.append_batch(&process, &messages(&format!("b{batch}"), 100))
@@ -77,9 +95,7 @@ async fn every_xadd_trims_the_stream_to_about_maxlen() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_is_exact_after_the_stream_was_trimmed_to_nothing() {
-    let mut app = real().await;
+async fn resume_is_exact_after_the_stream_was_trimmed_to_nothing(mut app: TestApp) {
     let process = process_id();
     app.append_batch(&process, &messages("m", 20)).await;
     let key = app.redis().key(&process);
@@ -104,9 +120,7 @@ async fn resume_is_exact_after_the_stream_was_trimmed_to_nothing() {
     assert_eq!(end.stream_id, "22-1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_still_arrive_when_redis_refuses_every_xadd() {
-    let mut app = real().await;
+async fn messages_still_arrive_when_redis_refuses_every_xadd(mut app: TestApp) {
     let process = process_id();
     app.append(&process, &messages("before", 2)).await;
     // An entry with a higher ID than any seq: Redis refuses every XADD of this process.
@@ -140,9 +154,9 @@ async fn messages_still_arrive_when_redis_refuses_every_xadd() {
     assert_eq!(end.stream_id, "5-1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_stream_and_replayed_old_entries_cost_no_message_and_no_duplicate() {
-    let mut app = real().await;
+async fn a_deleted_stream_and_replayed_old_entries_cost_no_message_and_no_duplicate(
+    mut app: TestApp,
+) {
     let process = process_id();
     app.append(&process, &messages("m", 3)).await;
     let mut early = app.follow(&process, Format::Sse, None).await;
@@ -181,8 +195,17 @@ async fn a_deleted_stream_and_replayed_old_entries_cost_no_message_and_no_duplic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_delivery_goes_through_redis_not_the_idle_poll() {
+    live_delivery_through_redis(Backend::Real).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_delivery_goes_through_the_cluster_not_the_idle_poll() {
+    live_delivery_through_redis(Backend::Cluster).await
+}
+
+async fn live_delivery_through_redis(backend: Backend) {
     // With an idle poll of a minute, only the Redis feed can deliver in time.
-    let app = TestApp::spawn_with(Backend::Real, |config| {
+    let app = TestApp::spawn_with(backend, |config| {
         config.follow.idle_poll = Duration::from_secs(60)
     })
     .await;

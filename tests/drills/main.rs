@@ -17,7 +17,11 @@
 //! (DATABASE_URL, REDIS_URL), behind HAProxy (AGENT_STREAM_TEST_HAPROXY, else `haproxy`
 //! on PATH or in /usr/sbin). So do the fleet-cost drills (`fleet_cost.rs`), each on a
 //! database and a Redis prefix of its own.
+//!
+//! The Redis Cluster drill (`cluster_drills.rs`) starts its own six-node cluster with
+//! redis-cli (AGENT_STREAM_TEST_REDIS_CLI, else beside redis-server, else on PATH).
 
+mod cluster_drills;
 mod fleet_cost;
 mod fleet_drills;
 mod postgres_drills;

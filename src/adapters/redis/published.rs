@@ -1,20 +1,21 @@
 //! How far publishing got ([`Published`]): the last entry of each process's stream,
-//! read with one `XREVRANGE <key> + - COUNT 1` per process, pipelined in one round trip.
+//! read with one `XREVRANGE <key> + - COUNT 1` per process, pipelined in one round trip
+//! (in a cluster, one per bucket: a pipeline's keys must share a slot).
 //! An entry counts only if this service wrote it for this store (its ID shape, its
 //! field and its epoch, see [`super::keys`]); any other last entry is
 //! [`Published::Foreign`].
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamId as Entry, StreamRangeReply};
 use redis::Value;
 
 use super::keys::{END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
+use super::Commands;
 use crate::domain::StreamId;
 use crate::ports::{Epoch, Published};
 
-/// The last entry of each stream in `keys`, in order.
+/// The last entry of each stream in `keys`, in order (in a cluster, keys of one slot).
 pub async fn last_entries(
-    mut commands: ConnectionManager,
+    commands: &Commands,
     keys: &[String],
     epoch: &Epoch,
 ) -> redis::RedisResult<Vec<Published>> {
@@ -27,7 +28,7 @@ pub async fn last_entries(
             .arg("COUNT")
             .arg(1);
     }
-    let replies: Vec<StreamRangeReply> = pipe.query_async(&mut commands).await?;
+    let replies: Vec<StreamRangeReply> = commands.query(&pipe).await?;
     Ok(replies
         .iter()
         .map(|reply| match reply.ids.first() {
