@@ -11,7 +11,10 @@
 //! live feed has not brought yet is given one more interval: the look often falls
 //! between a commit and its publish, and catching up then would only add load.) A reader that falls behind its
 //! bounded feed buffer (a slow client) is told it lagged and catches up from the store
-//! in pages, so memory stays bounded however slowly it reads.
+//! in pages, so memory stays bounded however slowly it reads. Catch-up pages grow while
+//! they come back full, and the next one is read while the one before goes out (at most
+//! two pages held), so a long history costs few round trips, none of them waited for
+//! twice (adr/0015).
 //!
 //! A follower also keeps the highest seq it knows is committed (`known`: from the
 //! status it started from, its looks, and the feed) and gives it with each catch-up
@@ -84,8 +87,13 @@ impl Default for FollowConfig {
     }
 }
 
-/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]).
+/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]): the first page of a
+/// catch-up.
 pub const CATCH_UP_PAGE: usize = 200;
+/// A catch-up's pages double after each full one, up to this many times the first (and
+/// always within `page_bytes`): a long history takes a few round trips, not one per
+/// 200 messages, while a short one still costs a small read (adr/0015).
+pub const CATCH_UP_GROWTH: usize = 16;
 /// Default of `--catch-up-page-bytes`: 1 MiB.
 pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
 /// Default of `--idle-poll`.
@@ -140,6 +148,8 @@ impl Followers {
             subscription,
             last: cursor.after_seq(),
             known: known_last_seq,
+            page: self.config.page_size,
+            ahead: None,
             pending: VecDeque::new(),
             mode: Mode::CatchUp,
             heard_at: Instant::now(),
@@ -206,6 +216,16 @@ struct Look {
     _cancel: DropGuard,
 }
 
+/// The next catch-up page, read while the one before is delivered.
+struct ReadAhead {
+    /// The seq the page starts after, and the messages it asks for.
+    after: u64,
+    limit: usize,
+    page: JoinHandle<Option<Vec<StoredMessage>>>,
+    /// Cancels the read once nobody waits for it.
+    _cancel: DropGuard,
+}
+
 struct Follower {
     shared: Arc<Followers>,
     process: ProcessId,
@@ -216,6 +236,10 @@ struct Follower {
     /// catch-up page from a read replica that ends short of it is completed from the
     /// primary.
     known: u64,
+    /// Messages the next catch-up read asks for: grows while pages come back full.
+    page: usize,
+    /// The next catch-up page, being read.
+    ahead: Option<ReadAhead>,
     /// Messages read but not yet delivered, all above `last`, in order.
     pending: VecDeque<StoredMessage>,
     mode: Mode,
@@ -250,16 +274,40 @@ impl Follower {
                     let (store, process, after) = (&self.shared.store, &self.process, self.last);
                     let known = self.known;
                     let config = &self.shared.config;
-                    let (limit, max_bytes) = (config.page_size, config.page_bytes);
-                    let page = retry(&self.shutdown, &self.shared.reads, || {
-                        store.read_after(process, after, known, limit, max_bytes)
-                    })
-                    .await?;
+                    let (limit, max_bytes) = (self.page.max(1), config.page_bytes);
+                    let ahead = match self.ahead.take() {
+                        Some(ahead) if ahead.after == after && ahead.limit == limit => {
+                            ahead.page.await.ok()
+                        }
+                        _ => None,
+                    };
+                    let page = match ahead {
+                        Some(page) => page?,
+                        None => {
+                            retry(&self.shutdown, &self.shared.reads, || {
+                                store.read_after(process, after, known, limit, max_bytes)
+                            })
+                            .await?
+                        }
+                    };
                     metrics::catch_up_page(page.len());
-                    if page.len() < limit {
-                        // Caught up: whether the process is finished decides what next.
-                        self.start_look(true);
-                        self.mode = Mode::Live;
+                    // A page cut short by its bytes still has more after it, and so
+                    // does one that ends below a seq known to be committed.
+                    let (first, full) = (config.page_size, page.len() >= limit);
+                    match page.last().map(|last| last.seq) {
+                        Some(last) if full || last < self.known => {
+                            if full {
+                                self.page = grown_page(limit, first);
+                            }
+                            // The next page is read while this one goes out.
+                            self.read_ahead(last);
+                        }
+                        _ => {
+                            // Caught up: whether the process is finished decides what next.
+                            self.start_look(true);
+                            self.mode = Mode::Live;
+                            self.page = first;
+                        }
                     }
                     self.pending.extend(page);
                 }
@@ -267,6 +315,29 @@ impl Follower {
                 Mode::Done => return None,
             }
         }
+    }
+
+    /// Starts reading the catch-up page after `after` in a task of its own (replacing
+    /// one under way), so that the store's round trip overlaps the delivery of the page
+    /// before: a follower holds at most two pages.
+    fn read_ahead(&mut self, after: u64) {
+        let cancel = self.shutdown.child_token();
+        let (shared, process) = (self.shared.clone(), self.process.clone());
+        let (known, limit) = (self.known, self.page.max(1));
+        let stop = cancel.clone();
+        let page = tokio::spawn(async move {
+            let (store, max_bytes) = (&shared.store, shared.config.page_bytes);
+            retry(&stop, &shared.reads, || {
+                store.read_after(&process, after, known, limit, max_bytes)
+            })
+            .await
+        });
+        self.ahead = Some(ReadAhead {
+            after,
+            limit,
+            page,
+            _cancel: cancel.drop_guard(),
+        });
     }
 
     /// Starts a look at how far the process goes and whether it is finished (replacing
@@ -381,6 +452,14 @@ impl Follower {
         }
         Some(())
     }
+}
+
+/// The size of the catch-up page after a full one of `limit` messages: twice as many,
+/// up to [`CATCH_UP_GROWTH`] times the first page.
+pub fn grown_page(limit: usize, first: usize) -> usize {
+    limit
+        .saturating_mul(2)
+        .min(first.max(1).saturating_mul(CATCH_UP_GROWTH))
 }
 
 /// The process's status: a read that began after this call, or when not `fresh`, one

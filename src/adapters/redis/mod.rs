@@ -20,6 +20,10 @@
 //! may be trimmed or the key expired or lost: followers see a gap or nothing, and fill
 //! it from PostgreSQL. A failed `XADD` is logged and counted, never an append failure.
 //!
+//! This instance's own followers get what its writer appends straight from the write
+//! path, right after the commit and before the `XADD` (the reader skips the entries
+//! when it reads them back): the `XADD` and the `XREAD` are for other instances.
+//!
 //! Commands go over one multiplexed, self-reconnecting connection; blocking reads go
 //! over the readers' own connections ([`reader`]). All of them come from one
 //! `redis::Client`, so with a `rediss://` URL every one is TLS, verified against the
@@ -41,7 +45,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::adapters::tls;
 use crate::domain::{end_json, ProcessId, StoredMessage, StreamId};
-use crate::ports::{Epoch, FeedError, FeedSubscription, LiveFeed};
+use crate::ports::{Epoch, FeedError, FeedEvent, FeedSubscription, LiveFeed};
 use keys::{Keys, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use reader::Reader;
 
@@ -170,6 +174,11 @@ impl RedisFeed {
         Err(FeedError(anyhow::anyhow!("{what} skipped: Redis is down")))
     }
 
+    /// The reader that watches `key`: always the same one.
+    fn reader(&self, key: &str) -> &Arc<Reader> {
+        &self.readers[self.pick.hash_one(key) as usize % self.readers.len()]
+    }
+
     fn xadd(&self, pipe: &mut redis::Pipeline, key: &str, id: StreamId, field: &str, value: &[u8]) {
         pipe.cmd("XADD")
             .arg(key)
@@ -193,6 +202,19 @@ impl LiveFeed for RedisFeed {
         messages: &[StoredMessage],
     ) -> Result<(), FeedError> {
         let key = self.keys.stream(process);
+        // This instance's followers first, straight from the write path: the XADD is
+        // for the other instances' (adr/0015).
+        self.reader(&key).deliver(
+            &key,
+            messages.iter().map(|message| {
+                let event = if message.json.len() <= self.config.inline_bytes {
+                    FeedEvent::Message(message.clone())
+                } else {
+                    FeedEvent::Stored { seq: message.seq }
+                };
+                (message.stream_id(), event)
+            }),
+        );
         let mut pipe = redis::pipe();
         for message in messages {
             if message.json.len() <= self.config.inline_bytes {
@@ -230,6 +252,10 @@ impl LiveFeed for RedisFeed {
         status: &str,
     ) -> Result<(), FeedError> {
         let key = self.keys.stream(process);
+        self.reader(&key).deliver(
+            &key,
+            [(StreamId::end(last_seq), FeedEvent::End { last_seq })],
+        );
         let end = end_json(status);
         let mut pipe = redis::pipe();
         // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
@@ -249,7 +275,7 @@ impl LiveFeed for RedisFeed {
 
     fn subscribe(&self, process: &ProcessId, after: u64) -> FeedSubscription {
         let key = self.keys.stream(process);
-        let reader = &self.readers[self.pick.hash_one(&key) as usize % self.readers.len()];
+        let reader = self.reader(&key);
         let (subscription, generation) = reader.watch(key, after, self.config.follower_buffer);
         if let Some(generation) = generation {
             tokio::spawn(wake(reader.clone(), self.commands.clone(), generation));
