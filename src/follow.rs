@@ -62,7 +62,8 @@ pub enum FollowEvent {
 
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// Messages per catch-up read from the store.
+    /// Messages of a catch-up's first read from the store (full pages double the next,
+    /// up to [`CATCH_UP_GROWTH`] times this).
     pub page_size: usize,
     /// Bytes per catch-up read (at least one message is read).
     pub page_bytes: usize,
