@@ -234,7 +234,7 @@ fn print_sites(file: &Path, count: usize) {
         .into_iter()
         .filter(|(_, (_, blocks))| *blocks as f64 / count as f64 >= MIN_BLOCKS_PER_CONNECTION)
         .collect();
-    sites.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    sites.sort_by_key(|(_, (bytes, _))| std::cmp::Reverse(*bytes));
     let mut total = 0.0;
     println!("| bytes per connection | blocks | site (first frames outside the allocator) |");
     println!("|---:|---:|---|");
