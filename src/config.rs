@@ -160,7 +160,8 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = http::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
-    /// Messages per catch-up read from the store.
+    /// Messages of a catch-up's first read from the store (each full page doubles the
+    /// next, up to 16 times this, within `--catch-up-page-bytes`).
     #[arg(
         long,
         help_heading = "Follows",

@@ -12,7 +12,10 @@
 //! yet is given one more interval: the check often falls between a commit and its
 //! publish, and catching up then would only add load.) A follower that falls behind its
 //! bounded feed buffer (a slow client) is told so and catches up from the store in
-//! pages, so memory stays bounded however slowly it reads.
+//! pages, so memory stays bounded however slowly it reads. Catch-up pages grow while
+//! they come back full, and the next one is read while the one before goes out (at most
+//! two pages held), so a long history costs few round trips, none of them waited for
+//! twice (adr/0015).
 //!
 //! With a feed that tells how far its publishing got (Redis) on a store whose instances
 //! elect a republisher (PostgreSQL), a quiet-feed check asks the feed first: when it
@@ -70,7 +73,8 @@ pub enum FollowEvent {
 
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// Messages per catch-up read from the store.
+    /// Messages of a catch-up's first read from the store (full pages double the next,
+    /// up to [`CATCH_UP_GROWTH`] times this).
     pub page_size: usize,
     /// Bytes per catch-up read (at least one message is read).
     pub page_bytes: usize,
@@ -95,8 +99,13 @@ impl Default for FollowConfig {
     }
 }
 
-/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]).
+/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]): the first page of a
+/// catch-up.
 pub const CATCH_UP_PAGE: usize = 200;
+/// A catch-up's pages double after each full one, up to this many times the first (and
+/// always within `page_bytes`): a long history takes a few round trips, not one per
+/// 200 messages, while a short one still costs a small read (adr/0015).
+pub const CATCH_UP_GROWTH: usize = 16;
 /// Default of `--catch-up-page-bytes`: 1 MiB.
 pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
 /// Default of `--idle-poll`.
@@ -160,6 +169,10 @@ impl Followers {
                 end: None,
             },
             mode: Mode::CatchUp,
+            catch_up: CatchUp {
+                page: self.config.page_size,
+                ahead: None,
+            },
             listening: Listening {
                 subscription,
                 last_heard: Instant::now(),
@@ -280,6 +293,25 @@ impl Progress {
     }
 }
 
+/// How a follower reads the store while catching up: the size of its next page, and
+/// that page, read ahead while the one before is delivered.
+struct CatchUp {
+    /// Messages the next catch-up read asks for: grows while pages come back full.
+    page: usize,
+    /// The next catch-up page, being read.
+    ahead: Option<ReadAhead>,
+}
+
+/// The next catch-up page, read while the one before is delivered.
+struct ReadAhead {
+    /// The seq the page starts after, and the messages it asks for.
+    after: u64,
+    limit: usize,
+    page: JoinHandle<Option<Vec<StoredMessage>>>,
+    /// Cancels the read once nobody waits for it.
+    _cancel: DropGuard,
+}
+
 /// What a follower listens to while live: the feed, and the status checks that stand
 /// in for it when it is quiet.
 struct Listening {
@@ -299,6 +331,7 @@ struct Follower {
     process: ProcessId,
     progress: Progress,
     mode: Mode,
+    catch_up: CatchUp,
     listening: Listening,
     shutdown: CancellationToken,
 }
@@ -320,16 +353,40 @@ impl Follower {
                     let (store, process) = (&self.shared.store, &self.process);
                     let (after, known) = (self.progress.delivered, self.progress.committed);
                     let config = &self.shared.config;
-                    let (limit, max_bytes) = (config.page_size, config.page_bytes);
-                    let page = retry(&self.shutdown, &self.shared.reads, || {
-                        store.read_after(process, after, known, limit, max_bytes)
-                    })
-                    .await?;
+                    let (limit, max_bytes) = (self.catch_up.page.max(1), config.page_bytes);
+                    let ahead = match self.catch_up.ahead.take() {
+                        Some(ahead) if ahead.after == after && ahead.limit == limit => {
+                            ahead.page.await.ok()
+                        }
+                        _ => None,
+                    };
+                    let page = match ahead {
+                        Some(page) => page?,
+                        None => {
+                            retry(&self.shutdown, &self.shared.reads, || {
+                                store.read_after(process, after, known, limit, max_bytes)
+                            })
+                            .await?
+                        }
+                    };
                     metrics::catch_up_page(page.len());
-                    if page.len() < limit {
-                        // Caught up: whether the process is finished decides what next.
-                        self.check_status(Freshness::Fresh);
-                        self.mode = Mode::Live;
+                    // A page cut short by its bytes still has more after it, and so
+                    // does one that ends below a seq known to be committed.
+                    let (first, full) = (config.page_size, page.len() >= limit);
+                    match page.last().map(|last| last.seq) {
+                        Some(last) if full || last < self.progress.committed => {
+                            if full {
+                                self.catch_up.page = grown_page(limit, first);
+                            }
+                            // The next page is read while this one goes out.
+                            self.read_ahead(last);
+                        }
+                        _ => {
+                            // Caught up: whether the process is finished decides what next.
+                            self.check_status(Freshness::Fresh);
+                            self.mode = Mode::Live;
+                            self.catch_up.page = first;
+                        }
                     }
                     self.progress.pending.extend(page);
                 }
@@ -341,6 +398,29 @@ impl Follower {
                 Mode::Done => return None,
             }
         }
+    }
+
+    /// Starts reading the catch-up page after `after` in a task of its own (replacing
+    /// one under way), so that the store's round trip overlaps the delivery of the page
+    /// before: a follower holds at most two pages.
+    fn read_ahead(&mut self, after: u64) {
+        let cancel = self.shutdown.child_token();
+        let (shared, process) = (self.shared.clone(), self.process.clone());
+        let (known, limit) = (self.progress.committed, self.catch_up.page.max(1));
+        let stop = cancel.clone();
+        let page = tokio::spawn(async move {
+            let (store, max_bytes) = (&shared.store, shared.config.page_bytes);
+            retry(&stop, &shared.reads, || {
+                store.read_after(&process, after, known, limit, max_bytes)
+            })
+            .await
+        });
+        self.catch_up.ahead = Some(ReadAhead {
+            after,
+            limit,
+            page,
+            _cancel: cancel.drop_guard(),
+        });
     }
 
     /// Starts a check of how far the process goes and whether it is finished (replacing
@@ -468,6 +548,14 @@ impl Follower {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The size of the catch-up page after a full one of `limit` messages: twice as many,
+/// up to [`CATCH_UP_GROWTH`] times the first page.
+pub fn grown_page(limit: usize, first: usize) -> usize {
+    limit
+        .saturating_mul(2)
+        .min(first.max(1).saturating_mul(CATCH_UP_GROWTH))
 }
 
 /// The process's status for a follower that delivered up to `delivered`: a store read

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use crate::adapters::memory::{InProcessFeed, MemoryStore};
 use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
 use crate::config::{redact, BackendConfig};
-use crate::http::connections::{self, Activity, ConnectionCap, Lifetime, Tracked};
+use crate::http::connections::{self, Activity, ConnectionCap, Lifetime, Protocol, Tracked};
 use crate::http::{router, AppState, HttpConfig, WriteTimeout, MAX_HEADER_FIELDS};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -193,15 +193,17 @@ pub async fn serve(
         stop_follows.clone(),
     ));
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // hyper's own builders, each chosen by `connections::protocol` (adr/0015): hyper-util's
+    // detecting builder made each HTTP/1 connection's read buffer 16 KiB instead of 8,
+    // and its connection future as large as an HTTP/2 one.
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_buf_size(max_header_bytes.saturating_mul(2))
         .max_headers(MAX_HEADER_FIELDS * 10);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(keep_alive))
         .keep_alive_timeout(keep_alive)
@@ -210,6 +212,7 @@ pub async fn serve(
         .max_header_list_size(
             u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
+    let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     let (connections, close_connections) = (TaskTracker::new(), CancellationToken::new());
     tokio::pin!(shutdown);
     loop {
@@ -235,22 +238,44 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         limit_unsent(&stream, tcp_unsent_bytes);
-        let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
         let activity = Arc::new(Activity::default());
         let service = TowerToHyperService::new(Tracked {
             inner: app.clone(),
             activity: activity.clone(),
         });
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
         let close = close_connections.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
         connections.spawn(async move {
             let _slot = slot;
-            let graceful = |connection: Pin<&mut _>| {
-                hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(connection)
+            let accepted = tokio::time::Instant::now();
+            let protocol = tokio::select! {
+                protocol = connections::protocol(&stream) => protocol,
+                _ = tokio::time::sleep(lifetime.first_request) => Ok(None),
+                _ = close.cancelled() => Ok(None),
             };
-            let ended = connections::drive(connection, graceful, activity, lifetime, close).await;
+            let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
+            let ended = match protocol {
+                // Closed, silent for too long, or the server stops: nothing to serve.
+                Ok(None) | Err(_) => return,
+                Ok(Some(Protocol::Http1)) => {
+                    let connection = http1.serve_connection(io, service).with_upgrades();
+                    let graceful = |connection: Pin<&mut _>| {
+                        http1::UpgradeableConnection::graceful_shutdown(connection)
+                    };
+                    connections::drive(connection, graceful, activity, lifetime, accepted, close)
+                        .await
+                }
+                // Boxed: an HTTP/2 connection's state is the larger, and most are HTTP/1.
+                Ok(Some(Protocol::Http2)) => {
+                    let connection = http2.serve_connection(io, service);
+                    let graceful =
+                        |connection: Pin<&mut _>| http2::Connection::graceful_shutdown(connection);
+                    Box::pin(connections::drive(
+                        connection, graceful, activity, lifetime, accepted, close,
+                    ))
+                    .await
+                }
+            };
             if let Some(Err(error)) = ended {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }

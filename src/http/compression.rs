@@ -7,10 +7,18 @@
 //! out at once, as a sync-flushed block, while a catch-up that is ready all at once is
 //! compressed as a whole.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
 use axum::response::Response;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::compression::{Compression, CompressionLevel};
 
 /// One level for the three: gzip 4, brotli 4, zstd 4. Brotli's default (11) costs far
 /// too much per event of a follow; 4 keeps each codec fast at a ratio close to its best
@@ -22,14 +30,48 @@ const MIN_BYTES: u16 = 32;
 /// `/metrics` is scraped on a loopback or a private network, and left as it is.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
-/// The layer: what tower-http's default predicate compresses, SSE included, `/metrics`
-/// excluded. tower-http adds `Vary: accept-encoding`.
-pub fn layer() -> CompressionLayer<impl Predicate> {
+/// The middleware: a request that names no encoding (`Accept-Encoding` absent) goes
+/// straight on, and its response body stays as it is; any other goes through
+/// tower-http's compression, whose body holds room for every codec's state (~5 KiB
+/// even when it answers identity), for as long as a follow streams (adr/0015).
+pub async fn compress(request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(header::ACCEPT_ENCODING) {
+        return next.run(request).await;
+    }
+    let mut compressing = compressing(Inner(next));
+    match tower_service::Service::call(&mut compressing, request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// The rest of the stack, as the service the compression wraps.
+#[derive(Clone)]
+struct Inner(Next);
+
+impl tower_service::Service<Request> for Inner {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let next = self.0.clone();
+        Box::pin(async move { Ok(next.run(request).await) })
+    }
+}
+
+/// tower-http's compression around `inner`: what its default predicate compresses, SSE
+/// included, `/metrics` excluded. tower-http adds `Vary: accept-encoding`.
+fn compressing<S>(inner: S) -> Compression<S, impl Predicate> {
     let predicate = SizeAbove::new(MIN_BYTES)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)
         .and(NotForContentType::const_new(PROMETHEUS_TEXT));
-    CompressionLayer::new()
+    Compression::new(inner)
         .gzip(true)
         .br(true)
         .zstd(true)

@@ -117,6 +117,43 @@ impl ConnectionCap {
     }
 }
 
+/// The protocol a connection speaks, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// With prior knowledge: the client opens with [`HTTP2_PREFACE`] (no TLS, so no ALPN).
+    Http2,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long to wait before looking again at a connection that sent part of the
+/// HTTP/2 preface: a peek does not wait for more bytes than it already saw.
+const PREFACE_PEEK_AGAIN: Duration = Duration::from_millis(5);
+
+/// The protocol `stream`'s client speaks, read from its first bytes without taking
+/// them (`peek`), so hyper reads the request itself into its own buffer from the
+/// start; `None` if the client closed first. hyper-util's detecting builder read them
+/// (up to 24 bytes) and handed them back, and hyper's first read was then those few
+/// bytes, which doubled its read buffer to 16 KiB for the connection's life.
+pub async fn protocol(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if first[..n] != HTTP2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == HTTP2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        tokio::time::sleep(PREFACE_PEEK_AGAIN).await;
+    }
+}
+
 /// What [`drive`] needs to know about a connection's requests.
 #[derive(Default)]
 pub struct Activity {
@@ -334,7 +371,7 @@ pub struct Lifetime {
     pub close_grace: Duration,
 }
 
-/// Runs `connection` until it ends, closing it (with `close`: hyper's graceful
+/// Runs `connection` (accepted at `accepted`) until it ends, closing it (with `close`: hyper's graceful
 /// shutdown) once idle past `lifetime`'s limits or when `stop` is cancelled; then
 /// requests in flight get `close_grace` to finish. A stalled connection is dropped
 /// at once: a graceful close would wait for the very streams that make no progress.
@@ -343,9 +380,9 @@ pub async fn drive<C: Future>(
     close: impl FnOnce(Pin<&mut C>),
     activity: Arc<Activity>,
     lifetime: Lifetime,
+    accepted: Instant,
     stop: CancellationToken,
 ) -> Option<C::Output> {
-    let accepted = Instant::now();
     tokio::pin!(connection);
     let grace = loop {
         let closes_at = activity.closes_at(accepted, lifetime.first_request, lifetime.idle);

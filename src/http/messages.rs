@@ -36,6 +36,10 @@ use crate::ports::{AppendOutcome, MessageStore, StoreError};
 const MAX_LIMIT: usize = 10_000;
 /// The `retry:` hint of an SSE follow that the server's shutdown ended.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+/// Bytes of NDJSON gathered into one piece of the body when several messages are ready
+/// at once (a catch-up): past it the piece goes, so a piece holds at most this plus one
+/// message.
+const NDJSON_PIECE_BYTES: usize = 64 * 1024;
 
 /// What an append answers per message.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -253,8 +257,8 @@ async fn respond(
 
 /// The JSON array of the messages after `cursor`, up to the last one committed when
 /// the call came in (`info.last_seq`), at most `limit`. It is read from the store a
-/// page at a time (the follows' page size and bytes) as the client takes the body, so
-/// a response holds at most about one page in memory, however long the process, and a
+/// page at a time (the follows' page size, growing as theirs does, and bytes) as the
+/// client takes the body, so a response holds at most about one page in memory, however long the process, and a
 /// client that stops reading stops the reads (and is cut off by the write timeout).
 /// The first page is read before the head goes out, so a store that is down is a 503;
 /// a later page that fails ends the body early, which the client sees as JSON that
@@ -271,6 +275,7 @@ async fn snapshot(
         after: cursor.after_seq(),
         upto: info.last_seq,
         left: limit.unwrap_or(usize::MAX),
+        first_page: state.config.follow.page_size.max(1),
         page_size: state.config.follow.page_size.max(1),
         page_bytes: state.config.follow.page_bytes,
         opened: false,
@@ -406,6 +411,8 @@ struct SnapshotPages {
     upto: u64,
     /// Messages the `limit` still allows.
     left: usize,
+    first_page: usize,
+    /// Messages of the next read: grows as a follow's catch-up does.
     page_size: usize,
     page_bytes: usize,
     /// Whether `[` went out.
@@ -429,9 +436,14 @@ impl SnapshotPages {
             Vec::new()
         } else {
             let limit = self.page_size.min(self.left);
-            self.store
+            let page = self
+                .store
                 .read_after(&self.process, self.after, self.upto, limit, self.page_bytes)
-                .await?
+                .await?;
+            if page.len() >= limit {
+                self.page_size = crate::follow::grown_page(self.page_size, self.first_page);
+            }
+            page
         };
         let page: Vec<_> = page
             .into_iter()
@@ -595,24 +607,11 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
 }
 
 fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
-    let lines = with_heartbeat(
+    let events = with_heartbeat(
         events(state, info, cursor, "ndjson")?,
         state.config.heartbeat,
-    )
-    .map(|event| {
-        Ok::<_, Infallible>(match event {
-            Some(FollowEvent::Message(message)) => {
-                let mut line = BytesMut::with_capacity(message.json.len() + 1);
-                line.put_slice(&message.json);
-                line.put_u8(b'\n');
-                line.freeze()
-            }
-            Some(FollowEvent::End { stream_id, status }) => {
-                Bytes::from(format!("{}\n", end_line(status.as_str(), stream_id)))
-            }
-            None => Bytes::from_static(b"\n"),
-        })
-    });
+    );
+    let lines = ready_lines(Box::pin(events.fuse())).map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(lines.fuse()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -620,6 +619,46 @@ fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Respons
     );
     no_buffering(response.headers_mut());
     Ok(response)
+}
+
+/// The NDJSON lines of `events`, those that are ready together (a catch-up page) in one
+/// piece of up to about [`NDJSON_PIECE_BYTES`]: one body frame, one chunk and one write
+/// per piece rather than per message. A live event, alone, still goes at once.
+fn ready_lines(
+    mut events: std::pin::Pin<Box<dyn Stream<Item = Option<FollowEvent>> + Send>>,
+) -> impl Stream<Item = Bytes> + Send {
+    futures::stream::poll_fn(move |cx| {
+        let mut piece = BytesMut::new();
+        loop {
+            match events.as_mut().poll_next(cx) {
+                std::task::Poll::Ready(Some(event)) => {
+                    match event {
+                        Some(FollowEvent::Message(message)) => {
+                            piece.reserve(message.json.len() + 1);
+                            piece.put_slice(&message.json);
+                            piece.put_u8(b'\n');
+                        }
+                        Some(FollowEvent::End { stream_id, status }) => {
+                            piece.put_slice(end_line(status.as_str(), stream_id).as_bytes());
+                            piece.put_u8(b'\n');
+                        }
+                        None => piece.put_u8(b'\n'),
+                    }
+                    if piece.len() >= NDJSON_PIECE_BYTES {
+                        return std::task::Poll::Ready(Some(piece.freeze()));
+                    }
+                }
+                // Whatever was gathered goes now; the end comes at the next call.
+                std::task::Poll::Ready(None) if piece.is_empty() => {
+                    return std::task::Poll::Ready(None)
+                }
+                std::task::Poll::Pending if piece.is_empty() => return std::task::Poll::Pending,
+                std::task::Poll::Ready(None) | std::task::Poll::Pending => {
+                    return std::task::Poll::Ready(Some(piece.freeze()))
+                }
+            }
+        }
+    })
 }
 
 /// Proxies must pass each event on as it comes.

@@ -246,7 +246,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         // Inside the request log, which then records the compressed answer.
-        .layer(compression::layer())
+        .layer(middleware::from_fn(compression::compress))
         .layer(middleware::map_response(compression::weaken_etag))
         // A 503 during an outage is expected, and the outage is logged once where it is
         // tracked: per-request failures stay at debug.

@@ -14,7 +14,8 @@ pub const SELECT_PROCESS: &str = "\
 /// An append in one round trip: `append_messages` (defined in `migrations/`) locks the
 /// process row, plans seqs as `AppendOutcome::plan` does, completes and inserts the new
 /// messages (adr/0005; the migration's comment says adr/0004, but an applied migration is
-/// never edited: sqlx checks its checksum). In: process id, message ids, wire JSON
+/// never edited: sqlx checks its checksum; a later migration redefines it to lock the
+/// row without writing it, adr/0015). In: process id, message ids, wire JSON
 /// heads. Out, per message in order:
 /// seq, created, and the process's status and the new messages' created_at text.
 pub const APPEND: &str = "SELECT seq, created, status, stamp FROM append_messages($1, $2, $3)";

@@ -20,6 +20,10 @@
 //! may be trimmed or the key expired or lost: followers see a gap or nothing, and fill
 //! it from PostgreSQL. A failed `XADD` is logged and counted, never an append failure.
 //!
+//! This instance's own followers get what its writer appends straight from the write
+//! path, right after the commit and before the `XADD` (the reader skips the entries
+//! when it reads them back): the `XADD` and the `XREAD` are for other instances.
+//!
 //! Commands go over one multiplexed, self-reconnecting connection; blocking reads go
 //! over the readers' own connections ([`reader`]). With a `rediss://` URL every one is
 //! TLS, verified against the system's roots and the private CA of `--redis-tls-ca`
@@ -52,7 +56,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::adapters::health::{Health, RETRY_WHILE_DOWN};
 use crate::adapters::tls;
 use crate::domain::{end_json, ProcessId, StoredMessage, StreamId};
-use crate::ports::{Epoch, FeedError, FeedSender, FeedSubscription, LiveFeed, Published};
+use crate::ports::{
+    Epoch, FeedError, FeedEvent, FeedSender, FeedSubscription, LiveFeed, Published,
+};
 use cluster::Node;
 use keys::{Keys, CLUSTER_BUCKETS, END_FIELD, EPOCH_FIELD, MESSAGE_FIELD, STORED_FIELD};
 use reader::{Reader, SlotTarget, Target};
@@ -130,6 +136,27 @@ struct Layout {
 }
 
 impl Layout {
+    /// The reader that watches `process`'s stream `key`: always the same one (in a
+    /// cluster, its bucket's).
+    fn reader_of(&self, process: &ProcessId, key: &str) -> &Arc<Reader> {
+        let index = match self.commands {
+            Commands::Server(_) => self.pick.hash_one(key) as usize,
+            Commands::Cluster(_) => usize::from(keys::bucket(process)),
+        };
+        &self.readers[index % self.readers.len()]
+    }
+
+    /// Sends events this instance just committed to its own followers of `process`,
+    /// straight from the write path: the `XADD` is for the other instances' (adr/0015).
+    fn deliver_here(
+        &self,
+        process: &ProcessId,
+        key: &str,
+        events: impl IntoIterator<Item = (StreamId, FeedEvent)>,
+    ) {
+        self.reader_of(process, key).deliver(key, events);
+    }
+
     /// The health that decides whether a write to `process`'s stream is sent.
     fn health_of<'a>(&'a self, process: &ProcessId, feed: &'a Arc<Health>) -> &'a Arc<Health> {
         self.buckets
@@ -450,6 +477,17 @@ impl LiveFeed for RedisFeed {
             return self.run("XADD", process, redis::pipe()).await;
         };
         let config = &self.shared.config;
+        if let Some(layout) = self.shared.layout.get() {
+            let events = messages.iter().map(|message| {
+                let event = if message.json.len() <= config.inline_bytes {
+                    FeedEvent::Message(message.clone())
+                } else {
+                    FeedEvent::Stored { seq: message.seq }
+                };
+                (message.stream_id(), event)
+            });
+            layout.deliver_here(process, &key, events);
+        }
         let mut pipe = redis::pipe();
         for message in messages {
             if message.json.len() <= config.inline_bytes {
@@ -490,6 +528,10 @@ impl LiveFeed for RedisFeed {
         let Some(key) = self.key(process) else {
             return self.run(what, process, redis::pipe()).await;
         };
+        if let Some(layout) = self.shared.layout.get() {
+            let end = [(StreamId::end(last_seq), FeedEvent::End { last_seq })];
+            layout.deliver_here(process, &key, end);
+        }
         let end = end_json(status);
         let mut pipe = redis::pipe();
         // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
@@ -522,11 +564,7 @@ impl LiveFeed for RedisFeed {
             }
         };
         let key = layout.keys.stream(process);
-        let index = match layout.commands {
-            Commands::Server(_) => layout.pick.hash_one(&key) as usize,
-            Commands::Cluster(_) => usize::from(keys::bucket(process)),
-        };
-        let reader = &layout.readers[index % layout.readers.len()];
+        let reader = layout.reader_of(process, &key);
         let (subscription, generation) = reader.watch(key, after, shared.config.follower_buffer);
         if let Some(generation) = generation {
             tokio::spawn(wake(reader.clone(), layout.commands.clone(), generation));

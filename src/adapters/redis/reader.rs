@@ -16,6 +16,11 @@
 //! makes it wait and read again; a lost node makes it ask the cluster where the slot's
 //! master is now. Entries a reader missed meanwhile are filled by followers from the
 //! store, like any gap.
+//!
+//! What this instance's own writer appends reaches its watchers at once, from the write
+//! path ([`Reader::deliver`], right after the commit), without waiting for the `XADD`
+//! and the `XREAD` that brings it back; the entries read back from Redis up to what was
+//! delivered so are skipped, so a watcher gets each event once (adr/0015).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -150,6 +155,9 @@ struct Watch {
     /// The last entry ID read (or the subscriber's start): the next `XREAD` asks for
     /// what comes after it.
     last: StreamId,
+    /// The highest entry ID delivered from this instance's write path: the same entry
+    /// read back from Redis is not sent again.
+    delivered: StreamId,
 }
 
 impl Reader {
@@ -200,12 +208,28 @@ impl Reader {
             Watch {
                 sender,
                 last: StreamId::message(after),
+                delivered: StreamId::message(0),
             },
         );
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         drop(watches);
         self.wake.notify_one();
         (receiver, Some(generation))
+    }
+
+    /// Sends events this instance just committed (each with its entry ID, in order) to
+    /// the watchers of `key`, if it has any, as the `XREAD` would once their entries are
+    /// in Redis; those entries are then skipped when read back.
+    pub fn deliver(&self, key: &str, events: impl IntoIterator<Item = (StreamId, FeedEvent)>) {
+        let mut watches = self.lock();
+        let Some(watch) = watches.get_mut(key) else {
+            return;
+        };
+        for (id, event) in events {
+            watch.delivered = watch.delivered.max(id);
+            // An error only means every subscriber has just left.
+            let _ = watch.sender.send(event);
+        }
     }
 
     /// Whether the `XREAD` under way already includes watches up to `generation`.
@@ -419,6 +443,10 @@ impl Reader {
                 watch.last = watch.last.max(id);
                 if !matches!(entry.map.get(EPOCH_FIELD), Some(Value::BulkString(e)) if e == epoch) {
                     crate::metrics::foreign_entry();
+                    continue;
+                }
+                // Already sent from this instance's write path.
+                if id <= watch.delivered {
                     continue;
                 }
                 let field = |name| entry.map.get(name);
