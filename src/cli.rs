@@ -55,7 +55,8 @@ pub enum LogFormat {
 
 /// Under `-h`, which shows the flags a first run needs; `--help` shows them all.
 const SHORT_HELP_NOTE: &str =
-    "These are the flags a first run needs; --help lists every flag (limits, follow tuning, Redis and PostgreSQL tuning) with its environment variable.";
+    "These are the flags a first run needs; --help lists every flag (limits, follow tuning, Redis \
+        and PostgreSQL tuning) with its environment variable.";
 
 /// Under `--help`.
 const LONG_HELP_NOTE: &str =
@@ -99,7 +100,8 @@ pub struct AppendArgs {
     pub finish: Option<String>,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = crate::http::MAX_MESSAGE_BYTES)]
+    #[arg(long, env = "AGENT_STREAM_MAX_MESSAGE_BYTES",
+        default_value_t = crate::http::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     #[command(flatten)]
@@ -156,14 +158,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = startup::bind(config.listen).await?;
     // The bound address, which differs from `--listen` for port 0.
     let address = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(), auth = http.auth.is_some(), "agent-stream listening");
+    tracing::info!(%address, store = backends.store.name(), feed = backends.feed.name(),
+        auth = http.auth.is_some(), "agent-stream listening");
     startup::serve(listener, backends, http, startup::shutdown_signal()).await
 }
 
 async fn append(args: AppendArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.backend.database_url().is_some(),
-        "append writes to PostgreSQL directly: set DATABASE_URL (and REDIS_URL for live delivery). A server on the embedded in-memory store takes messages at POST /processes/{{id}}/messages instead"
+        "append writes to PostgreSQL directly: set DATABASE_URL (and REDIS_URL for live \
+            delivery). A server on the embedded in-memory store takes messages at POST \
+            /processes/{{id}}/messages instead"
     );
     let process = ProcessId::parse(&args.process)?;
     let finish = args
@@ -205,7 +210,8 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
         for appended in outcome.results {
             println!(
                 "{}",
-                serde_json::json!({ "id": appended.id, "stream_id": appended.stream_id.to_string() })
+                serde_json::json!({ "id": appended.id,
+                    "stream_id": appended.stream_id.to_string() })
             );
         }
     }
@@ -214,7 +220,8 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
             .finish(&process, &status)
             .await
             .context("finish failed")?;
-        tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq, "process finished");
+        tracing::info!(%process, status = info.status.as_str(), messages = info.last_seq,
+            "process finished");
     }
     Ok(())
 }

@@ -63,18 +63,21 @@ pub struct BackendConfig {
     pub stream_maxlen: u64,
 
     /// How long a finished process's Redis stream is kept (`EXPIRE`), e.g. `1h`, `30m`.
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_FINISHED_STREAM_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_FINISHED_STREAM_TTL",
+        default_value = "1h", value_parser = humantime::parse_duration)]
     pub finished_stream_ttl: Duration,
 
     /// How long a running process's Redis stream is kept after its last append
     /// (`EXPIRE`, refreshed by each append), so an abandoned process's stream goes.
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_RUNNING_STREAM_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_RUNNING_STREAM_TTL",
+        default_value = "24h", value_parser = humantime::parse_duration)]
     pub running_stream_ttl: Duration,
 
     /// Largest message, in bytes of its JSON, that goes through Redis whole; a larger
     /// one goes as its seq alone and followers read it from PostgreSQL. A stream then
     /// holds at most --stream-maxlen times this many bytes of messages.
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_STREAM_INLINE_BYTES", default_value_t = STREAM_INLINE_BYTES)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_STREAM_INLINE_BYTES",
+        default_value_t = STREAM_INLINE_BYTES)]
     pub stream_inline_bytes: usize,
 
     /// Redis connections that read streams (each blocks in one XREAD for many
@@ -89,7 +92,8 @@ pub struct BackendConfig {
 
     /// How long a call waits for a PostgreSQL connection before it answers 503 (this
     /// is also how long it takes to notice that PostgreSQL went away).
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s",
+        value_parser = humantime::parse_duration)]
     pub database_timeout: Duration,
 
     /// PostgreSQL connections in the pool.
@@ -132,7 +136,8 @@ pub struct ServeConfig {
     /// How long a follower waits on a silent live feed before it checks how far the
     /// process goes (with Redis: in its stream; else, or while Redis is down, in the
     /// store), and how often one instance republishes what Redis missed.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL", default_value = follow::IDLE_POLL, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL",
+        default_value = follow::IDLE_POLL, value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
 
     /// Origins whose pages may call the API from a browser (CORS), exactly as the
@@ -149,15 +154,18 @@ pub struct ServeConfig {
     pub allow_origins: Vec<String>,
 
     /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT", default_value = http::HEARTBEAT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT",
+        default_value = http::HEARTBEAT, value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
     /// Largest message, in bytes of its JSON.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = http::MAX_MESSAGE_BYTES)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = http::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest request body, in bytes (one message or an array of them).
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = http::MAX_BODY_BYTES)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = http::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Messages of a catch-up's first read from the store (each full page doubles the
@@ -173,11 +181,14 @@ pub struct ServeConfig {
 
     /// Bytes per catch-up read from the store (at least one message is read): bounds
     /// what a follower whose client stopped reading holds.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = follow::CATCH_UP_PAGE_BYTES)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true,
+        env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = follow::CATCH_UP_PAGE_BYTES)]
     pub catch_up_page_bytes: usize,
 
     /// How often a follower asks the store while the live feed (Redis) is down.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_DEGRADED_POLL", default_value = follow::DEGRADED_POLL, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Follows", hide_short_help = true,
+        env = "AGENT_STREAM_DEGRADED_POLL", default_value = follow::DEGRADED_POLL,
+        value_parser = humantime::parse_duration)]
     pub degraded_poll: Duration,
 
     /// Messages in one append request (an array), at most.
@@ -202,30 +213,38 @@ pub struct ServeConfig {
 
     /// Follows one token may have open at once on this instance, at most; past it, a
     /// 429 (so one token cannot take every --max-follows slot).
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = http::MAX_FOLLOWS_PER_TOKEN)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = http::MAX_FOLLOWS_PER_TOKEN)]
     pub max_follows_per_token: usize,
 
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = http::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = http::REQUEST_TIMEOUT,
+        value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
     /// Time a client has to send a request's headers; past it, the connection is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = http::HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = http::HEADER_READ_TIMEOUT,
+        value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Largest request head (request line and headers), in bytes.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = http::MAX_HEADER_BYTES)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = http::MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
     /// A connection whose writes stay blocked this long (its client stopped reading), or
     /// with a response that makes no progress this long (an HTTP/2 stream whose window
     /// stays shut), is closed; the client resumes from its cursor when it reconnects.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT", default_value = http::WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT",
+        default_value = http::WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
     /// Bytes a connection may hold in the kernel not yet sent (Linux
     /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = http::TCP_UNSENT_BYTES)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = http::TCP_UNSENT_BYTES)]
     pub tcp_unsent_bytes: u32,
 
     /// Connections open at once, at most; past it, a new connection is closed at once.
@@ -242,16 +261,21 @@ pub struct ServeConfig {
     /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
     /// and HTTP/2 alike). A connection that has not started a request within
     /// --header-read-timeout of being accepted is closed then.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT", default_value = http::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT",
+        default_value = http::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
     /// one within as long is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = http::HTTP2_KEEP_ALIVE, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = http::HTTP2_KEEP_ALIVE,
+        value_parser = humantime::parse_duration)]
     pub http2_keep_alive: Duration,
 
     /// On SIGTERM, how long requests in flight may take to finish.
-    #[arg(long, help_heading = "Listening", hide_short_help = true, env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = http::SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Listening", hide_short_help = true,
+        env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = http::SHUTDOWN_GRACE,
+        value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -276,18 +300,22 @@ impl BackendConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.database_url().is_some() || self.redis_url().is_none(),
-            "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the embedded in-memory store"
+            "REDIS_URL is set but DATABASE_URL is not: Redis only speeds up delivery, PostgreSQL \
+                stores the messages. Set DATABASE_URL too, or unset REDIS_URL to run on the \
+                embedded in-memory store"
         );
         anyhow::ensure!(
             self.database_url().is_some() || self.database_read_url().is_none(),
-            "DATABASE_READ_URL is set but DATABASE_URL is not: the replica only takes reads off the primary. Set DATABASE_URL too, or unset DATABASE_READ_URL"
+            "DATABASE_READ_URL is set but DATABASE_URL is not: the replica only takes reads off \
+                the primary. Set DATABASE_URL too, or unset DATABASE_READ_URL"
         );
         anyhow::ensure!(
             self.redis_tls_ca.is_none()
                 || self
                     .redis_url()
                     .is_some_and(|url| url.starts_with(REDIS_TLS_SCHEME)),
-            "--redis-tls-ca is set but REDIS_URL does not start with {REDIS_TLS_SCHEME}: the CA is only used over TLS"
+            "--redis-tls-ca is set but REDIS_URL does not start with {REDIS_TLS_SCHEME}: the CA \
+                is only used over TLS"
         );
         anyhow::ensure!(
             self.stream_maxlen >= 1,
@@ -425,7 +453,12 @@ impl ServeConfig {
         let room = connections::connections_for(connections::headroom(database, redis));
         match self.max_connections {
             Some(max) if max > room => {
-                tracing::warn!(asked = max, serving = room, "--max-connections is more than the descriptor limit (ulimit -n) leaves room for: serving at most {room}; raise the limit to serve more");
+                tracing::warn!(
+                    asked = max,
+                    serving = room,
+                    "--max-connections is more than the descriptor limit (ulimit -n) leaves room \
+                    for: serving at most {room}; raise the limit to serve more"
+                );
                 room
             }
             Some(max) => max,

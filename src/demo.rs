@@ -156,27 +156,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let (intro, bearer, browser) = match &token {
         Some(token) => (
-            format!("Auth is on, with a secret made for this run. First, in the other terminal, keep a read token for this process (valid 24 h):\n    TOKEN={token}\n\n"),
+            format!("Auth is on, with a secret made for this run. First, in the other terminal, \
+                keep a read token for this process (valid 24 h):\n    TOKEN={token}\n\n"),
             " -H \"Authorization: Bearer $TOKEN\"",
-            format!("In a browser (the token moves from the URL to a cookie), the process, then the list of processes:\n    {base}?access_token={token}\n    http://{address}/?access_token={token}\n\n"),
+            format!("In a browser (the token moves from the URL to a cookie), the process, then \
+                the list of \
+                processes:\n    {base}?access_token={token}\n    http://{address}/?access_token={token}\n\n"),
         ),
         None => (
             String::new(),
             "",
-            format!("In a browser, the process, then the list of processes:\n    {base}\n    http://{address}/\n\n"),
+            format!("In a browser, the process, then the list of \
+                processes:\n    {base}\n    http://{address}/\n\n"),
         ),
     };
     println!(
         "\nagent-stream demo: a recorded Claude Code session ({} messages) will play into process {process}\n\n\
          {intro}\
-         Follow it live (NDJSON, one message per line):\n    curl -N{bearer} {base}/messages/stream\n\n\
-         Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream'{bearer} {base}/messages\n\n\
-         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} '{base}/messages/stream?after=10-0'\n\n\
+         Follow it live (NDJSON, one message per line):\n    curl -N{bearer} \
+             {base}/messages/stream\n\n\
+         Or as Server-Sent Events:\n    curl -N -H 'Accept: text/event-stream'{bearer} \
+             {base}/messages\n\n\
+         Resume from a stream ID you saw (nothing missed, nothing twice):\n    curl -N{bearer} \
+             '{base}/messages/stream?after=10-0'\n\n\
          The process and its status:\n    curl{bearer} {base}\n\n\
-         Every message so far, as one JSON array (what the existing UI's poller reads):\n    curl{bearer} {base}/messages\n\n\
-         In a terminal, one line per message (resumes by itself after a drop):\n    cargo run --release -- tail --url http://{address}{tail_token} {process}\n\n\
+         Every message so far, as one JSON array (what the existing UI's poller \
+             reads):\n    curl{bearer} {base}/messages\n\n\
+         In a terminal, one line per message (resumes by itself after a drop):\n    cargo run \
+             --release -- tail --url http://{address}{tail_token} {process}\n\n\
          {browser}\
-         The session starts when the first of these follows the process (or in {}), then one message every {}. Ctrl-C stops the server.\n",
+         The session starts when the first of these follows the process (or in {}), then one \
+             message every {}. Ctrl-C stops the server.\n",
         messages.len(),
         humantime::format_duration(args.start_delay),
         humantime::format_duration(args.pace),
@@ -184,9 +194,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let play = async {
         tokio::select! {
-            _ = arrived.notified() => println!("A follower is here: playing the session ({} messages).", messages.len()),
+            _ = arrived.notified() => println!("A follower is here: playing the session ({} \
+                messages).", messages.len()),
             _ = tokio::time::sleep(args.start_delay) => println!(
-                "No follower after {}: playing the session anyway ({} messages); a follow opened later gets them from the first.",
+                "No follower after {}: playing the session anyway ({} messages); a follow opened \
+                    later gets them from the first.",
                 humantime::format_duration(args.start_delay),
                 messages.len()
             ),
@@ -195,13 +207,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let outcome = writer
                 .append(&process, std::slice::from_ref(message))
                 .await?;
-            tracing::info!(stream_id = %outcome.results[0].stream_id, kind = %message.kind, "demo: appended {}/{}", i + 1, messages.len());
+            tracing::info!(stream_id = %outcome.results[0].stream_id, kind = %message.kind,
+                "demo: appended {}/{}", i + 1, messages.len());
             tokio::time::sleep(args.pace).await;
         }
         let info = writer
             .finish(&process, &FinishStatus::parse("succeeded")?)
             .await?;
-        println!("\nDemo process {process} finished ({} messages). Follows end with the end event; the server keeps running until Ctrl-C.\n", info.last_seq);
+        println!(
+            "\nDemo process {process} finished ({} messages). Follows end with the end \
+            event; the server keeps running until Ctrl-C.\n",
+            info.last_seq
+        );
         anyhow::Ok(())
     };
     tokio::select! {

@@ -504,8 +504,10 @@ impl Follower {
         let next = tokio::select! {
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
             next = self.listening.subscription.next() => Some(next),
-            answer = async { (&mut self.listening.status_check.as_mut()?.answer).await.ok() }, if checking => {
-                let freshness = self.listening.status_check.take().map_or(Freshness::Recent, |check| check.freshness);
+            answer = async { (&mut self.listening.status_check.as_mut()?.answer).await.ok() },
+                if checking => {
+                let freshness = self.listening.status_check.take().map_or(Freshness::Recent,
+                    |check| check.freshness);
                 return self.on_status(answer.flatten(), freshness);
             }
             _ = tokio::time::sleep_until(wake), if !checking => None,
@@ -522,14 +524,16 @@ impl Follower {
             }
             Some(FeedNext::Event(FeedEvent::Message(message))) if message.seq <= delivered => {}
             Some(FeedNext::Event(FeedEvent::Message(message))) => {
-                tracing::debug!(process = %self.process, expected = delivered + 1, got = message.seq, "gap in the live feed: filling it from the store");
+                tracing::debug!(process = %self.process, expected = delivered + 1,
+                    got = message.seq, "gap in the live feed: filling it from the store");
                 metrics::gap_fill();
                 // Published after its commit: it and every seq below it are stored.
                 self.progress.committed = self.progress.committed.max(message.seq);
                 self.mode = Mode::CatchUp;
             }
             Some(FeedNext::FellBehind { missed }) => {
-                tracing::debug!(process = %self.process, missed, "follower fell behind its feed buffer: catching up from the store");
+                tracing::debug!(process = %self.process, missed,
+                    "follower fell behind its feed buffer: catching up from the store");
                 metrics::lagged();
                 self.mode = Mode::CatchUp;
             }
@@ -650,7 +654,8 @@ async fn retry<'a, T>(
             Ok(value) => return Some(value),
             Err(error) => {
                 // The store's outage itself is logged once, where it is tracked.
-                tracing::debug!(error = format!("{:#}", anyhow::Error::new(error)), retry_in = ?backoff, "a follower could not read the store");
+                tracing::debug!(error = format!("{:#}", anyhow::Error::new(error)),
+                    retry_in = ?backoff, "a follower could not read the store");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}

@@ -103,7 +103,8 @@ pub fn install() -> PrometheusHandle {
             let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(error) => {
-                    tracing::warn!(%error, "another metrics recorder is installed: /metrics stays empty");
+                    tracing::warn!(%error,
+                        "another metrics recorder is installed: /metrics stays empty");
                     PrometheusBuilder::new().build_recorder().handle()
                 }
             };
@@ -134,11 +135,13 @@ fn describe() {
     describe_histogram!(
         DELIVERY_DELAY,
         Unit::Seconds,
-        "From a message's commit (its created_at) to a follower receiving it from the live feed; each follower samples at most one message a second."
+        "From a message's commit (its created_at) to a follower receiving it from the live feed; \
+            each follower samples at most one message a second."
     );
     describe_counter!(
         CATCH_UP_PAGES,
-        "Pages of messages followers read from the store (each follow's first read, gap fills, lag, polls)."
+        "Pages of messages followers read from the store (each follow's first read, gap fills, \
+            lag, polls)."
     );
     describe_counter!(CATCH_UP_MESSAGES, "Messages followers read from the store.");
     describe_counter!(
@@ -147,11 +150,14 @@ fn describe() {
     );
     describe_counter!(
         REPUBLISHED,
-        "Messages and end markers stored but never published (a lost XADD) that the republisher put into the live feed."
+        "Messages and end markers stored but never published (a lost XADD) that the republisher \
+            put into the live feed."
     );
     describe_counter!(
         REPLICA_READS,
-        "Pages of messages read while a read replica is set, by outcome: replica (whole from it), completed (it lagged: the rest from the primary), fallback (it failed or rests: from the primary)."
+        "Pages of messages read while a read replica is set, by outcome: replica (whole from it), \
+            completed (it lagged: the rest from the primary), fallback (it failed or rests: from \
+            the primary)."
     );
     describe_counter!(
         LAGGED,
@@ -185,11 +191,13 @@ fn describe() {
     );
     describe_gauge!(
         REDIS_CONNECTIONS,
-        "Redis connections open, by role (command: the shared one, counted while Redis answers; reader: blocking XREAD connections)."
+        "Redis connections open, by role (command: the shared one, counted while Redis answers; \
+            reader: blocking XREAD connections)."
     );
     describe_counter!(
         REDIS_FOREIGN_ENTRIES,
-        "Redis entries not delivered because they carry another store's epoch (another deployment on the same Redis and prefix, or a database since recreated)."
+        "Redis entries not delivered because they carry another store's epoch (another deployment \
+            on the same Redis and prefix, or a database since recreated)."
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -197,11 +205,13 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_IDLE_CLOSED,
-        "Connections closed for sending no request in time (--header-read-timeout from accept, --idle-timeout after a request)."
+        "Connections closed for sending no request in time (--header-read-timeout from accept, \
+            --idle-timeout after a request)."
     );
     describe_counter!(
         CONNECTIONS_STALLED_CLOSED,
-        "Connections closed because a response made no progress for --write-timeout (an HTTP/2 stream whose client keeps its window shut, or a client that stopped reading)."
+        "Connections closed because a response made no progress for --write-timeout (an HTTP/2 \
+            stream whose client keeps its window shut, or a client that stopped reading)."
     );
     describe_gauge!(
         REDIS_READERS,
@@ -209,7 +219,8 @@ fn describe() {
     );
 }
 
-/// Puts the counters and the follow gauges on the page at 0 (adding nothing), so they are on the page (and
+/// Puts the counters and the follow gauges on the page at 0 (adding nothing), so they are on the
+/// page (and
 /// `rate()` works) before their first event.
 fn start_at_zero() {
     for format in ["sse", "ndjson"] {

@@ -37,7 +37,8 @@ mod tests {
         let error = anyhow::Error::new(Repeats(Parse)).context("DATABASE_URL is not a valid URL");
         assert_eq!(
             format!("{error:#}"),
-            "DATABASE_URL is not a valid URL: relative URL without a base: relative URL without a base"
+            "DATABASE_URL is not a valid URL: relative URL without a base: relative URL without a \
+                base"
         );
         assert_eq!(
             one_line(&error),

@@ -161,6 +161,7 @@ async fn republish(
         entries += 1;
     }
     metrics::republished(entries);
-    tracing::info!(%process, entries, last_seq = info.last_seq, "republished what the live feed missed");
+    tracing::info!(%process, entries, last_seq = info.last_seq,
+        "republished what the live feed missed");
     Ok(())
 }

@@ -51,7 +51,11 @@ impl Backends {
     pub async fn connect(config: &BackendConfig) -> anyhow::Result<Self> {
         config.validate()?;
         let Some(database_url) = config.database_url() else {
-            tracing::info!("no DATABASE_URL: running on the embedded in-memory store with in-process delivery (nothing survives a restart; set DATABASE_URL and REDIS_URL for production)");
+            tracing::info!(
+                "no DATABASE_URL: running on the embedded in-memory store with \
+                in-process delivery (nothing survives a restart; set DATABASE_URL and REDIS_URL \
+                for production)"
+            );
             return Ok(Self::embedded(config.follower_buffer));
         };
         let mut store = PostgresStore::connect_lazy(
@@ -66,11 +70,14 @@ impl Backends {
                 redact(database_url)
             )
         })?;
-        tracing::info!(database = %redact(database_url), epoch = epoch.as_str(), "PostgreSQL store ready (migrations applied)");
+        tracing::info!(database = %redact(database_url), epoch = epoch.as_str(),
+            "PostgreSQL store ready (migrations applied)");
         if let Some(read_url) = config.database_read_url() {
             let replica =
                 store.read_from_replica(read_url, config.database_timeout, epoch.clone())?;
-            tracing::info!(replica = %replica, "catch-up pages and snapshots are read from the read replica (completed from the primary while it lags)");
+            tracing::info!(replica = %replica,
+                "catch-up pages and snapshots are read from the read replica (completed from the \
+                primary while it lags)");
         }
         let feed: Arc<dyn LiveFeed> = match config.redis_url() {
             Some(redis_url) => {
@@ -87,15 +94,21 @@ impl Backends {
                     follower_buffer: config.follower_buffer,
                 })?;
                 if let Some(error) = feed.check_at_start().await? {
-                    tracing::warn!(redis = %redact(redis_url), error = crate::report::one_line(&error.0), "Redis does not answer yet: serving from PostgreSQL until it does");
+                    tracing::warn!(redis = %redact(redis_url),
+                        error = crate::report::one_line(&error.0),
+                        "Redis does not answer yet: serving from PostgreSQL until it does");
                 } else {
                     let cluster = feed.is_cluster().unwrap_or(false);
-                    tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix, cluster, "Redis Streams live feed ready");
+                    tracing::info!(redis = %redact(redis_url), prefix = %config.redis_prefix,
+                        cluster, "Redis Streams live feed ready");
                 }
                 Arc::new(feed)
             }
             None => {
-                tracing::info!("no REDIS_URL: live delivery is in-process, so followers on other instances see new messages only at their idle poll");
+                tracing::info!(
+                    "no REDIS_URL: live delivery is in-process, so followers on other \
+                    instances see new messages only at their idle poll"
+                );
                 Arc::new(InProcessFeed::new(config.follower_buffer))
             }
         };
@@ -131,13 +144,16 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.map_err(|error| {
         let why = match error.kind() {
             io::ErrorKind::AddrInUse => {
-                "the port is taken by another program: stop it, or choose another address with --listen (e.g. --listen 127.0.0.1:9090)"
+                "the port is taken by another program: stop it, or choose another address with \
+                    --listen (e.g. --listen 127.0.0.1:9090)"
             }
             io::ErrorKind::PermissionDenied => {
-                "ports below 1024 need privileges: choose another with --listen (e.g. --listen 127.0.0.1:8080)"
+                "ports below 1024 need privileges: choose another with --listen (e.g. --listen \
+                    127.0.0.1:8080)"
             }
             io::ErrorKind::AddrNotAvailable => {
-                "this machine has no such address: choose one of its own with --listen (e.g. --listen 127.0.0.1:8080)"
+                "this machine has no such address: choose one of its own with --listen (e.g. \
+                    --listen 127.0.0.1:8080)"
             }
             _ => "choose another address with --listen",
         };
@@ -287,7 +303,8 @@ pub async fn serve(
     connections.close();
     tokio::select! {
         _ = connections.wait() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace ran out: closing the connections still open"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace,
+            "shutdown grace ran out: closing the connections still open"),
     }
     Ok(())
 }

@@ -42,7 +42,8 @@ impl Writer {
             .inspect_err(metrics::append_failed)?;
         if !outcome.stored.is_empty() {
             if let Err(error) = self.feed.publish(process, &outcome.stored).await {
-                tracing::debug!(%process, error = format!("{:#}", error.0), "live feed did not take new messages; readers will find them in the store");
+                tracing::debug!(%process, error = format!("{:#}", error.0),
+                    "live feed did not take new messages; readers will find them in the store");
             }
         }
         metrics::appended(outcome.stored.len(), started.elapsed());
@@ -62,7 +63,8 @@ impl Writer {
             .publish_end(process, info.last_seq, status.as_str())
             .await
         {
-            tracing::debug!(%process, error = format!("{:#}", error.0), "live feed did not take the end marker; readers will find the status in the store");
+            tracing::debug!(%process, error = format!("{:#}", error.0),
+                "live feed did not take the end marker; readers will find the status in the store");
         }
         Ok(info)
     }

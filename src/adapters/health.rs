@@ -84,7 +84,8 @@ impl Health {
     pub fn mark_down(&self, what: &str, error: &dyn std::fmt::Display) {
         self.failed_at.store(now_ms(), Ordering::Relaxed);
         if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(service = self.service, %error, "{} failed ({what}): {}", self.service, self.down_effect);
+            tracing::warn!(service = self.service, %error, "{} failed ({what}): {}", self.service,
+                self.down_effect);
         }
     }
 }

@@ -43,7 +43,8 @@ impl TlsFailure {
     pub fn explain(&self, how_to_trust: &str) -> String {
         match self {
             Self::UntrustedIssuer => format!(
-                "its certificate is signed by an authority that is not trusted here (give its CA with {how_to_trust})"
+                "its certificate is signed by an authority that is not trusted here (give its CA \
+                    with {how_to_trust})"
             ),
             Self::Other(reason) => reason.clone(),
         }

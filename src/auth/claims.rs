@@ -95,7 +95,8 @@ impl TryFrom<RawProcesses> for Processes {
                 .map(|id| {
                     ProcessId::parse(id).map_err(|_| {
                         format!(
-                            "processes holds {:?}, which is not a process id (for every process, processes is the string \"*\")",
+                            "processes holds {:?}, which is not a process id (for every process, \
+                                processes is the string \"*\")",
                             id.chars().take(32).collect::<String>()
                         )
                     })

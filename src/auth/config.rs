@@ -78,11 +78,15 @@ pub struct AuthConfig {
 
     /// Longest token lifetime accepted: a token whose `exp` lies further ahead is
     /// refused (401), e.g. `30d`, `12h`.
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_TOKEN_TTL", default_value = "30d",
+        value_parser = humantime::parse_duration)]
     pub max_token_ttl: Duration,
 }
 
-const NO_SECRET: &str = "no auth secret: set --auth-secret (or AGENT_STREAM_AUTH_SECRET; at least 32 bytes, e.g. `openssl rand -hex 32`) or --auth-secret-file, and mint tokens with `agent-stream token`. To serve without auth, pass --no-auth (loopback addresses only) or --insecure-no-auth (any address)";
+const NO_SECRET: &str = "no auth secret: set --auth-secret (or AGENT_STREAM_AUTH_SECRET; at least \
+    32 bytes, e.g. `openssl rand -hex 32`) or --auth-secret-file, and mint tokens with \
+    `agent-stream token`. To serve without auth, pass --no-auth (loopback addresses only) or \
+    --insecure-no-auth (any address)";
 
 impl AuthConfig {
     /// Auth for serving on `listen`: the verifier, or `None` when auth was explicitly
@@ -121,19 +125,25 @@ impl AuthConfig {
         let secret = self.secret.secret()?;
         anyhow::ensure!(
             secret.is_none() || !(self.no_auth || self.insecure_no_auth),
-            "an auth secret is set and auth is disabled (--no-auth or --insecure-no-auth): choose one"
+            "an auth secret is set and auth is disabled (--no-auth or --insecure-no-auth): choose \
+                one"
         );
         Ok(secret)
     }
 
     fn check_open(&self, listen: SocketAddr) -> anyhow::Result<()> {
         if self.insecure_no_auth {
-            tracing::warn!(address = %listen, "auth is disabled (--insecure-no-auth): every caller may read and write every process");
+            tracing::warn!(address = %listen,
+                "auth is disabled (--insecure-no-auth): every caller may read and write every \
+                process");
             return Ok(());
         }
         anyhow::ensure!(
             listen.ip().is_loopback(),
-            "refusing to serve {listen} without auth: --no-auth is for loopback addresses (127.0.0.1, ::1) only. Set --auth-secret (or AGENT_STREAM_AUTH_SECRET) to require tokens, or pass --insecure-no-auth if something in front of the service decides who gets in"
+            "refusing to serve {listen} without auth: --no-auth is for loopback addresses \
+                (127.0.0.1, ::1) only. Set --auth-secret (or AGENT_STREAM_AUTH_SECRET) to require \
+                tokens, or pass --insecure-no-auth if something in front of the service decides \
+                who gets in"
         );
         tracing::info!(address = %listen, "auth is disabled (--no-auth) on a loopback address");
         Ok(())
@@ -172,7 +182,8 @@ impl TokenArgs {
     /// The token the arguments ask for.
     pub fn mint(&self) -> anyhow::Result<String> {
         let secret = self.secret.secret()?.context(
-            "no auth secret: set --auth-secret (or AGENT_STREAM_AUTH_SECRET) or --auth-secret-file to the secret the service runs with",
+            "no auth secret: set --auth-secret (or AGENT_STREAM_AUTH_SECRET) or \
+                --auth-secret-file to the secret the service runs with",
         )?;
         anyhow::ensure!(
             self.ttl >= Duration::from_secs(1),

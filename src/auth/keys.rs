@@ -49,7 +49,8 @@ impl Secret {
         let bits = bytes.len() as f64 * (distinct as f64).log2();
         if bits < MIN_SECRET_BITS {
             return Err(AuthError::SecretTooWeak(format!(
-                "{} bytes of only {distinct} different values hold at most {bits:.0} bits, under {MIN_SECRET_BITS}",
+                "{} bytes of only {distinct} different values hold at most {bits:.0} bits, under \
+                    {MIN_SECRET_BITS}",
                 bytes.len()
             )));
         }

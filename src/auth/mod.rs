@@ -22,7 +22,11 @@ pub use keys::{Minter, Secret, Verifier, MAX_TOKEN_TTL, MIN_SECRET_BITS, MIN_SEC
 /// the operator's) to fix, so each message says what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("no token: send `Authorization: Bearer <token>`, the `access_token` query parameter or the `{}` cookie", config::COOKIE)]
+    #[error(
+        "no token: send `Authorization: Bearer <token>`, the `access_token` query parameter \
+        or the `{}` cookie",
+        config::COOKIE
+    )]
     Missing,
     #[error("the token has expired")]
     Expired,
@@ -34,11 +38,21 @@ pub enum AuthError {
     Malformed(String),
     #[error("the token's claims are invalid: {0}")]
     InvalidClaims(String),
-    #[error("the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) must be at least {MIN_SECRET_BYTES} bytes, not {0}; generate one with e.g. `openssl rand -hex 32`")]
+    #[error(
+        "the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) must \
+        be at least {MIN_SECRET_BYTES} bytes, not {0}; generate one with e.g. `openssl rand -hex \
+        32`"
+    )]
     SecretTooShort(usize),
-    #[error("the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) has too little variety: {0}. Generate one with e.g. `openssl rand -hex 32`")]
+    #[error(
+        "the auth secret (--auth-secret, AGENT_STREAM_AUTH_SECRET or --auth-secret-file) has \
+        too little variety: {0}. Generate one with e.g. `openssl rand -hex 32`"
+    )]
     SecretTooWeak(String),
-    #[error("the token is valid for longer than this service accepts ({max_days} days, --max-token-ttl): mint one with a shorter --ttl")]
+    #[error(
+        "the token is valid for longer than this service accepts ({max_days} days, \
+        --max-token-ttl): mint one with a shorter --ttl"
+    )]
     LifetimeTooLong { max_days: u64 },
     #[error("could not sign the token: {0}")]
     Signing(String),

@@ -5,7 +5,10 @@
 pub enum DomainError {
     #[error("process id must be 1 to 128 characters of A-Z a-z 0-9 . _ -")]
     InvalidProcessId,
-    #[error("cursor must be a stream ID `<seq>-<n>` or a bare `<seq>` (decimal, at most 9223372036854775807): got {0:?}")]
+    #[error(
+        "cursor must be a stream ID `<seq>-<n>` or a bare `<seq>` (decimal, at most \
+        9223372036854775807): got {0:?}"
+    )]
     InvalidCursor(String),
     #[error("{0}")]
     InvalidStatus(String),

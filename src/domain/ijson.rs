@@ -13,11 +13,20 @@ pub const MAX_DEPTH: usize = 64;
 /// Which I-JSON rule a text breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
-    #[error("a string holds a lone surrogate ({0}), which no UTF-8 text can carry: send a valid pair or another character (I-JSON, RFC 7493)")]
+    #[error(
+        "a string holds a lone surrogate ({0}), which no UTF-8 text can carry: send a valid \
+        pair or another character (I-JSON, RFC 7493)"
+    )]
     LoneSurrogate(String),
-    #[error("the number {0} is beyond a double's range, so common parsers cannot read it back: send it as a string (I-JSON, RFC 7493)")]
+    #[error(
+        "the number {0} is beyond a double's range, so common parsers cannot read it back: \
+        send it as a string (I-JSON, RFC 7493)"
+    )]
     NumberOutOfRange(String),
-    #[error("the JSON is nested deeper than {MAX_DEPTH} levels of arrays and objects (I-JSON, RFC 7493)")]
+    #[error(
+        "the JSON is nested deeper than {MAX_DEPTH} levels of arrays and objects (I-JSON, RFC \
+        7493)"
+    )]
     TooDeep,
 }
 

@@ -166,14 +166,20 @@ impl NewMessage {
     fn parse_checked(raw: &[u8]) -> Result<Self, DomainError> {
         let message: WriterMessage = serde_json::from_slice(raw).map_err(|e| {
             DomainError::InvalidMessage(format!(
-                "{e}; a message is an object with \"type\" (string) and \"payload\" (object), and optionally \"id\", \"turn\" (integer), \"agent\" and \"model\""
+                "{e}; a message is an object with \"type\" (string) and \"payload\" (object), and \
+                    optionally \"id\", \"turn\" (integer), \"agent\" and \"model\""
             ))
         })?;
         let id = match message.id {
             None => uuid::Uuid::new_v4().to_string(),
-            Some(id) if id.is_empty() || id.len() > MAX_MESSAGE_ID_BYTES || id.chars().any(char::is_control) => {
+            Some(id)
+                if id.is_empty()
+                    || id.len() > MAX_MESSAGE_ID_BYTES
+                    || id.chars().any(char::is_control) =>
+            {
                 return Err(DomainError::InvalidMessage(format!(
-                    "\"id\" must be 1 to {MAX_MESSAGE_ID_BYTES} bytes without control characters (a UUID fits), or absent"
+                    "\"id\" must be 1 to {MAX_MESSAGE_ID_BYTES} bytes without control characters \
+                        (a UUID fits), or absent"
                 )))
             }
             Some(id) => id,
@@ -204,7 +210,8 @@ impl NewMessage {
         ijson::check(body, 1).map_err(invalid)?;
         let notification: Notification = serde_json::from_slice(body).map_err(|e| {
             DomainError::InvalidMessage(format!(
-                "{e}; a notification is {{\"process_id\": \"…\", \"agent_message\": {{\"id\", \"type\", \"turn\", \"agent\", \"model\", \"payload\"}}}}"
+                "{e}; a notification is {{\"process_id\": \"…\", \"agent_message\": {{\"id\", \
+                    \"type\", \"turn\", \"agent\", \"model\", \"payload\"}}}}"
             ))
         })?;
         let process = ProcessId::parse(&notification.process_id)?;
@@ -623,7 +630,8 @@ mod tests {
                     message.as_object_mut().unwrap().remove(field);
                     message
                 }),
-                4 => (valid_message(), field, mutated_value).prop_map(|(mut message, field, value)| {
+                4 => (valid_message(), field, mutated_value).prop_map(|(mut message, field,
+                    value)| {
                     message.as_object_mut().unwrap().insert(field.into(), value);
                     message
                 }),
@@ -731,11 +739,14 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { failure_persistence: None,
+                ..ProptestConfig::default() })]
 
             #[test]
-            fn minifying_any_json_keeps_its_value_and_puts_it_on_one_line(value in json_value(), layout in layout()) {
-                // Invariant: minify_json of any serialised Value parses to the same Value, holds no newline, CR or tab, and is idempotent.
+            fn minifying_any_json_keeps_its_value_and_puts_it_on_one_line(value in json_value(),
+                layout in layout()) {
+                // Invariant: minify_json of any serialised Value parses to the same Value, holds no
+                // newline, CR or tab, and is idempotent.
                 let text = write(&value, layout);
                 let minified = minify_json(&text);
                 let reparsed: Value = serde_json::from_str(&minified).unwrap();
@@ -743,14 +754,16 @@ mod tests {
                 prop_assert!(!minified.contains(['\n', '\r', '\t']), "{:?}", minified);
                 prop_assert_eq!(minify_json(&minified), minified.clone());
                 let compact = serde_json::to_string(&value).unwrap();
-                prop_assert_eq!(minified.as_ref(), compact.as_str(), "minified is serde's compact form");
+                prop_assert_eq!(minified.as_ref(), compact.as_str(),
+                    "minified is serde's compact form");
             }
 
             #[test]
             fn parsing_arbitrary_bytes_never_panics_and_refuses_as_a_client_error(body in prop_oneof![
                 any::<Vec<u8>>(),
                 any::<String>().prop_map(String::into_bytes),
-                (any_body(), any::<Vec<u8>>(), any::<prop::sample::Index>()).prop_map(|(value, noise, at)| {
+                (any_body(), any::<Vec<u8>>(), any::<prop::sample::Index>()).prop_map(|(value,
+                    noise, at)| {
                     // Valid-looking JSON with arbitrary bytes spliced in.
                     let mut bytes = serde_json::to_vec(&value).unwrap();
                     let at = at.index(bytes.len() + 1);
@@ -763,11 +776,13 @@ mod tests {
                     bytes[..at.index(bytes.len() + 1)].to_vec()
                 }),
             ]) {
-                // Invariant: NewMessage::parse_body never panics; what it refuses is InvalidMessage, MessageTooLarge or TooManyMessages.
+                // Invariant: NewMessage::parse_body never panics; what it refuses is
+                // InvalidMessage, MessageTooLarge or TooManyMessages.
                 match NewMessage::parse_body(&body, 256, 1000) {
                     Ok((messages, _)) => prop_assert!(!messages.is_empty()),
                     Err(error) => prop_assert!(
-                        matches!(error, DomainError::InvalidMessage(_) | DomainError::MessageTooLarge { .. } | DomainError::TooManyMessages { .. }),
+                        matches!(error,
+                            DomainError::InvalidMessage(_) | DomainError::MessageTooLarge { .. } | DomainError::TooManyMessages { .. }),
                         "{:?}", error
                     ),
                 }
@@ -775,7 +790,8 @@ mod tests {
 
             #[test]
             fn a_body_is_accepted_exactly_when_every_message_follows_the_contract(body in any_body(), layout in layout()) {
-                // Invariant: parse_body accepts iff the body is a valid message or a non-empty array of them, and accepted ones keep every field.
+                // Invariant: parse_body accepts iff the body is a valid message or a non-empty
+                // array of them, and accepted ones keep every field.
                 let text = write(&body, layout);
                 // Values are compared with the text as parsed again: serde_json's float
                 // parsing may differ from the generated f64 in its last digit.
@@ -790,20 +806,23 @@ mod tests {
                         };
                         let (sent, reparsed) = (items(&body), items(&reparsed));
                         prop_assert_eq!(messages.len(), sent.len());
-                        for ((parsed, sent), reparsed) in messages.iter().zip(&sent).zip(&reparsed) {
+                        for ((parsed, sent),
+                            reparsed) in messages.iter().zip(&sent).zip(&reparsed) {
                             check_accepted(parsed, sent, reparsed)?;
                         }
                     }
                     Err(error) => {
                         prop_assert!(!is_valid_body(&body), "refused ({:?}): {}", error, text);
-                        prop_assert!(matches!(error, DomainError::InvalidMessage(_)), "{:?}", error);
+                        prop_assert!(matches!(error, DomainError::InvalidMessage(_)), "{:?}",
+                            error);
                     }
                 }
             }
 
             #[test]
             fn an_array_is_refused_as_too_many_exactly_when_it_holds_more_than_the_limit(items in prop::collection::vec(valid_message(), 1..8), max in 1usize..6, layout in layout()) {
-                // Invariant: an array of n valid messages is accepted whole iff n <= the limit, else it is TooManyMessages.
+                // Invariant: an array of n valid messages is accepted whole iff n <= the limit,
+                // else it is TooManyMessages.
                 let text = write(&Value::Array(items.clone()), layout);
                 match NewMessage::parse_body(text.as_bytes(), LIMIT, max) {
                     Ok((messages, true)) => {
@@ -819,7 +838,8 @@ mod tests {
 
             #[test]
             fn a_message_is_too_large_exactly_when_its_json_is_over_the_limit(message in valid_message(), layout in layout(), batch in any::<bool>(), slack in 0usize..3) {
-                // Invariant: a message of s bytes (as sent, surrounding whitespace aside) passes a limit of s and is a 413 under it, alone or in an array.
+                // Invariant: a message of s bytes (as sent, surrounding whitespace aside) passes a
+                // limit of s and is a 413 under it, alone or in an array.
                 let text = write(&message, layout);
                 let size = text.trim().len();
                 let body = if batch { format!("[ {text} ]") } else { format!(" {text}\n") };

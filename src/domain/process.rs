@@ -52,7 +52,9 @@ impl FinishStatus {
         }
         if raw == ProcessStatus::RUNNING {
             return Err(DomainError::InvalidStatus(
-                "a process cannot be finished as \"running\"; use a final status such as \"succeeded\", \"failed\" or \"cancelled\"".into(),
+                "a process cannot be finished as \"running\"; use a final status such as \
+                    \"succeeded\", \"failed\" or \"cancelled\""
+                    .into(),
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -225,11 +227,13 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { failure_persistence: None,
+                ..ProptestConfig::default() })]
 
             #[test]
             fn a_process_id_is_accepted_exactly_when_it_is_1_to_128_allowed_characters(raw in id_like(ProcessId::MAX_LEN)) {
-                // Invariant: ProcessId::parse never panics, accepts iff 1..=128 chars of `A-Z a-z 0-9 . _ -`, and keeps the text as is.
+                // Invariant: ProcessId::parse never panics, accepts iff 1..=128 chars of `A-Z a-z
+                // 0-9 . _ -`, and keeps the text as is.
                 let expected = (1..=128).contains(&raw.chars().count()) && raw.chars().all(allowed);
                 match ProcessId::parse(&raw) {
                     Ok(id) => {
@@ -247,7 +251,8 @@ mod tests {
 
             #[test]
             fn no_accepted_process_id_can_reach_outside_its_redis_key(raw in id_like(ProcessId::MAX_LEN)) {
-                // Invariant: an accepted id holds no `:`, `*`, `{`, `}`, `[`, `?`, `/`, whitespace or control character.
+                // Invariant: an accepted id holds no `:`, `*`, `{`, `}`, `[`, `?`, `/`, whitespace
+                // or control character.
                 if let Ok(id) = ProcessId::parse(&raw) {
                     let special = |c: char| ":*{}[]?/\\".contains(c) || c.is_whitespace() || c.is_control();
                     prop_assert!(!id.as_str().chars().any(special), "{:?}", id);
@@ -256,7 +261,8 @@ mod tests {
 
             #[test]
             fn a_finish_status_is_accepted_exactly_when_it_is_1_to_64_allowed_characters_other_than_running(raw in id_like(64)) {
-                // Invariant: FinishStatus::parse never panics, accepts iff 1..=64 chars of `A-Z a-z 0-9 . _ -` and not `running`, and keeps the text.
+                // Invariant: FinishStatus::parse never panics, accepts iff 1..=64 chars of `A-Z a-z
+                // 0-9 . _ -` and not `running`, and keeps the text.
                 let expected = (1..=64).contains(&raw.chars().count()) && raw.chars().all(allowed) && raw != "running";
                 match FinishStatus::parse(&raw) {
                     Ok(status) => {

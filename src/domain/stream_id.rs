@@ -230,28 +230,33 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { failure_persistence: None,
+                ..ProptestConfig::default() })]
 
             #[test]
             fn a_stream_id_is_accepted_exactly_when_it_follows_the_grammar(raw in cursor_like()) {
                 // Invariant: StreamId::parse never panics, and accepts exactly `<seq>[-<n>]`.
                 let parsed = StreamId::parse(&raw);
-                prop_assert_eq!(parsed.as_ref().ok().copied(), accepted_by_grammar(&raw), "{:?}", raw);
+                prop_assert_eq!(parsed.as_ref().ok().copied(), accepted_by_grammar(&raw), "{:?}",
+                    raw);
                 if let Err(error) = parsed {
                     prop_assert!(matches!(error, DomainError::InvalidCursor(_)));
                 }
             }
 
             #[test]
-            fn every_stream_id_round_trips_through_its_text(seq in 0..=StreamId::MAX_SEQ, n in any::<u64>()) {
-                // Invariant: StreamId::parse(&id.to_string()) == id for any valid id, and a bare seq is `<seq>-0`.
+            fn every_stream_id_round_trips_through_its_text(seq in 0..=StreamId::MAX_SEQ,
+                n in any::<u64>()) {
+                // Invariant: StreamId::parse(&id.to_string()) == id for any valid id, and a bare
+                // seq is `<seq>-0`.
                 let id = StreamId { seq, n };
                 prop_assert_eq!(StreamId::parse(&id.to_string()), Ok(id));
                 prop_assert_eq!(StreamId::parse(&seq.to_string()), Ok(StreamId::message(seq)));
             }
 
             #[test]
-            fn seqs_above_the_bigint_range_are_refused(seq in (StreamId::MAX_SEQ + 1)..=u64::MAX, n in any::<u64>()) {
+            fn seqs_above_the_bigint_range_are_refused(seq in (StreamId::MAX_SEQ + 1)..=u64::MAX,
+                n in any::<u64>()) {
                 // Invariant: no seq above i64::MAX is ever a position, bare or with an `n`.
                 prop_assert!(StreamId::parse(&seq.to_string()).is_err());
                 let with_n = format!("{seq}-{n}");
@@ -272,7 +277,8 @@ mod tests {
                 after in proptest::option::of(cursor_like()),
                 header in proptest::option::of(cursor_like()),
             ) {
-                // Invariant: Cursor::from_request never panics; it reads `after` if given (non-empty), else the header, else the start.
+                // Invariant: Cursor::from_request never panics; it reads `after` if given
+                // (non-empty), else the header, else the start.
                 let cursor = Cursor::from_request(after.as_deref(), header.as_deref());
                 let given = |value: Option<String>| value.filter(|value| !value.is_empty());
                 let chosen = given(after).or(given(header));
@@ -286,8 +292,10 @@ mod tests {
             }
 
             #[test]
-            fn the_end_id_is_seen_exactly_from_itself_onwards(last in 0..StreamId::MAX_SEQ, seq in 0..=StreamId::MAX_SEQ, n in 0u64..4) {
-                // Invariant: a cursor has seen the end of `last` iff it sorts at or after `<last>-1`.
+            fn the_end_id_is_seen_exactly_from_itself_onwards(last in 0..StreamId::MAX_SEQ,
+                seq in 0..=StreamId::MAX_SEQ, n in 0u64..4) {
+                // Invariant: a cursor has seen the end of `last` iff it sorts at or after
+                // `<last>-1`.
                 let cursor = Cursor(StreamId { seq, n });
                 prop_assert_eq!(cursor.has_seen_end(last), seq > last || (seq == last && n >= 1));
             }

@@ -217,7 +217,10 @@ fn too_many_follows(max: usize) -> Response {
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_follows_for_token",
-        format!("this token already has {max} follows open on this instance (--max-follows-per-token); close one first"),
+        format!(
+            "this token already has {max} follows open on this instance \
+            (--max-follows-per-token); close one first"
+        ),
     )
     .into_response();
     response
@@ -272,7 +275,9 @@ fn misdirected<B>(request: &Request<B>) -> Response {
         StatusCode::MISDIRECTED_REQUEST,
         "misdirected_request",
         format!(
-            "this server runs without auth (--no-auth) and answers only requests sent to localhost, 127.0.0.1 or [::1], not to {:?}: a web page could otherwise reach it through DNS rebinding. Use one of those names, or run with --auth-secret",
+            "this server runs without auth (--no-auth) and answers only requests sent to \
+                localhost, 127.0.0.1 or [::1], not to {:?}: a web page could otherwise reach it \
+                through DNS rebinding. Use one of those names, or run with --auth-secret",
             host.chars().take(64).collect::<String>()
         ),
     )

@@ -371,7 +371,8 @@ pub struct Lifetime {
     pub close_grace: Duration,
 }
 
-/// Runs `connection` (accepted at `accepted`) until it ends, closing it (with `close`: hyper's graceful
+/// Runs `connection` (accepted at `accepted`) until it ends, closing it (with `close`: hyper's
+/// graceful
 /// shutdown) once idle past `lifetime`'s limits or when `stop` is cancelled; then
 /// requests in flight get `close_grace` to finish. A stalled connection is dropped
 /// at once: a graceful close would wait for the very streams that make no progress.
@@ -402,7 +403,8 @@ pub async fn drive<C: Future>(
                     .is_some_and(|at| at <= Instant::now())
                 {
                     crate::metrics::connection_closed_stalled();
-                    tracing::debug!(stall = ?lifetime.stall, "connection closed: a response made no progress");
+                    tracing::debug!(stall = ?lifetime.stall,
+                        "connection closed: a response made no progress");
                     return None;
                 }
                 if activity

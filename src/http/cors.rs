@@ -47,7 +47,10 @@ const EXPOSED_HEADERS: [HeaderName; 4] = [
 /// `/`, which would never match).
 pub fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
     let explain = |why: &str| {
-        format!("{origin:?} is not an origin ({why}); write it as the browser's address bar shows it, without path, e.g. https://app.example.com or http://localhost:3000")
+        format!(
+            "{origin:?} is not an origin ({why}); write it as the browser's address bar shows \
+            it, without path, e.g. https://app.example.com or http://localhost:3000"
+        )
     };
     let rest = origin
         .strip_prefix("https://")

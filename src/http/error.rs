@@ -101,7 +101,8 @@ pub type ErrorBody = Body<'static>;
 
 /// The contract's error body: `{"error": {"code": "…", "message": "…"}}`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[schema(as = ErrorBody, example = json!({"error": {"code": "invalid_cursor", "message": "the cursor must be a stream ID such as 42-0"}}))]
+#[schema(as = ErrorBody, example = json!({"error": {"code": "invalid_cursor",
+    "message": "the cursor must be a stream ID such as 42-0"}}))]
 pub struct Body<'a> {
     error: Detail<'a>,
 }

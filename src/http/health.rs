@@ -17,7 +17,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
     path = "/healthz",
     tag = "probes",
     summary = "The process is up",
-    responses((status = 200, description = "Always, while the process serves.", body = Object, example = json!({"status": "ok"}))),
+    responses((status = 200, description = "Always, while the process serves.", body = Object,
+        example = json!({"status": "ok"}))),
     security(()),
 )]
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -29,10 +30,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
     path = "/readyz",
     tag = "probes",
     summary = "PostgreSQL and Redis answer",
-    description = "200 when the store and the live feed both answer (within 2 s), else 503 naming which does not. `checks` names each backend with `up` or `down`.",
+    description = "200 when the store and the live feed both answer (within 2 s), else 503 naming \
+        which does not. `checks` names each backend with `up` or `down`.",
     responses(
-        (status = 200, description = "Ready.", body = Object, example = json!({"status": "ready", "checks": {"postgres": "up", "redis": "up"}})),
-        (status = 503, description = "A backend does not answer: the contract's error, plus `status` and `checks`.", body = Object, example = json!({"error": {"code": "not_ready", "message": "redis does not answer"}, "status": "not_ready", "checks": {"postgres": "up", "redis": "down"}})),
+        (status = 200, description = "Ready.", body = Object, example = json!({"status": "ready",
+            "checks": {"postgres": "up", "redis": "up"}})),
+        (status = 503,
+            description = "A backend does not answer: the contract's error, plus `status` and \
+            `checks`.", body = Object, example = json!({"error": {"code": "not_ready",
+            "message": "redis does not answer"}, "status": "not_ready", "checks": {"postgres": "up",
+            "redis": "down"}})),
     ),
     security(()),
 )]
@@ -56,6 +63,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .map(|(_, name)| name)
         .collect();
     let message = format!("{} does not answer", down.join(" and "));
-    let body = json!({ "error": { "code": "not_ready", "message": message }, "status": "not_ready", "checks": checks });
+    let body = json!({ "error": { "code": "not_ready", "message": message }, "status": "not_ready",
+        "checks": checks });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

@@ -59,15 +59,28 @@ pub type Appended = AppendedView<'static>;
     tag = "messages",
     operation_id = "append_messages",
     summary = "Append one message, or an array of them in order",
-    description = "One transaction: each message gets the next seq of its process, then goes to the live feed. The process is registered if new. A message whose `id` is already stored for this process is not stored again: its first `stream_id` is answered (200 when every message was already stored). A rejected body stores nothing.",
+    description = "One transaction: each message gets the next seq of its process, then goes to \
+        the live feed. The process is registered if new. A message whose `id` is already stored \
+        for this process is not stored again: its first `stream_id` is answered (200 when every \
+        message was already stored). A rejected body stores nothing.",
     params(ProcessIdParam),
-    request_body(description = "One message, or a JSON array of them (at most `--max-batch-messages`, 1000 by default).", content = AppendBody),
+    request_body(description = "One message, or a JSON array of them (at most \
+        `--max-batch-messages`, 1000 by default).", content = AppendBody),
     responses(
-        (status = 201, description = "Stored: one `{id, stream_id}`, or an array of them in the body's order.", body = AppendAnswer),
-        (status = 200, description = "Every message was stored before (same ids): their first stream IDs.", body = AppendAnswer),
-        (status = 400, description = "Malformed process id or body: not a message or an array of them, or not I-JSON.", body = ErrorBody),
-        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
-        (status = 413, description = "A message over `--max-message-bytes` (1 MiB), a body over `--max-body-bytes`, or too many messages.", body = ErrorBody),
+        (status = 201,
+            description = "Stored: one `{id, stream_id}`, or an array of them in the body's order.",
+            body = AppendAnswer),
+        (status = 200,
+            description = "Every message was stored before (same ids): their first stream IDs.",
+            body = AppendAnswer),
+        (status = 400,
+            description = "Malformed process id or body: not a message or an array of them, or \
+            not I-JSON.", body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).",
+            body = ErrorBody),
+        (status = 413,
+            description = "A message over `--max-message-bytes` (1 MiB), a body over \
+            `--max-body-bytes`, or too many messages.", body = ErrorBody),
         Refusals,
     ),
     security(("bearer" = []), ("access_token" = [])),
@@ -96,14 +109,21 @@ pub async fn append(
     tag = "messages",
     operation_id = "webhook_message",
     summary = "The existing worker's notification of one message",
-    description = "Appends `agent_message` to `process_id` exactly as `POST /processes/{id}/messages` would (registering the process if new; an `id` already stored answers its first `stream_id` with 200). `processId` and `agentMessage` (camelCase) are accepted too. The token must allow writing the process the body names.",
+    description = "Appends `agent_message` to `process_id` exactly as `POST \
+        /processes/{id}/messages` would (registering the process if new; an `id` already stored \
+        answers its first `stream_id` with 200). `processId` and `agentMessage` (camelCase) are \
+        accepted too. The token must allow writing the process the body names.",
     request_body = WebhookBody,
     responses(
         (status = 201, description = "Stored.", body = Appended),
-        (status = 200, description = "Already stored (same id): its first stream ID.", body = Appended),
-        (status = 400, description = "Malformed body, process id or message, or not I-JSON.", body = ErrorBody),
-        (status = 409, description = "The process is finished (`process_finished`).", body = ErrorBody),
-        (status = 413, description = "The message or the body is over the limit.", body = ErrorBody),
+        (status = 200, description = "Already stored (same id): its first stream ID.",
+            body = Appended),
+        (status = 400, description = "Malformed body, process id or message, or not I-JSON.",
+            body = ErrorBody),
+        (status = 409, description = "The process is finished (`process_finished`).",
+            body = ErrorBody),
+        (status = 413, description = "The message or the body is over the limit.",
+            body = ErrorBody),
         Refusals,
     ),
     security(("bearer" = []), ("access_token" = [])),
@@ -151,22 +171,44 @@ fn appended(outcome: &AppendOutcome, is_batch: bool) -> Response {
     tag = "messages",
     operation_id = "read_messages",
     summary = "The messages after a cursor: a JSON array, or a follow",
-    description = "By `Accept` and `follow`:\n\n- no `Accept`, `*/*` or `application/json` (and `follow` not `true`), or `follow=false`: the JSON array of the messages after the cursor, in order (what the existing API answers here). Without `limit`, every message after the cursor.\n- `text/event-stream`: an SSE follow. Per message `id: <stream_id>`, `event: message`, `data: <message JSON>`; then, once the process is finished, `event: end`, `data: {\"status\": \"…\"}` with the id `<last seq>-1`, and the response ends. A comment line at least every 15 s while idle. Reconnecting with the end's id gets 204.\n- `application/x-ndjson`, or `follow=true` with any other `Accept`: an NDJSON follow, one message per line, then `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`. An empty line at least every 15 s while idle.\n\nA process not known yet reads as empty: `[]`, or a follow that stays open and delivers from its first message on.",
+    description = "By `Accept` and `follow`:\n\n- no `Accept`, `*/*` or `application/json` (and \
+        `follow` not `true`), or `follow=false`: the JSON array of the messages after the cursor, \
+        in order (what the existing API answers here). Without `limit`, every message after the \
+        cursor.\n- `text/event-stream`: an SSE follow. Per message `id: <stream_id>`, `event: \
+        message`, `data: <message JSON>`; then, once the process is finished, `event: end`, \
+        `data: {\"status\": \"…\"}` with the id `<last seq>-1`, and the response ends. A comment \
+        line at least every 15 s while idle. Reconnecting with the end's id gets 204.\n- \
+        `application/x-ndjson`, or `follow=true` with any other `Accept`: an NDJSON follow, one \
+        message per line, then `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`. An empty line at least every 15 s while idle.\n\nA process not known yet reads as empty: `[]`, or a follow that stays open and delivers from its first message on.",
     params(ProcessIdParam, ReadParams, ReadHeaders),
     responses(
-        (status = 200, description = "The JSON array, or a follow (a stream that lasts until the process's end or the client leaves). The array carries an `ETag` and a `Cache-Control` (`immutable` once the process is finished, `no-cache` while it runs; `private` with auth on).", headers(
-            ("ETag" = String, description = "The JSON array's tag (strong; weak, `W/`, when compressed): send it back in `If-None-Match`."),
-            ("Cache-Control" = String, description = "`[private, ]max-age=31536000, immutable` for a finished process's array, `[private, ]no-cache` for a running one's; `no-cache` for a follow."),
+        (status = 200,
+            description = "The JSON array, or a follow (a stream that lasts until the process's \
+            end or the client leaves). The array carries an `ETag` and a `Cache-Control` \
+            (`immutable` once the process is finished, `no-cache` while it runs; `private` with \
+            auth on).", headers(
+            ("ETag" = String,
+                description = "The JSON array's tag (strong; weak, `W/`, when compressed): send \
+                it back in `If-None-Match`."),
+            ("Cache-Control" = String,
+                description = "`[private, ]max-age=31536000, immutable` for a finished process's \
+                array, `[private, ]no-cache` for a running one's; `no-cache` for a follow."),
         ), content(
             (Vec<Message> = "application/json"),
             (String = "text/event-stream"),
             (String = "application/x-ndjson"),
         )),
-        (status = 304, description = "The JSON array named by `If-None-Match` is still the same (nothing appended, same cursor and limit): no body.", headers(
+        (status = 304,
+            description = "The JSON array named by `If-None-Match` is still the same (nothing \
+            appended, same cursor and limit): no body.", headers(
             ("ETag" = String, description = "The tag that matched."),
         )),
-        (status = 204, description = "An SSE follow of a finished process from its end's id: nothing more will come (a browser's EventSource stops for good)."),
-        (status = 400, description = "Malformed process id, cursor (`after` or `Last-Event-ID`), `limit` or `follow`.", body = ErrorBody),
+        (status = 204,
+            description = "An SSE follow of a finished process from its end's id: nothing more \
+            will come (a browser's EventSource stops for good)."),
+        (status = 400,
+            description = "Malformed process id, cursor (`after` or `Last-Event-ID`), `limit` or \
+            `follow`.", body = ErrorBody),
         Refusals,
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
@@ -189,17 +231,24 @@ pub async fn read(
     tag = "messages",
     operation_id = "follow_messages_ndjson",
     summary = "An NDJSON follow, whatever `Accept` says",
-    description = "The existing API's streaming path: one message per line, then the end line `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`; an empty line at least every 15 s while idle. `follow=false` answers the JSON array instead.",
+    description = "The existing API's streaming path: one message per line, then the end line \
+        `{\"event\": \"end\", \"status\": \"…\", \"stream_id\": \"<last seq>-1\"}`; an empty line \
+        at least every 15 s while idle. `follow=false` answers the JSON array instead.",
     params(ProcessIdParam, ReadParams, ReadHeaders),
     responses(
-        (status = 200, description = "The follow (or, with `follow=false`, the JSON array, with its `ETag` and `Cache-Control` as on `/messages`).", content(
+        (status = 200,
+            description = "The follow (or, with `follow=false`, the JSON array, with its `ETag` \
+            and `Cache-Control` as on `/messages`).", content(
             (String = "application/x-ndjson"),
             (Vec<Message> = "application/json"),
         )),
-        (status = 304, description = "With `follow=false`: the JSON array named by `If-None-Match` is still the same.", headers(
+        (status = 304,
+            description = "With `follow=false`: the JSON array named by `If-None-Match` is still \
+            the same.", headers(
             ("ETag" = String, description = "The tag that matched."),
         )),
-        (status = 400, description = "Malformed process id, cursor, `limit` or `follow`.", body = ErrorBody),
+        (status = 400, description = "Malformed process id, cursor, `limit` or `follow`.",
+            body = ErrorBody),
         Refusals,
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
@@ -258,7 +307,8 @@ async fn respond(
 /// The JSON array of the messages after `cursor`, up to the last one committed when
 /// the call came in (`info.last_seq`), at most `limit`. It is read from the store a
 /// page at a time (the follows' page size, growing as theirs does, and bytes) as the
-/// client takes the body, so a response holds at most about one page in memory, however long the process, and a
+/// client takes the body, so a response holds at most about one page in memory, however long the
+/// process, and a
 /// client that stops reading stops the reads (and is cut off by the write timeout).
 /// The first page is read before the head goes out, so a store that is down is a 503;
 /// a later page that fails ends the body early, which the client sees as JSON that
@@ -297,7 +347,9 @@ async fn snapshot(
             Ok(Some(chunk)) => Some((Ok(chunk), Some(pages))),
             Ok(None) => None,
             Err(error) => {
-                tracing::debug!(process = %pages.process, error = format!("{:#}", anyhow::Error::new(error)), "a snapshot page could not be read: ending the body early");
+                tracing::debug!(process = %pages.process, error = format!("{:#}",
+                    anyhow::Error::new(error)),
+                    "a snapshot page could not be read: ending the body early");
                 Some((
                     Err(std::io::Error::other("the store failed mid-snapshot")),
                     None,

@@ -17,8 +17,10 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
     path = "/metrics",
     tag = "probes",
     summary = "Prometheus metrics",
-    description = "The process's metrics in the Prometheus text format (listed in docs/operating.md). Names no process, so open without a token.",
-    responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4")),
+    description = "The process's metrics in the Prometheus text format (listed in \
+        docs/operating.md). Names no process, so open without a token.",
+    responses((status = 200, description = "The metrics.", body = String,
+        content_type = "text/plain; version=0.0.4")),
     security(()),
 )]
 pub async fn scrape(State(state): State<AppState>) -> Response {

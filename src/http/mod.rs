@@ -276,7 +276,10 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            format!("the call took longer than {limit:?} and was abandoned; retry it (appends are idempotent by message id)"),
+            format!(
+                "the call took longer than {limit:?} and was abandoned; retry it (appends are \
+                idempotent by message id)"
+            ),
         )
         .into_response(),
     }

@@ -29,7 +29,10 @@ pub const COOKIE_TOKEN: &str = "cookie";
 #[openapi(
     info(
         title = "agent-stream",
-        description = "Follow a coding agent's messages live: durable append to PostgreSQL, live delivery over Redis Streams, exact resumable follows over Server-Sent Events and NDJSON, and the JSON array the existing API answers. The contract is in docs/contract.md; this document is generated from the code that serves it.",
+        description = "Follow a coding agent's messages live: durable append to PostgreSQL, live \
+            delivery over Redis Streams, exact resumable follows over Server-Sent Events and \
+            NDJSON, and the JSON array the existing API answers. The contract is in \
+            docs/contract.md; this document is generated from the code that serves it.",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
@@ -53,7 +56,8 @@ pub const COOKIE_TOKEN: &str = "cookie";
     tags(
         (name = "probes", description = "Open to all: orchestrators and scrapers carry no token."),
         (name = "processes", description = "A process: one run of a coding agent."),
-        (name = "messages", description = "What the agent said and did, in order, as a JSON array or a follow."),
+        (name = "messages",
+            description = "What the agent said and did, in order, as a JSON array or a follow."),
         (name = "viewer", description = "The web viewer's pages and assets."),
     ),
 )]
@@ -73,7 +77,10 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("A token minted with `agent-stream token` (HS256, the service's secret): `read` or `write` scope, for some processes or all."))
+                    .description(Some(
+                        "A token minted with `agent-stream token` (HS256, the \
+                        service's secret): `read` or `write` scope, for some processes or all.",
+                    ))
                     .build(),
             ),
         );
@@ -81,7 +88,8 @@ impl Modify for Security {
             QUERY_TOKEN,
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
                 super::ACCESS_TOKEN,
-                "The same token as a query parameter, for clients that cannot set headers (a browser's EventSource).",
+                "The same token as a query parameter, for clients that cannot set headers (a \
+                    browser's EventSource).",
             ))),
         );
         components.add_security_scheme(
@@ -118,18 +126,23 @@ pub enum Refusals {
 /// A stored message as every read sends it: the writer's six fields as they were sent,
 /// then the service's `stream_id` and `created_at`.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"id": "6f0c1b3e-8a1d-4f5e-9b7a-0c2d4e6f8a1b", "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE", "model": "claude-sonnet-4-5-20250929", "payload": {"content": [{"type": "text", "text": "Running the tests."}]}, "stream_id": "42-0", "created_at": "2026-11-27T10:15:03.123456Z"}))]
+#[schema(example = json!({"id": "6f0c1b3e-8a1d-4f5e-9b7a-0c2d4e6f8a1b", "type": "AssistantMessage",
+    "turn": 7, "agent": "CLAUDE_CODE", "model": "claude-sonnet-4-5-20250929",
+    "payload": {"content": [{"type": "text", "text": "Running the tests."}]}, "stream_id": "42-0",
+    "created_at": "2026-11-27T10:15:03.123456Z"}))]
 #[allow(dead_code)] // the JSON is the writer's bytes plus two fields, never this struct
 pub struct Message {
     /// The writer's id, or a UUID made when it sent none.
     id: String,
-    /// The agent SDK's message type (`AssistantMessage`, `UserMessage`, `SystemMessage`, `ResultMessage`, …).
+    /// The agent SDK's message type (`AssistantMessage`, `UserMessage`, `SystemMessage`,
+    /// `ResultMessage`, …).
     #[serde(rename = "type")]
     kind: String,
     turn: Option<i64>,
     /// As sent: a string, or any JSON value.
     agent: Option<serde_json::Value>,
-    /// As sent: a string, or any JSON value (the existing worker sends `{"ai_model": …, "version": …}`).
+    /// As sent: a string, or any JSON value (the existing worker sends `{"ai_model": …, "version":
+    /// …}`).
     model: Option<serde_json::Value>,
     /// The message itself, never altered.
     payload: serde_json::Map<String, serde_json::Value>,
@@ -145,7 +158,9 @@ pub struct Message {
 /// lone surrogates and nesting deeper than 64 are refused (I-JSON), so that every
 /// client can read back what is stored.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"id": "m1", "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE", "model": "claude-sonnet-4-5-20250929", "payload": {"content": [{"type": "text", "text": "Running the tests."}]}}))]
+#[schema(example = json!({"id": "m1", "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE",
+    "model": "claude-sonnet-4-5-20250929", "payload": {"content": [{"type": "text",
+    "text": "Running the tests."}]}}))]
 #[allow(dead_code)] // parsed by `domain::NewMessage`, which keeps the payload's bytes
 pub struct NewMessage {
     /// The writer's id: sending one makes the append idempotent (the same id again
@@ -202,7 +217,10 @@ impl ToSchema for AppendBody {
 
 /// The existing worker's notification: one message for the process it names.
 #[derive(Serialize, ToSchema)]
-#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "agent_message": {"id": "m1", "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE", "model": {"ai_model": "claude-sonnet-4-5", "version": "20250929"}, "payload": {"content": []}}}))]
+#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "agent_message": {"id": "m1",
+    "type": "AssistantMessage", "turn": 7, "agent": "CLAUDE_CODE",
+    "model": {"ai_model": "claude-sonnet-4-5", "version": "20250929"},
+    "payload": {"content": []}}}))]
 #[allow(dead_code)] // parsed by `domain::NewMessage::parse_notification`
 pub struct WebhookBody {
     /// The process (`processId` is accepted too).
@@ -303,8 +321,10 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     path = "/openapi.json",
     tag = "probes",
     summary = "This document",
-    description = "The contract as an OpenAPI 3.1 document, generated from the code. Open, like the probes.",
-    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object)),
+    description = "The contract as an OpenAPI 3.1 document, generated from the code. Open, like \
+        the probes.",
+    responses((status = 200, description = "The OpenAPI document.",
+        content_type = "application/json", body = Object)),
     security(()),
 )]
 pub async fn document() -> Response {
@@ -379,13 +399,15 @@ mod tests {
         let routes = routes_of(&app);
         assert!(
             routes.len() > 5,
-            "the router's routes could not be read from its Debug output (did axum change it?): {routes:?}"
+            "the router's routes could not be read from its Debug output (did axum change it?): \
+                {routes:?}"
         );
         let document = ApiDoc::openapi();
         let documented: BTreeSet<String> = document.paths.paths.keys().cloned().collect();
         assert_eq!(
             routes, documented,
-            "each route is described in the OpenAPI document (a #[utoipa::path] on its handler, listed in ApiDoc)"
+            "each route is described in the OpenAPI document (a #[utoipa::path] on its handler, \
+                listed in ApiDoc)"
         );
 
         // Each method a route answers is described, and each described method is answered.

@@ -23,7 +23,9 @@ const MAX_LIST_LIMIT: usize = 1000;
 
 /// The contract's view of a process.
 #[derive(Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "status": "running", "last_stream_id": "42-0", "message_count": 42, "created_at": "2026-11-27T10:12:00.000000Z", "finished_at": null}))]
+#[schema(example = json!({"process_id": "3f2b7c1e-issue-42", "status": "running",
+    "last_stream_id": "42-0", "message_count": 42, "created_at": "2026-11-27T10:12:00.000000Z",
+    "finished_at": null}))]
 pub struct ProcessView {
     process_id: String,
     /// `running`, or the status it was finished with (`succeeded`, `failed`, …).
@@ -69,7 +71,8 @@ pub async fn show(
     tag = "processes",
     operation_id = "register_process",
     summary = "Register a process",
-    description = "Idempotent: 201 when new, 200 when already known (running or finished). Optional: the first append registers the process too.",
+    description = "Idempotent: 201 when new, 200 when already known (running or finished). \
+        Optional: the first append registers the process too.",
     params(ProcessIdParam),
     responses(
         (status = 201, description = "Registered.", body = ProcessView),
@@ -111,14 +114,17 @@ const MAX_FINISH_BODY: usize = 64 * 1024;
     tag = "processes",
     operation_id = "finish_process",
     summary = "Finish a process",
-    description = "Followers get the end event and their responses end; appends are refused from now on (409). The same status again is a no-op (200); another status is a 409.",
+    description = "Followers get the end event and their responses end; appends are refused from \
+        now on (409). The same status again is a no-op (200); another status is a 409.",
     params(ProcessIdParam),
     request_body = FinishRequest,
     responses(
-        (status = 200, description = "Finished (now, or before with the same status).", body = ProcessView),
+        (status = 200, description = "Finished (now, or before with the same status).",
+            body = ProcessView),
         (status = 400, description = "Malformed process id, body or status.", body = ErrorBody),
         (status = 404, description = "No such process.", body = ErrorBody),
-        (status = 409, description = "Already finished with another status (`status_conflict`).", body = ErrorBody),
+        (status = 409, description = "Already finished with another status (`status_conflict`).",
+            body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB.", body = ErrorBody),
         Refusals,
     ),
@@ -179,7 +185,8 @@ impl ProcessList {
     operation_id = "list_processes",
     summary = "The processes last active",
     description = "Most recent activity first; only the processes the token covers.",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (1 to 1000, default 100).")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+        description = "At most this many (1 to 1000, default 100).")),
     responses(
         (status = 200, description = "The list.", body = ProcessList),
         (status = 400, description = "Malformed `limit` or query string.", body = ErrorBody),

@@ -3,7 +3,8 @@
 //! `A-Z a-z 0-9 - _ .`; else a fresh UUID), echoed in the response; every log line
 //! written while serving the call carries it, with the method and the path. (A
 //! client's id is checked because it lands in logs and in the response as sent: it
-//! must not forge log fields or carry anything but an id.) The span is at `info` so that those lines carry it at the default
+//! must not forge log fields or carry anything but an id.) The span is at `info` so that those
+//! lines carry it at the default
 //! level; a span writes nothing by itself.
 //!
 //! The span records the path without the query string: a query may carry credentials

@@ -70,9 +70,11 @@ static STYLE: LazyLock<Asset> =
     path = "/",
     tag = "viewer",
     summary = "The viewer: recent processes",
-    description = "An HTML page that lists the processes last active (it reads `GET /processes`). Opened without a token, a browser gets a page that says how to get one.",
+    description = "An HTML page that lists the processes last active (it reads `GET /processes`). \
+        Opened without a token, a browser gets a page that says how to get one.",
     responses(
-        (status = 200, description = "The page.", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 200, description = "The page.", body = String,
+            content_type = "text/html; charset=utf-8"),
         Refusals,
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = [])),
@@ -90,7 +92,9 @@ pub async fn index() -> Response {
     tag = "processes",
     operation_id = "show_process",
     summary = "A process and its status",
-    description = "The process's JSON; a browser (`Accept` ranking `text/html` above `application/json`) gets the viewer's page, which follows the process live. `Vary: Accept`.",
+    description = "The process's JSON; a browser (`Accept` ranking `text/html` above \
+        `application/json`) gets the viewer's page, which follows the process live. `Vary: \
+        Accept`.",
     params(ProcessIdParam),
     responses(
         (status = 200, description = "The process (JSON), or the viewer's page (HTML).", content(
@@ -130,8 +134,10 @@ pub async fn show(
     tag = "viewer",
     summary = "The viewer's script and style",
     params(
-        ("name" = inline(AssetName), Path, description = "`viewer.js` or `viewer.css`; any other name is a 404."),
-        ("If-None-Match" = Option<String>, Header, description = "An ETag seen before: 304 when it still matches."),
+        ("name" = inline(AssetName), Path,
+            description = "`viewer.js` or `viewer.css`; any other name is a 404."),
+        ("If-None-Match" = Option<String>, Header,
+            description = "An ETag seen before: 304 when it still matches."),
     ),
     responses(
         (status = 200, description = "The asset, with its `ETag`.", content(

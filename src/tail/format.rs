@@ -405,8 +405,10 @@ mod tests {
     fn a_recorded_session_reads_one_line_per_message() {
         let lines: Vec<String> = session().iter().map(rendered).collect();
         let expected = [
-            "    1-0  system     init: claude-sonnet-4-5-20250929 in /tmp/repo/bed8374f-535e-4e50-a7d9-49346eb8263c, 11 tools",
-            "    2-0  assistant  I'll start by exploring the repository structure to understand how invoices are computed.",
+            "    1-0  system     init: claude-sonnet-4-5-20250929 in \
+                /tmp/repo/bed8374f-535e-4e50-a7d9-49346eb8263c, 11 tools",
+            "    2-0  assistant  I'll start by exploring the repository structure to understand \
+                how invoices are computed.",
             "    3-0  tool       LS: /tmp/repo",
             "    4-0  result     ok (115 B)",
             "    5-0  tool       Grep: def compute_total in src",
@@ -425,7 +427,8 @@ mod tests {
         );
         assert_eq!(
             lines[31],
-            "   32-0  done       success in 3m04s, 32 turns, $0.42: Fixed the invoice rounding drift and added a regression test."
+            "   32-0  done       success in 3m04s, 32 turns, $0.42: Fixed the invoice rounding \
+                drift and added a regression test."
         );
         for line in &lines {
             assert!(!line.contains('\n'), "one line: {line:?}");
@@ -468,8 +471,10 @@ mod tests {
 
     #[test]
     fn a_failed_tool_result_shows_its_error_in_red() {
-        let message_json = json!({"type": "UserMessage", "stream_id": "14-0", "payload": {"content": [
-            {"tool_use_id": "t1", "content": "Exit code 101\nerror[E0308]: mismatched types", "is_error": true}
+        let message_json = json!({"type": "UserMessage", "stream_id": "14-0",
+            "payload": {"content": [
+            {"tool_use_id": "t1", "content": "Exit code 101\nerror[E0308]: mismatched types",
+                "is_error": true}
         ]}});
         let line = message(&message_json);
         assert_eq!(line.tone, Tone::Error);
@@ -484,9 +489,11 @@ mod tests {
 
     #[test]
     fn api_shaped_blocks_with_types_read_the_same() {
-        let message_json = json!({"type": "AssistantMessage", "stream_id": "3-0", "payload": {"message": {"content": [
+        let message_json = json!({"type": "AssistantMessage", "stream_id": "3-0",
+            "payload": {"message": {"content": [
             {"type": "text", "text": "Running the tests."},
-            {"type": "tool_use", "id": "t", "name": "Bash", "input": {"command": "cargo test -p foo"}}
+            {"type": "tool_use", "id": "t", "name": "Bash",
+                "input": {"command": "cargo test -p foo"}}
         ]}}});
         assert_eq!(
             rendered(&message_json),
@@ -510,7 +517,8 @@ mod tests {
 
     #[test]
     fn a_user_prompt_and_the_end_have_their_own_labels() {
-        let prompt = json!({"type": "UserMessage", "stream_id": "1-0", "payload": {"content": "Fix the\nrounding bug"}});
+        let prompt = json!({"type": "UserMessage", "stream_id": "1-0",
+            "payload": {"content": "Fix the\nrounding bug"}});
         assert_eq!(
             rendered(&prompt),
             "    1-0  user       Fix the rounding bug"

@@ -170,7 +170,10 @@ async fn follow(args: &TailArgs) -> anyhow::Result<Outcome> {
             } => {
                 ever_reached |= reached;
                 if !ever_reached && !args.wait {
-                    bail!("{reason}. Is the server running there? Check --url (or AGENT_STREAM_URL), or pass --wait to wait for it to start");
+                    bail!(
+                        "{reason}. Is the server running there? Check --url (or \
+                        AGENT_STREAM_URL), or pass --wait to wait for it to start"
+                    );
                 }
                 if connected {
                     backoff = FIRST_BACKOFF;

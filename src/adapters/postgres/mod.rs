@@ -173,11 +173,13 @@ impl PostgresStore {
                 .await;
         match connected {
             Ok(Ok(_)) => anyhow::anyhow!(
-                "PostgreSQL at {at} answers now but did not in time: retry, or raise --database-timeout"
+                "PostgreSQL at {at} answers now but did not in time: retry, or raise \
+                    --database-timeout"
             ),
             Ok(Err(error)) => unreachable_because(error, at),
             Err(_) => anyhow::anyhow!(
-                "no answer from {at} in {DIAGNOSE_TIMEOUT:?}: is PostgreSQL running there, and does the network let the connection through?"
+                "no answer from {at} in {DIAGNOSE_TIMEOUT:?}: is PostgreSQL running there, and \
+                    does the network let the connection through?"
             ),
         }
     }
@@ -530,7 +532,10 @@ impl MessageStore for PostgresStore {
                 .await;
             match taken {
                 Ok(true) => {
-                    tracing::info!("this instance republishes what the live feed missed (it holds the republisher lease)");
+                    tracing::info!(
+                        "this instance republishes what the live feed missed (it holds \
+                        the republisher lease)"
+                    );
                     lease.held = true;
                 }
                 Ok(false) => return Ok(None),

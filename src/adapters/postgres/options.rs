@@ -73,7 +73,8 @@ pub fn connect_options(database_url: &str, variable: &str) -> anyhow::Result<PgC
         if SQLX_PARAMETERS.contains(&key.as_str()) || key.starts_with("options[") {
             parameters.push((key, value));
         } else {
-            tracing::warn!(parameter = %key, "ignoring a {variable} parameter agent-stream does not use");
+            tracing::warn!(parameter = %key,
+                "ignoring a {variable} parameter agent-stream does not use");
         }
     }
     let last = |names: &[&str], parameters: &[(String, String)]| {
@@ -109,7 +110,10 @@ pub fn connect_options(database_url: &str, variable: &str) -> anyhow::Result<PgC
         options = options.ssl_mode(PgSslMode::VerifyCa);
     }
     if matches!(options.get_ssl_mode(), PgSslMode::VerifyCa) {
-        tracing::warn!("{variable}: sslmode=verify-ca checks the server's host name too (a known sqlx 0.8 bug), as verify-full does: connect by a name its certificate is for");
+        tracing::warn!(
+            "{variable}: sslmode=verify-ca checks the server's host name too (a known \
+            sqlx 0.8 bug), as verify-full does: connect by a name its certificate is for"
+        );
     }
     if let Some(root_cert) = root_cert.filter(|_| !system_roots) {
         if matches!(

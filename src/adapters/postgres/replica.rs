@@ -78,7 +78,8 @@ impl Replica {
                     if theirs != epoch.as_str() {
                         return Err(sqlx::Error::Configuration(
                             format!(
-                                "its store epoch is {theirs}, the primary's is {}: it is not a replica of DATABASE_URL's database",
+                                "its store epoch is {theirs}, the primary's is {}: it is not a \
+                                    replica of DATABASE_URL's database",
                                 epoch.as_str()
                             )
                             .into(),
@@ -118,7 +119,8 @@ impl Replica {
         let error = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(Ok(page)) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(replica = %self.redacted_url, "the read replica answers again: catch-up pages are read from it");
+                    tracing::info!(replica = %self.redacted_url,
+                        "the read replica answers again: catch-up pages are read from it");
                 }
                 return Some(page);
             }
@@ -128,7 +130,9 @@ impl Replica {
         metrics::replica_read(ReplicaRead::Fallback);
         *self.lock_rest() = Some(Instant::now() + REST_AFTER_FAILURE);
         if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(replica = %self.redacted_url, %error, rest = ?REST_AFTER_FAILURE, "the read replica failed: reading catch-up pages from the primary, trying the replica again after the rest");
+            tracing::warn!(replica = %self.redacted_url, %error, rest = ?REST_AFTER_FAILURE,
+                "the read replica failed: reading catch-up pages from the primary, trying the \
+                replica again after the rest");
         }
         None
     }

@@ -381,7 +381,9 @@ impl Shared {
         // Followers waiting for the layout subscribe again, now for real.
         crate::sync::lock(&self.waiting).take();
         if cluster {
-            tracing::info!(redis = %self.server, buckets = CLUSTER_BUCKETS, "Redis is a cluster: keys carry their bucket's hash tag, one reader per bucket reads from its slot's master");
+            tracing::info!(redis = %self.server, buckets = CLUSTER_BUCKETS,
+                "Redis is a cluster: keys carry their bucket's hash tag, one reader per bucket \
+                reads from its slot's master");
         }
         Ok(layout)
     }
@@ -431,7 +433,8 @@ impl Shared {
                 .map(|_| {
                     Arc::new(Health::new(
                         "a Redis Cluster master",
-                        "appends to its slots skip Redis and followers poll PostgreSQL until it answers",
+                        "appends to its slots skip Redis and followers poll PostgreSQL until it \
+                            answers",
                         "live delivery of its slots is back on Redis Streams",
                     ))
                 })

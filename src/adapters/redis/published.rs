@@ -39,7 +39,8 @@ pub async fn last_entries(
 }
 
 fn published(entry: &Entry, epoch: &Epoch) -> Published {
-    let ours = matches!(entry.map.get(EPOCH_FIELD), Some(Value::BulkString(e)) if e == epoch.as_str().as_bytes());
+    let ours = matches!(entry.map.get(EPOCH_FIELD),
+        Some(Value::BulkString(e)) if e == epoch.as_str().as_bytes());
     let Ok(id) = StreamId::parse(&entry.id) else {
         return Published::Foreign;
     };

@@ -382,7 +382,8 @@ impl Reader {
                 }
                 Err(error) => match self.after_error(&error) {
                     AfterError::Redirected => {
-                        tracing::debug!(error = %error, "a stream reader follows its slot to another node");
+                        tracing::debug!(error = %error,
+                            "a stream reader follows its slot to another node");
                         connection = None;
                         self.client_id.store(-1, Ordering::SeqCst);
                         redirects += 1;
@@ -412,7 +413,8 @@ impl Reader {
         if self.tracks_health() {
             self.health.mark_down(what, error);
         } else {
-            tracing::debug!(error = %error, "{what} failed on a Redis Cluster node: asking the cluster where the slot is now");
+            tracing::debug!(error = %error,
+                "{what} failed on a Redis Cluster node: asking the cluster where the slot is now");
         }
     }
 
