@@ -268,19 +268,11 @@ fn floor_rows(report: &mut Report, many: &[Duration], floor: &[Duration]) {
 async fn write_path_breakdown(env: &Env, samples: u64) -> (Vec<Duration>, Vec<Duration>) {
     use agent_stream::domain::{NewMessage, ProcessId};
     let config = agent_stream::config::BackendConfig {
-        database_url: Some(env.pg.url()),
-        database_read_url: None,
         redis_url: Some(env.redis.url()),
-        redis_tls_ca: None,
-        redis_prefix: String::new(),
-        stream_maxlen: 1000,
-        finished_stream_ttl: Duration::from_secs(3600),
-        running_stream_ttl: Duration::from_secs(3600),
-        stream_inline_bytes: 64 * 1024,
         redis_readers: 1,
         database_timeout: Duration::from_secs(5),
         database_max_connections: 4,
-        follower_buffer: 256,
+        ..agent_stream_testkit::app::test_backend_config(env.pg.url())
     };
     let backends = agent_stream::startup::Backends::connect(&config)
         .await

@@ -154,7 +154,7 @@ pub async fn recreate_database(database_url: &str) {
 
 /// The tests' backend configuration on the PostgreSQL database at `database_url`, with
 /// no Redis: small pools and buffers, long TTLs, a 1 s database timeout.
-fn test_backend_config(database_url: String) -> BackendConfig {
+pub fn test_backend_config(database_url: String) -> BackendConfig {
     BackendConfig {
         database_url: Some(database_url),
         database_read_url: None,
@@ -215,6 +215,7 @@ impl TestApp {
             }
             Backend::Cluster => {
                 return Self::spawn_on_redis(
+                    Backend::Cluster,
                     fresh_database().await,
                     None,
                     required_env("AGENT_STREAM_TEST_CLUSTER_REDIS_URL"),
@@ -258,12 +259,21 @@ impl TestApp {
         tune: impl FnOnce(&mut HttpConfig),
     ) -> Self {
         let redis_url = required_env("REDIS_URL");
-        Self::spawn_on_redis(database_url, read_url, redis_url, prefix, tune).await
+        Self::spawn_on_redis(
+            Backend::Real,
+            database_url,
+            read_url,
+            redis_url,
+            prefix,
+            tune,
+        )
+        .await
     }
 
-    /// Like [`TestApp::spawn_replicated`], on the Redis (server or cluster) of
-    /// `redis_url`.
+    /// Like [`TestApp::spawn_replicated`], on the Redis of `redis_url`: one server for
+    /// [`Backend::Real`], a cluster for [`Backend::Cluster`].
     async fn spawn_on_redis(
+        backend: Backend,
         database_url: String,
         read_url: Option<String>,
         redis_url: String,
@@ -279,22 +289,7 @@ impl TestApp {
         let backends = Backends::connect(&backend_config)
             .await
             .expect("connect the real backends");
-        let cluster = backends.feed.name() == "redis" && {
-            // The feed finds out what Redis is once it first answers (at start here).
-            let info: String = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(
-                    &mut redis::Client::open(redis_url.as_str())
-                        .expect("a Redis URL")
-                        .get_multiplexed_async_connection()
-                        .await
-                        .expect("connect to the Redis URL"),
-                )
-                .await
-                .expect("INFO cluster");
-            info.contains("cluster_enabled:1")
-        };
-        let redis = if cluster {
+        let redis = if backend == Backend::Cluster {
             TestRedis {
                 connection: TestRedisConnection::Cluster(
                     redis::cluster::ClusterClient::new(vec![redis_url.as_str()])
@@ -316,11 +311,6 @@ impl TestApp {
                 ),
                 keys: Keys::new(prefix),
             }
-        };
-        let backend = if cluster {
-            Backend::Cluster
-        } else {
-            Backend::Real
         };
         let mut app = Self::spawn_on(backend, backends, Some(redis), tune).await;
         app.backend_config = Some(backend_config);

@@ -117,6 +117,24 @@ fn send_signal(pid: u32, signal: &str) {
         .status();
 }
 
+/// Waits until `GET /healthz` on `port` answers 200 (`what` says who, for the panic,
+/// with the end of its log).
+fn wait_healthy(what: &str, port: u16, child: Option<&mut Child>, log: &Path) {
+    wait_until(
+        what,
+        START_TIMEOUT,
+        child,
+        || {
+            raw_exchange(
+                port,
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )
+            .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+        },
+        || tail(log, 30),
+    );
+}
+
 /// Polls `ready` until it holds; panics after `timeout` with `describe()`, or as soon
 /// as `child` (when given) has exited.
 fn wait_until(
@@ -734,18 +752,11 @@ impl Server {
         self.child = Some(child);
         self.starts += 1;
         let (port, log) = (self.port, self.log_path());
-        wait_until(
+        wait_healthy(
             &format!("agent-stream on port {port}"),
-            START_TIMEOUT,
+            port,
             self.child.as_mut(),
-            || {
-                raw_exchange(
-                    port,
-                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                )
-                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-            },
-            || tail(&log, 30),
+            &log,
         );
     }
 
@@ -972,18 +983,11 @@ backend agent_stream
             .unwrap_or_else(|e| panic!("start {}: {e}", haproxy.binary.display()));
         haproxy.child = Some(child);
         let (port, log) = (haproxy.port, haproxy.log_path());
-        wait_until(
+        wait_healthy(
             &format!("haproxy on port {port}"),
-            START_TIMEOUT,
+            port,
             haproxy.child.as_mut(),
-            || {
-                raw_exchange(
-                    port,
-                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                )
-                .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-            },
-            || tail(&log, 30),
+            &log,
         );
         haproxy
     }

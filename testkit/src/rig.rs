@@ -89,6 +89,12 @@ impl Rig {
             Redis::reserve()
         };
         let server = Server::start(&pg.url(), Some(&redis.url()), args);
+        Self::around(server, redis, pg, label)
+    }
+
+    /// The rig of a started `server` on `redis` and `pg`, for a process named after
+    /// `label`; followers give up a minute from now.
+    fn around(server: Server, redis: Redis, pg: Postgres, label: &str) -> Self {
         let api = Api::new(&server.base());
         Self {
             server,
@@ -113,15 +119,7 @@ impl Rig {
             .chain(args.iter().copied())
             .collect();
         let server = Server::start(&pg.verify_full_url(&tls), Some(&redis.url()), &args);
-        let api = Api::new(&server.base());
-        Self {
-            server,
-            redis,
-            pg,
-            api,
-            process: process_id(label),
-            deadline: Instant::now() + Duration::from_secs(60),
-        }
+        Self::around(server, redis, pg, label)
     }
 
     pub async fn register(&self) {

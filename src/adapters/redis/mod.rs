@@ -343,11 +343,6 @@ impl RedisFeed {
             .arg(config.epoch.as_str())
             .ignore();
     }
-
-    /// The stream key of a process, once the layout is known.
-    fn key(&self, process: &ProcessId) -> Option<String> {
-        Some(self.shared.layout.get()?.keys.stream(process))
-    }
 }
 
 impl Shared {
@@ -476,42 +471,27 @@ impl LiveFeed for RedisFeed {
         process: &ProcessId,
         messages: &[StoredMessage],
     ) -> Result<(), FeedError> {
-        let Some(key) = self.key(process) else {
+        let Some(layout) = self.shared.layout.get() else {
             return self.run("XADD", process, redis::pipe()).await;
         };
+        let key = layout.keys.stream(process);
         let config = &self.shared.config;
-        if let Some(layout) = self.shared.layout.get() {
-            let events = messages.iter().map(|message| {
-                let event = if message.json.len() <= config.inline_bytes {
-                    FeedEvent::Message(message.clone())
-                } else {
-                    FeedEvent::Stored { seq: message.seq }
-                };
-                (message.stream_id(), event)
-            });
-            layout.deliver_here(process, &key, events);
-        }
         let mut pipe = redis::pipe();
+        let mut events = Vec::with_capacity(messages.len());
         for message in messages {
+            let id = message.stream_id();
             if message.json.len() <= config.inline_bytes {
-                self.xadd(
-                    &mut pipe,
-                    &key,
-                    message.stream_id(),
-                    MESSAGE_FIELD,
-                    &message.json,
-                );
+                self.xadd(&mut pipe, &key, id, MESSAGE_FIELD, &message.json);
+                events.push((id, FeedEvent::Message(message.clone())));
             } else {
                 let size = message.json.len().to_string();
-                self.xadd(
-                    &mut pipe,
-                    &key,
-                    message.stream_id(),
-                    STORED_FIELD,
-                    size.as_bytes(),
-                );
+                self.xadd(&mut pipe, &key, id, STORED_FIELD, size.as_bytes());
+                events.push((id, FeedEvent::Stored { seq: message.seq }));
             }
         }
+        // This instance's followers first, straight from the write path: the XADD is
+        // for the other instances' (adr/0015).
+        layout.deliver_here(process, &key, events);
         // Refreshed by every append: a process abandoned without a finish loses its
         // stream `running_ttl` after its last message.
         pipe.cmd("EXPIRE")
@@ -528,13 +508,12 @@ impl LiveFeed for RedisFeed {
         status: &str,
     ) -> Result<(), FeedError> {
         let what = "XADD end marker and EXPIRE";
-        let Some(key) = self.key(process) else {
+        let Some(layout) = self.shared.layout.get() else {
             return self.run(what, process, redis::pipe()).await;
         };
-        if let Some(layout) = self.shared.layout.get() {
-            let end = [(StreamId::end(last_seq), FeedEvent::End { last_seq })];
-            layout.deliver_here(process, &key, end);
-        }
+        let key = layout.keys.stream(process);
+        let end = [(StreamId::end(last_seq), FeedEvent::End { last_seq })];
+        layout.deliver_here(process, &key, end);
         let end = end_json(status);
         let mut pipe = redis::pipe();
         // EXPIRE runs even when the XADD is refused: pipelined commands are independent.
