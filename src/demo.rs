@@ -37,14 +37,21 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub serve: ServeConfig,
 
+    // Each with its heading: clap keeps the last flattened struct's heading for the
+    // flags that follow it.
     /// Pause between two messages.
-    #[arg(long, default_value = "700ms", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Demo", default_value = DEFAULT_PACE,
+        value_parser = humantime::parse_duration)]
     pub pace: Duration,
 
     /// The session starts when its first follow opens, or after this long without one.
-    #[arg(long, default_value = DEFAULT_START_DELAY, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Demo", default_value = DEFAULT_START_DELAY,
+        value_parser = humantime::parse_duration)]
     pub start_delay: Duration,
 }
+
+/// Pause between two messages of the session.
+pub const DEFAULT_PACE: &str = "700ms";
 
 /// How long the session waits for a first follow before it plays anyway.
 pub const DEFAULT_START_DELAY: &str = "60s";
