@@ -28,7 +28,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use agent_stream::cli::{init_logging, LogFormat};
-use agent_stream::http::HttpConfig;
+use agent_stream::config::FOLLOWER_BUFFER;
+use agent_stream::http::{HttpConfig, Limits};
 use agent_stream::startup::{self, Backends};
 
 #[global_allocator]
@@ -36,8 +37,6 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 /// Connections (or follows) per phase unless one is given.
 const DEFAULT_COUNT: usize = 2_000;
-/// `--follower-buffer`'s default.
-const FOLLOWER_BUFFER: usize = 256;
 /// Follows per process in the `follows` phase.
 const FOLLOWS_PER_PROCESS: usize = 10;
 /// How long the client waits for any one answer.
@@ -103,7 +102,10 @@ fn run_phase(phase: &str, count: usize) {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let config = HttpConfig {
-            max_follows: count * 2,
+            limits: Limits {
+                max_follows: count * 2,
+                ..Limits::default()
+            },
             ..HttpConfig::default()
         };
         tokio::spawn(startup::serve(

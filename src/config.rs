@@ -10,8 +10,8 @@ use axum::http::HeaderValue;
 use clap::Args;
 
 use crate::auth::AuthConfig;
-use crate::follow::{self, FollowConfig};
-use crate::http::{self, connections, parse_origin, HttpConfig};
+use crate::follow::FollowConfig;
+use crate::http::{connections, parse_origin, HttpConfig, Limits};
 
 /// Where messages are stored and how they travel.
 #[derive(Debug, Clone, Args)]
@@ -58,19 +58,19 @@ pub struct BackendConfig {
         long,
         hide_short_help = true,
         env = "AGENT_STREAM_STREAM_MAXLEN",
-        default_value_t = 1000
+        default_value_t = STREAM_MAXLEN
     )]
     pub stream_maxlen: u64,
 
     /// How long a finished process's Redis stream is kept (`EXPIRE`), e.g. `1h`, `30m`.
     #[arg(long, hide_short_help = true, env = "AGENT_STREAM_FINISHED_STREAM_TTL",
-        default_value = "1h", value_parser = humantime::parse_duration)]
+        default_value = FINISHED_STREAM_TTL, value_parser = humantime::parse_duration)]
     pub finished_stream_ttl: Duration,
 
     /// How long a running process's Redis stream is kept after its last append
     /// (`EXPIRE`, refreshed by each append), so an abandoned process's stream goes.
     #[arg(long, hide_short_help = true, env = "AGENT_STREAM_RUNNING_STREAM_TTL",
-        default_value = "24h", value_parser = humantime::parse_duration)]
+        default_value = RUNNING_STREAM_TTL, value_parser = humantime::parse_duration)]
     pub running_stream_ttl: Duration,
 
     /// Largest message, in bytes of its JSON, that goes through Redis whole; a larger
@@ -86,13 +86,13 @@ pub struct BackendConfig {
         long,
         hide_short_help = true,
         env = "AGENT_STREAM_REDIS_READERS",
-        default_value_t = 4
+        default_value_t = REDIS_READERS
     )]
     pub redis_readers: usize,
 
     /// How long a call waits for a PostgreSQL connection before it answers 503 (this
     /// is also how long it takes to notice that PostgreSQL went away).
-    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = "1s",
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_DATABASE_TIMEOUT", default_value = DATABASE_TIMEOUT,
         value_parser = humantime::parse_duration)]
     pub database_timeout: Duration,
 
@@ -101,7 +101,7 @@ pub struct BackendConfig {
         long,
         hide_short_help = true,
         env = "AGENT_STREAM_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16
+        default_value_t = DATABASE_MAX_CONNECTIONS
     )]
     pub database_max_connections: u32,
 
@@ -110,12 +110,13 @@ pub struct BackendConfig {
         long,
         hide_short_help = true,
         env = "AGENT_STREAM_FOLLOWER_BUFFER",
-        default_value_t = 256
+        default_value_t = FOLLOWER_BUFFER
     )]
     pub follower_buffer: usize,
 }
 
-/// `agent-stream serve`.
+/// `agent-stream serve`: where it listens, and the flag groups, each under its own
+/// heading in `--help`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -123,22 +124,9 @@ pub struct ServeConfig {
         long,
         help_heading = "Listening",
         env = "AGENT_STREAM_LISTEN",
-        default_value = "127.0.0.1:8080"
+        default_value = LISTEN
     )]
     pub listen: SocketAddr,
-
-    #[command(flatten)]
-    pub backend: BackendConfig,
-
-    #[command(flatten)]
-    pub auth: AuthConfig,
-
-    /// How long a follower waits on a silent live feed before it checks how far the
-    /// process goes (with Redis: in its stream; else, or while Redis is down, in the
-    /// store), and how often one instance republishes what Redis missed.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL",
-        default_value = follow::IDLE_POLL, value_parser = humantime::parse_duration)]
-    pub idle_poll: Duration,
 
     /// Origins whose pages may call the API from a browser (CORS), exactly as the
     /// browser sends them, e.g. `https://app.example.com`: repeat the flag or separate
@@ -153,131 +141,21 @@ pub struct ServeConfig {
     )]
     pub allow_origins: Vec<String>,
 
-    /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
-    #[arg(long, help_heading = "Follows", hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT",
-        default_value = http::HEARTBEAT, value_parser = humantime::parse_duration)]
-    pub heartbeat: Duration,
+    #[command(flatten)]
+    pub backend: BackendConfig,
 
-    /// Largest message, in bytes of its JSON.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_MAX_MESSAGE_BYTES", default_value_t = http::MAX_MESSAGE_BYTES)]
-    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub auth: AuthConfig,
 
-    /// Largest request body, in bytes (one message or an array of them).
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_MAX_BODY_BYTES", default_value_t = http::MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub follow: FollowConfig,
 
-    /// Messages of a catch-up's first read from the store (each full page doubles the
-    /// next, up to 16 times this, within `--catch-up-page-bytes`).
-    #[arg(
-        long,
-        help_heading = "Follows",
-        hide_short_help = true,
-        env = "AGENT_STREAM_CATCH_UP_PAGE",
-        default_value_t = follow::CATCH_UP_PAGE
-    )]
-    pub catch_up_page: usize,
-
-    /// Bytes per catch-up read from the store (at least one message is read): bounds
-    /// what a follower whose client stopped reading holds.
-    #[arg(long, help_heading = "Follows", hide_short_help = true,
-        env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = follow::CATCH_UP_PAGE_BYTES)]
-    pub catch_up_page_bytes: usize,
-
-    /// How often a follower asks the store while the live feed (Redis) is down.
-    #[arg(long, help_heading = "Follows", hide_short_help = true,
-        env = "AGENT_STREAM_DEGRADED_POLL", default_value = follow::DEGRADED_POLL,
-        value_parser = humantime::parse_duration)]
-    pub degraded_poll: Duration,
-
-    /// Messages in one append request (an array), at most.
-    #[arg(
-        long,
-        help_heading = "Limits",
-        hide_short_help = true,
-        env = "AGENT_STREAM_MAX_BATCH_MESSAGES",
-        default_value_t = http::MAX_BATCH_MESSAGES
-    )]
-    pub max_batch_messages: usize,
-
-    /// Follows open at once on this instance, at most; past it, a 503.
-    #[arg(
-        long,
-        help_heading = "Limits",
-        hide_short_help = true,
-        env = "AGENT_STREAM_MAX_FOLLOWS",
-        default_value_t = http::MAX_FOLLOWS
-    )]
-    pub max_follows: usize,
-
-    /// Follows one token may have open at once on this instance, at most; past it, a
-    /// 429 (so one token cannot take every --max-follows slot).
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = http::MAX_FOLLOWS_PER_TOKEN)]
-    pub max_follows_per_token: usize,
-
-    /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = http::REQUEST_TIMEOUT,
-        value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
-
-    /// Time a client has to send a request's headers; past it, the connection is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_HEADER_READ_TIMEOUT", default_value = http::HEADER_READ_TIMEOUT,
-        value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Duration,
-
-    /// Largest request head (request line and headers), in bytes.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_MAX_HEADER_BYTES", default_value_t = http::MAX_HEADER_BYTES)]
-    pub max_header_bytes: usize,
-
-    /// A connection whose writes stay blocked this long (its client stopped reading), or
-    /// with a response that makes no progress this long (an HTTP/2 stream whose window
-    /// stays shut), is closed; the client resumes from its cursor when it reconnects.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT",
-        default_value = http::WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
-    pub write_timeout: Duration,
-
-    /// Bytes a connection may hold in the kernel not yet sent (Linux
-    /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_TCP_UNSENT_BYTES", default_value_t = http::TCP_UNSENT_BYTES)]
-    pub tcp_unsent_bytes: u32,
-
-    /// Connections open at once, at most; past it, a new connection is closed at once.
-    /// Default: the descriptor limit (`ulimit -n`) less room for the PostgreSQL and
-    /// Redis connections and 64 more.
-    #[arg(
-        long,
-        help_heading = "Limits",
-        hide_short_help = true,
-        env = "AGENT_STREAM_MAX_CONNECTIONS"
-    )]
-    pub max_connections: Option<usize>,
-
-    /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
-    /// and HTTP/2 alike). A connection that has not started a request within
-    /// --header-read-timeout of being accepted is closed then.
-    #[arg(long, help_heading = "Limits", hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT",
-        default_value = http::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
-    pub idle_timeout: Duration,
-
-    /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
-    /// one within as long is closed.
-    #[arg(long, help_heading = "Limits", hide_short_help = true,
-        env = "AGENT_STREAM_HTTP2_KEEP_ALIVE", default_value = http::HTTP2_KEEP_ALIVE,
-        value_parser = humantime::parse_duration)]
-    pub http2_keep_alive: Duration,
-
-    /// On SIGTERM, how long requests in flight may take to finish.
-    #[arg(long, help_heading = "Listening", hide_short_help = true,
-        env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = http::SHUTDOWN_GRACE,
-        value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub limits: Limits,
 }
+
+/// Default of `--listen`.
+pub const LISTEN: &str = "127.0.0.1:8080";
 
 impl BackendConfig {
     /// The PostgreSQL URL; an empty one (`DATABASE_URL=`) counts as none.
@@ -353,72 +231,75 @@ impl ServeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.backend.validate()?;
         anyhow::ensure!(
-            self.idle_poll >= Duration::from_millis(10),
+            self.follow.idle_poll >= Duration::from_millis(10),
             "--idle-poll must be at least 10ms"
         );
         anyhow::ensure!(
-            self.heartbeat >= Duration::from_secs(1),
+            self.follow.heartbeat >= Duration::from_secs(1),
             "--heartbeat must be at least 1s"
         );
         anyhow::ensure!(
-            self.max_message_bytes >= 1024,
+            self.limits.max_message_bytes >= 1024,
             "--max-message-bytes must be at least 1024"
         );
         anyhow::ensure!(
-            self.max_body_bytes >= self.max_message_bytes,
+            self.limits.max_body_bytes >= self.limits.max_message_bytes,
             "--max-body-bytes must be at least --max-message-bytes"
         );
         anyhow::ensure!(
-            (1..=10_000).contains(&self.catch_up_page),
+            (1..=10_000).contains(&self.follow.catch_up_page),
             "--catch-up-page must be from 1 to 10000"
         );
         anyhow::ensure!(
-            self.catch_up_page_bytes >= 1024,
+            self.follow.catch_up_page_bytes >= 1024,
             "--catch-up-page-bytes must be at least 1024"
         );
         anyhow::ensure!(
-            self.degraded_poll >= Duration::from_millis(10),
+            self.follow.degraded_poll >= Duration::from_millis(10),
             "--degraded-poll must be at least 10ms"
         );
         anyhow::ensure!(
-            self.max_batch_messages >= 1,
+            self.limits.max_batch_messages >= 1,
             "--max-batch-messages must be at least 1"
         );
-        anyhow::ensure!(self.max_follows >= 1, "--max-follows must be at least 1");
         anyhow::ensure!(
-            self.max_follows_per_token >= 1,
+            self.limits.max_follows >= 1,
+            "--max-follows must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_follows_per_token >= 1,
             "--max-follows-per-token must be at least 1"
         );
         anyhow::ensure!(
-            self.request_timeout >= Duration::from_millis(100),
+            self.limits.request_timeout >= Duration::from_millis(100),
             "--request-timeout must be at least 100ms"
         );
         anyhow::ensure!(
-            self.header_read_timeout >= Duration::from_millis(100),
+            self.limits.header_read_timeout >= Duration::from_millis(100),
             "--header-read-timeout must be at least 100ms"
         );
         anyhow::ensure!(
-            (8192..=1 << 20).contains(&self.max_header_bytes),
+            (8192..=1 << 20).contains(&self.limits.max_header_bytes),
             "--max-header-bytes must be from 8192 to 1048576"
         );
         anyhow::ensure!(
-            self.write_timeout >= Duration::from_millis(100),
+            self.limits.write_timeout >= Duration::from_millis(100),
             "--write-timeout must be at least 100ms"
         );
         anyhow::ensure!(
-            self.tcp_unsent_bytes >= 16 * 1024,
+            self.limits.tcp_unsent_bytes >= 16 * 1024,
             "--tcp-unsent-bytes must be at least 16384"
         );
         anyhow::ensure!(
-            self.max_connections.is_none_or(|max| max >= 1),
+            self.limits.max_connections.is_none_or(|max| max >= 1),
             "--max-connections must be at least 1"
         );
         anyhow::ensure!(
-            self.idle_timeout >= Duration::from_millis(100),
+            self.limits.idle_timeout >= Duration::from_millis(100),
             "--idle-timeout must be at least 100ms"
         );
         anyhow::ensure!(
-            self.http2_keep_alive >= Duration::from_secs(1),
+            self.limits.http2_keep_alive >= Duration::from_secs(1),
             "--http2-keep-alive must be at least 1s"
         );
         self.allowed_origins()?;
@@ -427,7 +308,7 @@ impl ServeConfig {
 
     /// Connections to serve at once: `--max-connections`, but never more than the
     /// descriptor limit leaves once the store's and Redis's connections have theirs.
-    pub fn max_connections(&self) -> usize {
+    pub fn connection_cap(&self) -> usize {
         let backend = &self.backend;
         let redis = if backend.redis_url().is_some() {
             // A Redis Cluster, found out only once it answers, takes one reader per
@@ -451,7 +332,7 @@ impl ServeConfig {
             0
         };
         let room = connections::connections_for(connections::headroom(database, redis));
-        match self.max_connections {
+        match self.limits.max_connections {
             Some(max) if max > room => {
                 tracing::warn!(
                     asked = max,
@@ -479,43 +360,66 @@ impl ServeConfig {
             .collect()
     }
 
-    /// The HTTP configuration, without auth: the caller sets `auth` from
-    /// `self.auth`, which needs the address it listens on.
+    /// The HTTP configuration: the flag groups as given, and what follows from them
+    /// and the backend's flags. Without auth: the caller sets `auth` from `self.auth`,
+    /// which needs the address it listens on.
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
-            max_message_bytes: self.max_message_bytes,
-            max_body_bytes: self.max_body_bytes,
-            max_batch_messages: self.max_batch_messages,
-            max_follows: self.max_follows,
-            max_follows_per_token: self.max_follows_per_token,
-            request_timeout: self.request_timeout,
-            header_read_timeout: self.header_read_timeout,
-            max_header_bytes: self.max_header_bytes,
-            shutdown_grace: self.shutdown_grace,
-            write_timeout: self.write_timeout,
-            tcp_unsent_bytes: self.tcp_unsent_bytes,
-            max_connections: self.max_connections(),
-            idle_timeout: self.idle_timeout,
-            http2_keep_alive: self.http2_keep_alive,
-            heartbeat: self.heartbeat,
-            // Checked by `validate`, which runs first.
-            allowed_origins: self.allowed_origins().unwrap_or_default(),
+            limits: self.limits,
             follow: FollowConfig {
-                page_size: self.catch_up_page,
-                page_bytes: self.catch_up_page_bytes,
-                idle_poll: self.idle_poll,
-                degraded_poll: self.degraded_poll,
                 // Half the store's connections: appends always find one.
                 store_reads: (self.backend.database_max_connections as usize / 2).max(1),
+                ..self.follow.clone()
             },
+            connection_cap: self.connection_cap(),
+            // Checked by `validate`, which runs first.
+            allowed_origins: self.allowed_origins().unwrap_or_default(),
             auth: None,
             only_loopback_hosts: self.auth.no_auth,
         }
     }
 }
 
+/// The embedded store with every tuning flag at its default.
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            database_read_url: None,
+            redis_url: None,
+            redis_tls_ca: None,
+            redis_prefix: String::new(),
+            stream_maxlen: STREAM_MAXLEN,
+            finished_stream_ttl: duration(FINISHED_STREAM_TTL),
+            running_stream_ttl: duration(RUNNING_STREAM_TTL),
+            stream_inline_bytes: STREAM_INLINE_BYTES,
+            redis_readers: REDIS_READERS,
+            database_timeout: duration(DATABASE_TIMEOUT),
+            database_max_connections: DATABASE_MAX_CONNECTIONS,
+            follower_buffer: FOLLOWER_BUFFER,
+        }
+    }
+}
+
+// The defaults of the `BackendConfig` flags, stated once: clap shows and uses them,
+// and `BackendConfig::default` uses them too.
+
+/// Default of `--stream-maxlen`.
+pub const STREAM_MAXLEN: u64 = 1000;
+/// Default of `--finished-stream-ttl`.
+pub const FINISHED_STREAM_TTL: &str = "1h";
+/// Default of `--running-stream-ttl`.
+pub const RUNNING_STREAM_TTL: &str = "24h";
 /// Default of `--stream-inline-bytes`: 64 KiB.
 pub const STREAM_INLINE_BYTES: usize = 64 * 1024;
+/// Default of `--redis-readers`.
+pub const REDIS_READERS: usize = 4;
+/// Default of `--database-timeout`.
+pub const DATABASE_TIMEOUT: &str = "1s";
+/// Default of `--database-max-connections`.
+pub const DATABASE_MAX_CONNECTIONS: u32 = 16;
+/// Default of `--follower-buffer`.
+pub const FOLLOWER_BUFFER: usize = 256;
 
 /// A default duration, written as its flag would be (`"1s"`), as a [`Duration`]: so
 /// that clap's `default_value` and the `Default` impls state each default once.
@@ -599,12 +503,14 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, PoisonError};
     use std::time::Duration;
 
     use clap::Parser;
 
-    use super::{redact, BackendConfig, ServeConfig, STREAM_INLINE_BYTES};
-    use crate::http::HttpConfig;
+    use super::{redact, BackendConfig, ServeConfig, LISTEN};
+    use crate::follow::FollowConfig;
+    use crate::http::{HttpConfig, Limits};
 
     #[test]
     fn credentials_never_reach_the_log() {
@@ -647,18 +553,9 @@ mod tests {
     fn a_redis_ca_needs_a_rediss_url() {
         let mut config = BackendConfig {
             database_url: Some("postgres://db/x".into()),
-            database_read_url: None,
             redis_url: Some("redis://cache/".into()),
             redis_tls_ca: Some("/ca.pem".into()),
-            redis_prefix: String::new(),
-            stream_maxlen: 1000,
-            finished_stream_ttl: Duration::from_secs(3600),
-            running_stream_ttl: Duration::from_secs(3600),
-            stream_inline_bytes: STREAM_INLINE_BYTES,
-            redis_readers: 4,
-            database_timeout: Duration::from_secs(1),
-            database_max_connections: 16,
-            follower_buffer: 256,
+            ..BackendConfig::default()
         };
         let refused = config.validate().unwrap_err().to_string();
         assert!(
@@ -679,33 +576,118 @@ mod tests {
         );
     }
 
+    /// `serve`'s flags alone, as the command line flattens them.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    /// Tests that parse `serve`'s flags take turns: one of them sets environment
+    /// variables, which clap reads in every parse.
+    static ENVIRONMENT: Mutex<()> = Mutex::new(());
+
     #[test]
     fn the_serve_flags_default_to_what_the_configs_default_to() {
-        #[derive(clap::Parser)]
-        struct Serve {
-            #[command(flatten)]
-            serve: ServeConfig,
+        let _turn = ENVIRONMENT.lock().unwrap_or_else(PoisonError::into_inner);
+        let serve = Serve::parse_from(["serve"]).serve;
+        assert_eq!(serve.limits, Limits::default());
+        assert_eq!(serve.follow, FollowConfig::default());
+        assert_eq!(serve.listen, LISTEN.parse().unwrap());
+        let (flags, http) = (serve.http(), HttpConfig::default());
+        assert_eq!(flags.limits, http.limits);
+        assert_eq!(flags.follow, http.follow);
+    }
+
+    #[test]
+    fn every_serve_flag_and_variable_lands_in_the_http_config() {
+        let _turn = ENVIRONMENT.lock().unwrap_or_else(PoisonError::into_inner);
+        let variables = [
+            ("AGENT_STREAM_HEARTBEAT", "5s"),
+            ("AGENT_STREAM_MAX_FOLLOWS", "7"),
+            ("AGENT_STREAM_SHUTDOWN_GRACE", "3s"),
+            (
+                "AGENT_STREAM_ALLOW_ORIGINS",
+                "https://a.example,,https://b.example",
+            ),
+            // A flag wins over its variable.
+            ("AGENT_STREAM_IDLE_POLL", "9s"),
+        ];
+        for (name, value) in variables {
+            std::env::set_var(name, value);
         }
-        let flags = Serve::parse_from(["serve"]).serve.http();
-        let http = HttpConfig::default();
-        assert_eq!(flags.max_message_bytes, http.max_message_bytes);
-        assert_eq!(flags.max_body_bytes, http.max_body_bytes);
-        assert_eq!(flags.max_batch_messages, http.max_batch_messages);
-        assert_eq!(flags.max_follows, http.max_follows);
-        assert_eq!(flags.max_follows_per_token, http.max_follows_per_token);
-        assert_eq!(flags.request_timeout, http.request_timeout);
-        assert_eq!(flags.header_read_timeout, http.header_read_timeout);
-        assert_eq!(flags.max_header_bytes, http.max_header_bytes);
-        assert_eq!(flags.shutdown_grace, http.shutdown_grace);
-        assert_eq!(flags.write_timeout, http.write_timeout);
-        assert_eq!(flags.tcp_unsent_bytes, http.tcp_unsent_bytes);
-        assert_eq!(flags.idle_timeout, http.idle_timeout);
-        assert_eq!(flags.http2_keep_alive, http.http2_keep_alive);
-        assert_eq!(flags.heartbeat, http.heartbeat);
-        assert_eq!(flags.follow.page_size, http.follow.page_size);
-        assert_eq!(flags.follow.page_bytes, http.follow.page_bytes);
-        assert_eq!(flags.follow.idle_poll, http.follow.idle_poll);
-        assert_eq!(flags.follow.degraded_poll, http.follow.degraded_poll);
+        let parsed = Serve::try_parse_from([
+            "serve",
+            "--listen=127.0.0.1:9000",
+            // The embedded store, whatever the environment says (the suite sets
+            // DATABASE_URL): the connection cap below then depends on nothing else.
+            "--database-url=",
+            "--redis-url=",
+            "--database-max-connections=10",
+            "--no-auth",
+            "--idle-poll=2s",
+            "--catch-up-page=50",
+            "--catch-up-page-bytes=4096",
+            "--degraded-poll=250ms",
+            "--max-message-bytes=2048",
+            "--max-body-bytes=8192",
+            "--max-batch-messages=3",
+            "--max-follows-per-token=2",
+            "--request-timeout=1s",
+            "--header-read-timeout=2s",
+            "--max-header-bytes=16384",
+            "--write-timeout=4s",
+            "--tcp-unsent-bytes=32768",
+            "--max-connections=10",
+            "--idle-timeout=6s",
+            "--http2-keep-alive=8s",
+        ]);
+        for (name, _) in variables {
+            std::env::remove_var(name);
+        }
+        let serve = parsed.expect("the flags parse").serve;
+        serve.validate().expect("the flags are valid");
+        assert_eq!(serve.listen, "127.0.0.1:9000".parse().unwrap());
+        let http = serve.http();
+        let seconds = Duration::from_secs;
+        assert_eq!(
+            http.limits,
+            Limits {
+                max_message_bytes: 2048,
+                max_body_bytes: 8192,
+                max_batch_messages: 3,
+                max_follows: 7,
+                max_follows_per_token: 2,
+                request_timeout: seconds(1),
+                header_read_timeout: seconds(2),
+                max_header_bytes: 16384,
+                write_timeout: seconds(4),
+                tcp_unsent_bytes: 32768,
+                max_connections: Some(10),
+                idle_timeout: seconds(6),
+                http2_keep_alive: seconds(8),
+                shutdown_grace: seconds(3),
+            }
+        );
+        assert_eq!(
+            http.follow,
+            FollowConfig {
+                idle_poll: seconds(2),
+                heartbeat: seconds(5),
+                catch_up_page: 50,
+                catch_up_page_bytes: 4096,
+                degraded_poll: Duration::from_millis(250),
+                // Half of --database-max-connections.
+                store_reads: 5,
+            }
+        );
+        assert_eq!(http.connection_cap, 10);
+        assert_eq!(
+            http.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(http.only_loopback_hosts);
+        assert!(http.auth.is_none());
     }
 
     #[test]

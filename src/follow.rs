@@ -47,6 +47,7 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clap::Args;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
@@ -71,40 +72,74 @@ pub enum FollowEvent {
     },
 }
 
-#[derive(Debug, Clone)]
+/// How follows catch up, wait on a quiet feed and keep their connection alive: the
+/// flags under "Follows" in `serve --help`, with the same defaults in [`Default`].
+/// Each field's doc comment is its flag's help.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Follows")]
 pub struct FollowConfig {
-    /// Messages of a catch-up's first read from the store (full pages double the next,
-    /// up to [`CATCH_UP_GROWTH`] times this).
-    pub page_size: usize,
-    /// Bytes per catch-up read (at least one message is read).
-    pub page_bytes: usize,
-    /// How long the feed may be silent before the store is asked directly.
+    /// How long a follower waits on a silent live feed before it checks how far the
+    /// process goes (with Redis: in its stream; else, or while Redis is down, in the
+    /// store), and how often one instance republishes what Redis missed.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_IDLE_POLL",
+        default_value = IDLE_POLL, value_parser = humantime::parse_duration)]
     pub idle_poll: Duration,
-    /// How often the store is asked while the feed is down.
+
+    /// Interval of the SSE comment / NDJSON empty line sent while a follow is idle.
+    // Sent by the HTTP layer around the follow (`http::messages`), not by `Followers`.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_HEARTBEAT",
+        default_value = HEARTBEAT, value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Messages of a catch-up's first read from the store (each full page doubles the
+    /// next, up to 16 times this, within `--catch-up-page-bytes`).
+    // 16 is `CATCH_UP_GROWTH`; also the page of a snapshot's reads and of a republish.
+    #[arg(
+        long,
+        hide_short_help = true,
+        env = "AGENT_STREAM_CATCH_UP_PAGE",
+        default_value_t = CATCH_UP_PAGE
+    )]
+    pub catch_up_page: usize,
+
+    /// Bytes per catch-up read from the store (at least one message is read): bounds
+    /// what a follower whose client stopped reading holds.
+    #[arg(long, hide_short_help = true,
+        env = "AGENT_STREAM_CATCH_UP_PAGE_BYTES", default_value_t = CATCH_UP_PAGE_BYTES)]
+    pub catch_up_page_bytes: usize,
+
+    /// How often a follower asks the store while the live feed (Redis) is down.
+    #[arg(long, hide_short_help = true,
+        env = "AGENT_STREAM_DEGRADED_POLL", default_value = DEGRADED_POLL,
+        value_parser = humantime::parse_duration)]
     pub degraded_poll: Duration,
-    /// Most store reads followers make at once on this instance: below the store's
-    /// connections, so that appends are not queued behind followers.
+
+    /// Not a flag: most store reads followers make at once on this instance, below the
+    /// store's connections so that appends are not queued behind followers.
+    /// `ServeConfig::http` works it out from `--database-max-connections`.
+    #[arg(skip = STORE_READS)]
     pub store_reads: usize,
 }
 
 impl Default for FollowConfig {
     fn default() -> Self {
         Self {
-            page_size: CATCH_UP_PAGE,
-            page_bytes: CATCH_UP_PAGE_BYTES,
             idle_poll: crate::config::duration(IDLE_POLL),
+            heartbeat: crate::config::duration(HEARTBEAT),
+            catch_up_page: CATCH_UP_PAGE,
+            catch_up_page_bytes: CATCH_UP_PAGE_BYTES,
             degraded_poll: crate::config::duration(DEGRADED_POLL),
-            store_reads: 8,
+            store_reads: STORE_READS,
         }
     }
 }
 
-/// Default of `--catch-up-page` (and [`FollowConfig::page_size`]): the first page of a
+/// Default of `--catch-up-page` (and [`FollowConfig::catch_up_page`]): the first page of a
 /// catch-up.
 pub const CATCH_UP_PAGE: usize = 200;
 /// A catch-up's pages double after each full one, up to this many times the first (and
-/// always within `page_bytes`): a long history takes a few round trips, not one per
-/// 200 messages, while a short one still costs a small read (adr/0015).
+/// always within `catch_up_page_bytes`): a long history takes a few round trips, not one
+/// per 200 messages, while a short one still costs a small read (adr/0015).
 pub const CATCH_UP_GROWTH: usize = 16;
 /// Default of `--catch-up-page-bytes`: 1 MiB.
 pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
@@ -112,6 +147,11 @@ pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
 pub const IDLE_POLL: &str = "1s";
 /// Default of `--degraded-poll`.
 pub const DEGRADED_POLL: &str = "500ms";
+/// Default of `--heartbeat`.
+pub const HEARTBEAT: &str = "15s";
+/// [`FollowConfig::store_reads`] where no store's pool size says otherwise (tests, the
+/// benches): half the default `--database-max-connections`, as `ServeConfig::http` has it.
+pub const STORE_READS: usize = crate::config::DATABASE_MAX_CONNECTIONS as usize / 2;
 
 /// What every follow on an instance shares: the ports, the configuration, the cache of
 /// process statuses, and the instance's shutdown.
@@ -170,7 +210,7 @@ impl Followers {
             },
             mode: Mode::CatchUp,
             catch_up: CatchUp {
-                page: self.config.page_size,
+                page: self.config.catch_up_page,
                 ahead: None,
             },
             listening: Listening {
@@ -353,7 +393,8 @@ impl Follower {
                     let (store, process) = (&self.shared.store, &self.process);
                     let (after, known) = (self.progress.delivered, self.progress.committed);
                     let config = &self.shared.config;
-                    let (limit, max_bytes) = (self.catch_up.page.max(1), config.page_bytes);
+                    let (limit, max_bytes) =
+                        (self.catch_up.page.max(1), config.catch_up_page_bytes);
                     let ahead = match self.catch_up.ahead.take() {
                         Some(ahead) if ahead.after == after && ahead.limit == limit => {
                             ahead.page.await.ok()
@@ -372,7 +413,7 @@ impl Follower {
                     metrics::catch_up_page(page.len());
                     // A page cut short by its bytes still has more after it, and so
                     // does one that ends below a seq known to be committed.
-                    let (first, full) = (config.page_size, page.len() >= limit);
+                    let (first, full) = (config.catch_up_page, page.len() >= limit);
                     match page.last().map(|last| last.seq) {
                         Some(last) if full || last < self.progress.committed => {
                             if full {
@@ -409,7 +450,7 @@ impl Follower {
         let (known, limit) = (self.progress.committed, self.catch_up.page.max(1));
         let stop = cancel.clone();
         let page = tokio::spawn(async move {
-            let (store, max_bytes) = (&shared.store, shared.config.page_bytes);
+            let (store, max_bytes) = (&shared.store, shared.config.catch_up_page_bytes);
             retry(&stop, &shared.reads, || {
                 store.read_after(&process, after, known, limit, max_bytes)
             })

@@ -136,14 +136,14 @@ async fn republish(
     let process = &info.process_id;
     let mut entries = 0;
     if after < info.last_seq {
-        let from = after.max(info.last_seq.saturating_sub(config.page_size as u64));
+        let from = after.max(info.last_seq.saturating_sub(config.catch_up_page as u64));
         let messages = store
             .read_after(
                 process,
                 from,
                 info.last_seq,
-                config.page_size,
-                config.page_bytes,
+                config.catch_up_page,
+                config.catch_up_page_bytes,
             )
             .await?;
         feed.publish(process, &messages).await.map_err(|e| e.0)?;

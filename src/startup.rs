@@ -179,20 +179,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop_follows = CancellationToken::new();
-    let (grace, header_read_timeout, max_header_bytes) = (
-        config.shutdown_grace,
-        config.header_read_timeout,
-        config.max_header_bytes,
-    );
-    let (write_timeout, tcp_unsent_bytes) = (config.write_timeout, config.tcp_unsent_bytes);
-    let cap = ConnectionCap::new(config.max_connections);
+    let limits = config.limits;
+    let cap = ConnectionCap::new(config.connection_cap);
     let lifetime = Lifetime {
-        first_request: header_read_timeout,
-        idle: config.idle_timeout,
-        stall: write_timeout,
-        close_grace: grace,
+        first_request: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        stall: limits.write_timeout,
+        close_grace: limits.shutdown_grace,
     };
-    let keep_alive = config.http2_keep_alive;
     if crate::republish::applies(&*backends.store, &*backends.feed) {
         // Until shutdown; only the holder of the store's lease sweeps.
         tokio::spawn(crate::republish::run(
@@ -215,18 +209,18 @@ pub async fn serve(
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes.saturating_mul(2))
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.saturating_mul(2))
         .max_headers(MAX_HEADER_FIELDS * 10);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(keep_alive))
-        .keep_alive_timeout(keep_alive)
+        .keep_alive_interval(Some(limits.http2_keep_alive))
+        .keep_alive_timeout(limits.http2_keep_alive)
         .max_concurrent_streams(connections::HTTP2_MAX_STREAMS)
         .max_send_buf_size(connections::HTTP2_MAX_SEND_BUF_BYTES)
         .max_header_list_size(
-            u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
     let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     let (connections, close_connections) = (TaskTracker::new(), CancellationToken::new());
@@ -253,7 +247,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        limit_unsent(&stream, tcp_unsent_bytes);
+        limit_unsent(&stream, limits.tcp_unsent_bytes);
         let activity = Arc::new(Activity::default());
         let service = TowerToHyperService::new(Tracked {
             inner: app.clone(),
@@ -269,7 +263,7 @@ pub async fn serve(
                 _ = tokio::time::sleep(lifetime.first_request) => Ok(None),
                 _ = close.cancelled() => Ok(None),
             };
-            let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
+            let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
             let ended = match protocol {
                 // Closed, silent for too long, or the server stops: nothing to serve.
                 Ok(None) | Err(_) => return,
@@ -301,6 +295,7 @@ pub async fn serve(
     stop_follows.cancel();
     close_connections.cancel();
     connections.close();
+    let grace = limits.shutdown_grace;
     tokio::select! {
         _ = connections.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace,

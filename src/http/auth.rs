@@ -136,7 +136,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     if is_follow(&response) {
         let Some(slot) = state.token_follows.take(&token) else {
             // Dropping the follow gives its instance-wide slot back.
-            return too_many_follows(state.config.max_follows_per_token);
+            return too_many_follows(state.config.limits.max_follows_per_token);
         };
         response = response.map(|body| connections::hold_until_dropped(body, slot));
     }

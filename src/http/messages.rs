@@ -90,11 +90,11 @@ pub async fn append(
     ProcessPath(process): ProcessPath,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = read_body(body, state.config.limits.max_body_bytes).await?;
     let (messages, is_batch) = NewMessage::parse_body(
         &body,
-        state.config.max_message_bytes,
-        state.config.max_batch_messages,
+        state.config.limits.max_message_bytes,
+        state.config.limits.max_batch_messages,
     )?;
     let outcome = state.writer.append(&process, &messages).await?;
     Ok(appended(&outcome, is_batch))
@@ -133,8 +133,9 @@ pub async fn webhook(
     Extension(grant): Extension<Grant>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, state.config.max_body_bytes).await?;
-    let (process, message) = NewMessage::parse_notification(&body, state.config.max_message_bytes)?;
+    let body = read_body(body, state.config.limits.max_body_bytes).await?;
+    let (process, message) =
+        NewMessage::parse_notification(&body, state.config.limits.max_message_bytes)?;
     require(&grant, &process, Scope::Write)?;
     let outcome = state
         .writer
@@ -325,9 +326,9 @@ async fn snapshot(
         after: cursor.after_seq(),
         upto: info.last_seq,
         left: limit.unwrap_or(usize::MAX),
-        first_page: state.config.follow.page_size.max(1),
-        page_size: state.config.follow.page_size.max(1),
-        page_bytes: state.config.follow.page_bytes,
+        first_page: state.config.follow.catch_up_page.max(1),
+        page_size: state.config.follow.catch_up_page.max(1),
+        page_bytes: state.config.follow.catch_up_page_bytes,
         opened: false,
     };
     let first = pages.next_chunk().await?;
@@ -546,7 +547,7 @@ fn events(
             "too_many_follows",
             format!(
                 "this instance already serves {} follows; retry later or on another instance",
-                state.config.max_follows
+                state.config.limits.max_follows
             ),
         )
     })?;
@@ -652,7 +653,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
         })
     });
     let mut response = Sse::new(stream.chain(retry_hint).fuse())
-        .keep_alive(KeepAlive::new().interval(state.config.heartbeat))
+        .keep_alive(KeepAlive::new().interval(state.config.follow.heartbeat))
         .into_response();
     no_buffering(response.headers_mut());
     Ok(response)
@@ -661,7 +662,7 @@ fn sse(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, 
 fn ndjson(state: &AppState, info: ProcessInfo, cursor: Cursor) -> Result<Response, ApiError> {
     let events = with_heartbeat(
         events(state, info, cursor, "ndjson")?,
-        state.config.heartbeat,
+        state.config.follow.heartbeat,
     );
     let lines = ready_lines(Box::pin(events.fuse())).map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(lines.fuse()));

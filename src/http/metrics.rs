@@ -28,6 +28,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     state.feed.record_metrics();
     let open = state
         .config
+        .limits
         .max_follows
         .saturating_sub(state.follows.available_permits());
     // Every follow polls the store while the feed is down (see `follow::Follower::quiet`).

@@ -25,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use clap::Args;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -39,46 +40,23 @@ pub use openapi::ApiDoc;
 pub use write_timeout::WriteTimeout;
 
 use crate::auth::Verifier;
-use crate::config::duration;
+use crate::config::{self, duration};
 use crate::follow::{FollowConfig, Followers};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
 
-/// Sizes and intervals of the HTTP surface.
+/// What the HTTP server runs with: the `serve` flag groups as given ([`Limits`],
+/// [`FollowConfig`]) and the few values `ServeConfig::http` works out from the flags at
+/// start-up. Tests and benches start from [`Default`] and change what they need.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Largest message, in bytes of its JSON.
-    pub max_message_bytes: usize,
-    /// Largest request body (one message, or an array of them).
-    pub max_body_bytes: usize,
-    /// Most messages in one append request.
-    pub max_batch_messages: usize,
-    /// Most follows open at once; past it, a 503.
-    pub max_follows: usize,
-    /// Most follows one token may have open at once; past it, a 429.
-    pub max_follows_per_token: usize,
-    /// Time limit of a non-streaming call.
-    pub request_timeout: Duration,
-    /// Time a client has to send a request's headers.
-    pub header_read_timeout: Duration,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// How long requests in flight may take to finish at shutdown.
-    pub shutdown_grace: Duration,
-    /// How long a connection's writes may stay blocked before it is closed.
-    pub write_timeout: Duration,
-    /// Unsent bytes a connection may hold in the kernel (Linux).
-    pub tcp_unsent_bytes: u32,
-    /// Most connections open at once; past it, a new one is closed at once.
-    pub max_connections: usize,
-    /// How long a connection may stay open with no request in flight.
-    pub idle_timeout: Duration,
-    /// Interval of HTTP/2 keep-alive pings, and how long one may go unanswered.
-    pub http2_keep_alive: Duration,
-    /// SSE comment or NDJSON empty line after this long without a message.
-    pub heartbeat: Duration,
+    pub limits: Limits,
     pub follow: FollowConfig,
-    /// Origins whose pages a browser lets read the answers (CORS); none by default.
+    /// Most connections open at once; past it, a new one is closed at once: what
+    /// `--max-connections` asks, within what the descriptor limit leaves.
+    pub connection_cap: usize,
+    /// Origins whose pages a browser lets read the answers (CORS), `--allow-origin`
+    /// checked; none by default.
     pub allowed_origins: Vec<HeaderValue>,
     /// Checks the tokens of protected routes (see `auth::needs`); `None` serves without
     /// auth. `ServeConfig::http` leaves it `None`: the caller sets it from `AuthConfig`.
@@ -91,6 +69,111 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
+            limits: Limits::default(),
+            follow: FollowConfig::default(),
+            connection_cap: connections::connections_for(connections::headroom(
+                DEFAULT_DATABASE_CONNECTIONS,
+                DEFAULT_REDIS_CONNECTIONS,
+            )),
+            allowed_origins: Vec::new(),
+            auth: None,
+            only_loopback_hosts: false,
+        }
+    }
+}
+
+/// What a request, a connection and the instance may take, in bytes, counts and time:
+/// the flags under "Limits" in `serve --help` (and `--shutdown-grace`, shown under
+/// "Listening"), with the same defaults in [`Default`]. Each field's doc comment is its
+/// flag's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct Limits {
+    /// Largest message, in bytes of its JSON.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_MESSAGE_BYTES",
+        default_value_t = MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Largest request body, in bytes (one message or an array of them).
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_BODY_BYTES",
+        default_value_t = MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Messages in one append request (an array), at most.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_BATCH_MESSAGES",
+        default_value_t = MAX_BATCH_MESSAGES)]
+    pub max_batch_messages: usize,
+
+    /// Follows open at once on this instance, at most; past it, a 503.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS",
+        default_value_t = MAX_FOLLOWS)]
+    pub max_follows: usize,
+
+    /// Follows one token may have open at once on this instance, at most; past it, a
+    /// 429 (so one token cannot take every --max-follows slot).
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN",
+        default_value_t = MAX_FOLLOWS_PER_TOKEN)]
+    pub max_follows_per_token: usize,
+
+    /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT",
+        default_value = REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Time a client has to send a request's headers; past it, the connection is closed.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_HEADER_READ_TIMEOUT",
+        default_value = HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (request line and headers), in bytes.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_HEADER_BYTES",
+        default_value_t = MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+
+    /// A connection whose writes stay blocked this long (its client stopped reading), or
+    /// with a response that makes no progress this long (an HTTP/2 stream whose window
+    /// stays shut), is closed; the client resumes from its cursor when it reconnects.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_WRITE_TIMEOUT",
+        default_value = WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Bytes a connection may hold in the kernel not yet sent (Linux
+    /// `TCP_NOTSENT_LOWAT`): bounds what a client that stopped reading costs the kernel.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_TCP_UNSENT_BYTES",
+        default_value_t = TCP_UNSENT_BYTES)]
+    pub tcp_unsent_bytes: u32,
+
+    /// Connections open at once, at most; past it, a new connection is closed at once.
+    /// Default: the descriptor limit (`ulimit -n`) less room for the PostgreSQL and
+    /// Redis connections and 64 more.
+    // As given: the server serves `HttpConfig::connection_cap`, worked out from it.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A connection with no request in flight this long is closed (HTTP/1 keep-alive
+    /// and HTTP/2 alike). A connection that has not started a request within
+    /// --header-read-timeout of being accepted is closed then.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_IDLE_TIMEOUT",
+        default_value = IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 keep-alive pings; a connection whose client does not answer
+    /// one within as long is closed.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_HTTP2_KEEP_ALIVE",
+        default_value = HTTP2_KEEP_ALIVE, value_parser = humantime::parse_duration)]
+    pub http2_keep_alive: Duration,
+
+    /// On SIGTERM, how long requests in flight may take to finish.
+    // Shown beside --listen, where an operator looks for how the server starts and stops.
+    #[arg(long, help_heading = "Listening", hide_short_help = true,
+        env = "AGENT_STREAM_SHUTDOWN_GRACE", default_value = SHUTDOWN_GRACE,
+        value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
             max_message_bytes: MAX_MESSAGE_BYTES,
             max_body_bytes: MAX_BODY_BYTES,
             max_batch_messages: MAX_BATCH_MESSAGES,
@@ -99,27 +182,19 @@ impl Default for HttpConfig {
             request_timeout: duration(REQUEST_TIMEOUT),
             header_read_timeout: duration(HEADER_READ_TIMEOUT),
             max_header_bytes: MAX_HEADER_BYTES,
-            shutdown_grace: duration(SHUTDOWN_GRACE),
             write_timeout: duration(WRITE_TIMEOUT),
             tcp_unsent_bytes: TCP_UNSENT_BYTES,
-            max_connections: connections::connections_for(connections::headroom(
-                DEFAULT_DATABASE_CONNECTIONS,
-                DEFAULT_REDIS_CONNECTIONS,
-            )),
+            max_connections: None,
             idle_timeout: duration(IDLE_TIMEOUT),
             http2_keep_alive: duration(HTTP2_KEEP_ALIVE),
-            heartbeat: duration(HEARTBEAT),
-            follow: FollowConfig::default(),
-            allowed_origins: Vec::new(),
-            auth: None,
-            only_loopback_hosts: false,
+            shutdown_grace: duration(SHUTDOWN_GRACE),
         }
     }
 }
 
-// The defaults of the `serve` flags that fill `HttpConfig`, stated once: clap shows
-// and uses them (`default_value_t`, or `default_value` for a duration, which clap
-// parses as the flag's text would be), and `HttpConfig::default` uses them too.
+// The defaults of the `Limits` flags, stated once: clap shows and uses them
+// (`default_value_t`, or `default_value` for a duration, which clap parses as the
+// flag's text would be), and `Limits::default` uses them too.
 
 /// Default of `--max-message-bytes`: 1 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -129,31 +204,29 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 pub const MAX_BATCH_MESSAGES: usize = 1000;
 /// Default of `--max-follows`.
 pub const MAX_FOLLOWS: usize = 10_000;
+/// Default of `--max-follows-per-token`.
+pub const MAX_FOLLOWS_PER_TOKEN: usize = 100;
 /// Default of `--request-timeout`.
 pub const REQUEST_TIMEOUT: &str = "30s";
 /// Default of `--header-read-timeout`.
 pub const HEADER_READ_TIMEOUT: &str = "10s";
 /// Default of `--max-header-bytes`: 64 KiB.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Default of `--shutdown-grace`.
-pub const SHUTDOWN_GRACE: &str = "10s";
 /// Default of `--write-timeout`.
 pub const WRITE_TIMEOUT: &str = "30s";
 /// Default of `--tcp-unsent-bytes`: 128 KiB.
 pub const TCP_UNSENT_BYTES: u32 = 128 * 1024;
-/// Default of `--heartbeat`.
-pub const HEARTBEAT: &str = "15s";
-/// Default of `--max-follows-per-token`.
-pub const MAX_FOLLOWS_PER_TOKEN: usize = 100;
 /// Default of `--idle-timeout`: longer than the idle timeout of common load balancers
 /// (60 s), so that they, not the server, close an idle connection they hold.
 pub const IDLE_TIMEOUT: &str = "75s";
 /// Default of `--http2-keep-alive`.
 pub const HTTP2_KEEP_ALIVE: &str = "20s";
+/// Default of `--shutdown-grace`.
+pub const SHUTDOWN_GRACE: &str = "10s";
 /// The store's and Redis's connections the default connection cap makes room for
 /// (`--database-max-connections`, and `--redis-readers` plus the command connection).
-const DEFAULT_DATABASE_CONNECTIONS: usize = 16;
-const DEFAULT_REDIS_CONNECTIONS: usize = 5;
+const DEFAULT_DATABASE_CONNECTIONS: usize = config::DATABASE_MAX_CONNECTIONS as usize;
+const DEFAULT_REDIS_CONNECTIONS: usize = config::REDIS_READERS + 1;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -190,8 +263,8 @@ impl AppState {
             ),
             store,
             feed,
-            follows: Arc::new(Semaphore::new(config.max_follows)),
-            token_follows: Arc::new(auth::TokenFollows::new(config.max_follows_per_token)),
+            follows: Arc::new(Semaphore::new(config.limits.max_follows)),
+            token_follows: Arc::new(auth::TokenFollows::new(config.limits.max_follows_per_token)),
             config: Arc::new(config),
             shutdown,
             metrics: crate::metrics::install(),
@@ -270,7 +343,7 @@ pub fn router(state: AppState) -> Router {
 /// Bounds the time to a response's head: the whole of a non-streaming call, and the
 /// start of a follow (whose body then streams for as long as it needs).
 async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config.request_timeout;
+    let limit = state.config.limits.request_timeout;
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -302,7 +375,7 @@ async fn head_limit(State(state): State<AppState>, request: Request, next: Next)
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
-    let limit = state.config.max_header_bytes;
+    let limit = state.config.limits.max_header_bytes;
     if size > limit || headers.len() > MAX_HEADER_FIELDS {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use agent_stream::adapters::redis::keys::Keys;
-use agent_stream::config::BackendConfig;
+use agent_stream::config::{BackendConfig, FOLLOWER_BUFFER};
 use agent_stream::domain::ProcessId;
 use agent_stream::http::HttpConfig;
 use agent_stream::startup::{self, Backends};
@@ -153,22 +153,15 @@ pub async fn recreate_database(database_url: &str) {
 }
 
 /// The tests' backend configuration on the PostgreSQL database at `database_url`, with
-/// no Redis: small pools and buffers, long TTLs, a 1 s database timeout.
+/// no Redis: the defaults, with small pools and an hour's TTL for a running process's
+/// stream.
 pub fn test_backend_config(database_url: String) -> BackendConfig {
     BackendConfig {
         database_url: Some(database_url),
-        database_read_url: None,
-        redis_url: None,
-        redis_tls_ca: None,
-        redis_prefix: String::new(),
-        stream_maxlen: 1000,
-        finished_stream_ttl: Duration::from_secs(3600),
         running_stream_ttl: Duration::from_secs(3600),
-        stream_inline_bytes: 64 * 1024,
         redis_readers: 2,
-        database_timeout: Duration::from_secs(1),
         database_max_connections: 8,
-        follower_buffer: 256,
+        ..BackendConfig::default()
     }
 }
 
@@ -181,7 +174,7 @@ fn fresh_prefix() -> String {
 /// fresh database and a fresh Redis key prefix.
 pub async fn connect_backends(backend: Backend) -> Backends {
     let config = match backend {
-        Backend::Memory => return Backends::embedded(256),
+        Backend::Memory => return Backends::embedded(FOLLOWER_BUFFER),
         Backend::Postgres => test_backend_config(fresh_database().await),
         Backend::Real => BackendConfig {
             redis_url: Some(required_env("REDIS_URL")),
@@ -207,7 +200,7 @@ impl TestApp {
     /// Spawns with a test-friendly configuration (short idle poll) adjusted by `tune`.
     pub async fn spawn_with(backend: Backend, tune: impl FnOnce(&mut HttpConfig)) -> Self {
         let (backends, redis) = match backend {
-            Backend::Memory => (Backends::embedded(256), None),
+            Backend::Memory => (Backends::embedded(FOLLOWER_BUFFER), None),
             Backend::Postgres => return Self::spawn_postgres(fresh_database().await, tune).await,
             Backend::Real => {
                 let prefix = fresh_prefix();

@@ -213,7 +213,7 @@ async fn metrics_and_tiny_answers_go_uncompressed(app: TestApp) {
 
 async fn spawn_with_quick_heartbeats(backend: Backend) -> TestApp {
     TestApp::spawn_with(backend, |config| {
-        config.heartbeat = Duration::from_millis(200);
+        config.follow.heartbeat = Duration::from_millis(200);
     })
     .await
 }

@@ -35,7 +35,7 @@ fn address(app: &TestApp) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.header_read_timeout = Duration::from_millis(300)
+        config.limits.header_read_timeout = Duration::from_millis(300)
     })
     .await;
     let mut silent = TcpStream::connect(address(&app)).await.unwrap();
@@ -50,8 +50,8 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_sends_its_preface_is_closed_when_idle() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.idle_timeout = Duration::from_millis(300);
-        config.header_read_timeout = Duration::from_millis(300);
+        config.limits.idle_timeout = Duration::from_millis(300);
+        config.limits.header_read_timeout = Duration::from_millis(300);
     })
     .await;
     let mut silent = TcpStream::connect(address(&app)).await.unwrap();
@@ -67,9 +67,9 @@ async fn an_http2_connection_that_only_sends_its_preface_is_closed_when_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_with_a_follow_open_is_not_idle() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.idle_timeout = Duration::from_millis(200);
-        config.header_read_timeout = Duration::from_millis(200);
-        config.heartbeat = Duration::from_secs(60);
+        config.limits.idle_timeout = Duration::from_millis(200);
+        config.limits.header_read_timeout = Duration::from_millis(200);
+        config.follow.heartbeat = Duration::from_secs(60);
     })
     .await;
     let process = agent_stream_testkit::fixtures::process_id();
@@ -93,8 +93,8 @@ async fn a_connection_with_a_follow_open_is_not_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_a_new_connection_is_closed_at_once() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.max_connections = 4;
-        config.header_read_timeout = Duration::from_secs(2);
+        config.connection_cap = 4;
+        config.limits.header_read_timeout = Duration::from_secs(2);
     })
     .await;
     let mut held = Vec::new();
@@ -248,8 +248,8 @@ async fn an_http2_client_that_keeps_its_window_shut_is_disconnected_after_the_wr
     let heartbeat = Duration::from_millis(200);
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.write_timeout = write_timeout;
-            config.heartbeat = heartbeat;
+            config.limits.write_timeout = write_timeout;
+            config.follow.heartbeat = heartbeat;
         })
         .await;
         let (full, empty) = (process_id(), process_id());
@@ -301,8 +301,8 @@ async fn an_http2_client_that_keeps_its_window_shut_is_disconnected_after_the_wr
 async fn a_healthy_http2_follow_that_only_gets_heartbeats_stays_open() {
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.write_timeout = Duration::from_millis(500);
-            config.heartbeat = Duration::from_millis(200);
+            config.limits.write_timeout = Duration::from_millis(500);
+            config.follow.heartbeat = Duration::from_millis(200);
         })
         .await;
         let process = process_id();

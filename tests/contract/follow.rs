@@ -319,7 +319,7 @@ async fn follow_format_follows_accept(app: TestApp) {
 async fn an_idle_follow_sends_heartbeats() {
     for backend in Backend::ALL {
         let app = TestApp::spawn_with(backend, |config| {
-            config.heartbeat = Duration::from_millis(300)
+            config.follow.heartbeat = Duration::from_millis(300)
         })
         .await;
         let (process, not_known_yet) = (process_id(), process_id());

@@ -701,10 +701,10 @@ fn check(backend: Backend, cases: u32) {
         .unwrap();
     let (app, finished) = runtime.block_on(async {
         let app = TestApp::spawn_with(backend, |config| {
-            config.max_message_bytes = MAX_MESSAGE_BYTES;
-            config.max_body_bytes = MAX_BODY_BYTES;
-            config.max_batch_messages = MAX_BATCH_MESSAGES;
-            config.heartbeat = Duration::from_secs(1);
+            config.limits.max_message_bytes = MAX_MESSAGE_BYTES;
+            config.limits.max_body_bytes = MAX_BODY_BYTES;
+            config.limits.max_batch_messages = MAX_BATCH_MESSAGES;
+            config.follow.heartbeat = Duration::from_secs(1);
         })
         .await;
         let finished = process_id();

@@ -171,7 +171,7 @@ async fn a_secret_of_one_repeated_byte_or_little_variety_is_refused_at_start() {
 async fn one_token_cannot_take_more_than_its_share_of_follows() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
         config.auth = Some(Arc::new(Verifier::new(&secret())));
-        config.max_follows_per_token = 2;
+        config.limits.max_follows_per_token = 2;
     })
     .await;
     let process = process_id();

@@ -57,7 +57,7 @@ async fn shutdown_ends_follows_and_sse_says_when_to_reconnect(app: TestApp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_past_the_instance_limit_are_a_503() {
     for backend in BACKENDS {
-        let app = TestApp::spawn_with(backend, |config| config.max_follows = 2).await;
+        let app = TestApp::spawn_with(backend, |config| config.limits.max_follows = 2).await;
         let process = process_id();
         app.put_process(&process).await;
         let first = app.follow(&process, Format::Sse, None).await;
@@ -104,8 +104,8 @@ async fn follows_past_the_instance_limit_are_a_503() {
 async fn catch_up_reads_pages_bounded_in_bytes_and_stays_exact() {
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.follow.page_bytes = 2048;
-            config.follow.page_size = 7;
+            config.follow.catch_up_page_bytes = 2048;
+            config.follow.catch_up_page = 7;
         })
         .await;
         let process = process_id();
@@ -163,7 +163,7 @@ async fn a_stalled_follower_does_not_hold_back_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.header_read_timeout = Duration::from_millis(300)
+        config.limits.header_read_timeout = Duration::from_millis(300)
     })
     .await;
     let mut slow = TcpStream::connect(app.base.trim_start_matches("http://"))
@@ -186,7 +186,10 @@ async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
-    let app = TestApp::spawn_with(Backend::Memory, |config| config.max_header_bytes = 8192).await;
+    let app = TestApp::spawn_with(Backend::Memory, |config| {
+        config.limits.max_header_bytes = 8192
+    })
+    .await;
     let padded = |bytes: usize| {
         app.http
             .get(app.url("/healthz"))
@@ -217,7 +220,7 @@ async fn oversized_headers_are_refused() {
 async fn a_body_sent_too_slowly_is_cut_off_by_the_request_timeout() {
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.request_timeout = Duration::from_millis(300)
+            config.limits.request_timeout = Duration::from_millis(300)
         })
         .await;
         let process = process_id();
@@ -246,8 +249,8 @@ async fn a_body_sent_too_slowly_is_cut_off_by_the_request_timeout() {
 async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.write_timeout = Duration::from_millis(500);
-            config.tcp_unsent_bytes = 16 * 1024;
+            config.limits.write_timeout = Duration::from_millis(500);
+            config.limits.tcp_unsent_bytes = 16 * 1024;
         })
         .await;
         let process = process_id();

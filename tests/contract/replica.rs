@@ -44,7 +44,7 @@ async fn spawn_on_replica() -> (TestApp, String) {
         Some(read_url.clone()),
         prefix,
         |config| {
-            config.follow.page_size = PAGE;
+            config.follow.catch_up_page = PAGE;
         },
     )
     .await;

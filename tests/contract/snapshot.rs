@@ -90,9 +90,9 @@ async fn a_snapshot_from_a_cursor_has_exactly_what_follows_it(app: TestApp) {
 async fn a_snapshot_without_limit_has_every_message_after_the_cursor_across_store_pages() {
     for backend in Backend::ALL {
         let app = TestApp::spawn_with(backend, |config| {
-            config.follow.page_size = 3;
+            config.follow.catch_up_page = 3;
             // About two of these messages: some pages are cut by bytes, not count.
-            config.follow.page_bytes = 500;
+            config.follow.catch_up_page_bytes = 500;
         })
         .await;
         let process = process_id();
