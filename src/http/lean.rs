@@ -208,7 +208,9 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
 enum Framing {
     /// A 204 or a 304: no body, whatever the response holds.
     Nothing,
-    /// `content-length`.
+    /// A body that ended before it began: `content-length: 0`.
+    Empty,
+    /// `content-length`, of a body whose size is known.
     Length(u64),
     /// `transfer-encoding: chunked`, one chunk per frame.
     Chunked,
@@ -221,7 +223,7 @@ impl Framing {
         if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
             Self::Nothing
         } else if body.is_end_stream() {
-            Self::Length(0)
+            Self::Empty
         } else {
             body.size_hint().exact().map_or(Self::Chunked, Self::Length)
         }
@@ -278,7 +280,7 @@ where
     .await?;
     drop(parts);
     let mut left = match framing {
-        Framing::Nothing | Framing::Length(0) => return Ok(keep_alive),
+        Framing::Nothing | Framing::Empty | Framing::Length(0) => return Ok(keep_alive),
         Framing::Length(length) => length,
         Framing::Chunked => u64::MAX,
     };
@@ -343,9 +345,10 @@ async fn next_frame(body: &mut Body) -> Option<Result<Frame<Bytes>, axum::Error>
 }
 
 /// The status line and headers, as hyper writes them: the response's headers in
-/// order, then `connection: close` if the connection ends after this, the length or
-/// `transfer-encoding: chunked`, and `date`. The framing is the body's (nothing in
-/// the router sets `content-length` or `transfer-encoding` itself).
+/// order (its `content-length` in place when the body has a length: axum's routes set
+/// it from the body), then `connection: close` if the connection ends after this, the
+/// length (if not written yet) or `transfer-encoding: chunked`, and `date`. The
+/// framing is the body's: nothing in the router sets `transfer-encoding`.
 fn response_head(
     status: StatusCode,
     headers: &HeaderMap,
@@ -363,8 +366,14 @@ fn response_head(
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     head.extend_from_slice(b"\r\n");
+    let mut length_written = false;
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH {
+            if length_written || !matches!(framing, Framing::Length(_)) {
+                continue;
+            }
+            length_written = true;
+        } else if name == header::TRANSFER_ENCODING {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -377,6 +386,8 @@ fn response_head(
     }
     match framing {
         Framing::Nothing => {}
+        Framing::Length(_) if length_written => {}
+        Framing::Empty => head.extend_from_slice(b"content-length: 0\r\n"),
         Framing::Length(length) => {
             head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
         }
@@ -531,6 +542,20 @@ mod tests {
         assert!(String::from_utf8(head)
             .unwrap()
             .starts_with("HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\ndate: "));
+        // A length the route set stays in its place, before `connection: close`.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        headers.insert("x-request-id", HeaderValue::from_static("r1"));
+        let head = response_head(
+            StatusCode::BAD_REQUEST,
+            &headers,
+            Framing::Length(12),
+            false,
+        );
+        assert!(String::from_utf8(head).unwrap().starts_with(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\nx-request-id: r1\r\n\
+            connection: close\r\ndate: "
+        ));
     }
 
     /// A loopback connection served by [`serve`] with `service`, and its end.
@@ -555,7 +580,7 @@ mod tests {
     #[tokio::test]
     async fn each_frame_is_one_chunk_empty_ones_skipped_then_the_next_request_goes_to_hyper() {
         let service = tower::service_fn(|_request: Request<Body>| async {
-            let frames = ["abc", "", "0123456789abcdef"].map(|frame| Ok::<_, Infallible>(frame));
+            let frames = ["abc", "", "0123456789abcdef"].map(Ok::<_, Infallible>);
             Ok::<_, Infallible>(Response::new(Body::from_stream(futures::stream::iter(
                 frames,
             ))))
