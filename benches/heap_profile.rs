@@ -14,7 +14,10 @@
 //! that hold at least one block per two connections, in bytes per connection. Phases:
 //! - `connections`: a keep-alive connection that served one `GET /healthz`;
 //! - `follows`: an SSE follow that received its process's first message and waits
-//!   (ten follows per process, as in the fan-out bench).
+//!   (ten follows per process, as in the fan-out bench);
+//! - `hyper-follows`: the same, its request head sent in two writes, so that hyper
+//!   serves it rather than the lean responder (adr/0018); hyper's read buffer then
+//!   grows to 16 KiB (its first read holds part of the head).
 //!
 //! These are heap bytes as asked of the allocator; RSS adds the allocator's rounding
 //! and fragmentation (the fan-out bench measures the real binary from outside). Under
@@ -46,6 +49,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(1_500);
 /// Sites below this many blocks per connection are start-up and shared state.
 const MIN_BLOCKS_PER_CONNECTION: f64 = 0.5;
+/// Between the two writes of a head in the `hyper-follows` phase.
+const SPLIT_PAUSE: Duration = Duration::from_millis(20);
 /// The environment variable that makes a child run one phase.
 const PHASE_VAR: &str = "AGENT_STREAM_HEAP_PHASE";
 
@@ -68,12 +73,12 @@ fn main() {
         .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(DEFAULT_COUNT);
-    let phases: Vec<&str> = ["connections", "follows"]
+    let phases: Vec<&str> = ["connections", "follows", "hyper-follows"]
         .into_iter()
         .filter(|p| words.is_empty() || words.iter().any(|w| w.as_str() == *p))
         .collect();
     let phases = if phases.is_empty() {
-        vec!["connections", "follows"]
+        vec!["connections", "follows", "hyper-follows"]
     } else {
         phases
     };
@@ -136,7 +141,7 @@ fn run_phase(phase: &str, count: usize) {
         "heap_profile: {phase}: {count} open: {:.0} bytes and {:.1} blocks of heap per {}",
         per(after.curr_bytes, before.curr_bytes),
         per(after.curr_blocks, before.curr_blocks),
-        if phase == "follows" {
+        if phase != "connections" {
             "follow (connection included)"
         } else {
             "idle connection"
@@ -155,18 +160,27 @@ fn open(address: SocketAddr, phase: &str, process: usize) -> TcpStream {
         .expect("timeout");
     let request = match phase {
         "connections" => "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
-        "follows" => format!(
+        "follows" | "hyper-follows" => format!(
             "GET /processes/heap-{process}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
         ),
-        other => panic!("no phase {other}: connections or follows"),
+        other => panic!("no phase {other}: connections, follows or hyper-follows"),
     };
-    stream.write_all(request.as_bytes()).expect("request");
+    if phase == "hyper-follows" {
+        // A head that is not whole at first goes to hyper.
+        let (first, rest) = request.split_at(request.find("Host").expect("a Host line"));
+        stream.write_all(first.as_bytes()).expect("request");
+        std::thread::sleep(SPLIT_PAUSE);
+        stream.write_all(rest.as_bytes()).expect("request");
+    } else {
+        stream.write_all(request.as_bytes()).expect("request");
+    }
     // A whole answer (healthz), or the head and the first event (a follow).
-    let until: &[u8] = if phase == "follows" { b"\n\n" } else { b"ok" };
+    let follow = phase != "connections";
+    let until: &[u8] = if follow { b"\n\n" } else { b"ok" };
     let mut seen = Vec::with_capacity(1024);
     let mut buffer = [0u8; 1024];
     while !seen.windows(until.len()).any(|w| w == until)
-        || (phase == "follows" && !contains(&seen, b"event: message"))
+        || (follow && !contains(&seen, b"event: message"))
     {
         let n = stream.read(&mut buffer).expect("answer");
         assert!(n > 0, "the server closed the connection");

@@ -22,6 +22,7 @@ use crate::adapters::postgres::PostgresStore;
 use crate::adapters::redis::{RedisFeed, RedisFeedConfig};
 use crate::config::{redact, BackendConfig};
 use crate::http::connections::{self, Activity, ConnectionCap, Lifetime, Protocol, Tracked};
+use crate::http::lean;
 use crate::http::{router, AppState, HttpConfig, WriteTimeout, MAX_HEADER_FIELDS};
 use crate::ports::{LiveFeed, MessageStore};
 use crate::writer::Writer;
@@ -249,10 +250,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         limit_unsent(&stream, limits.tcp_unsent_bytes);
         let activity = Arc::new(Activity::default());
-        let service = TowerToHyperService::new(Tracked {
+        let mut service = Tracked {
             inner: app.clone(),
             activity: activity.clone(),
-        });
+        };
         let close = close_connections.clone();
         let (http1, http2) = (http1.clone(), http2.clone());
         connections.spawn(async move {
@@ -263,21 +264,50 @@ pub async fn serve(
                 _ = tokio::time::sleep(lifetime.first_request) => Ok(None),
                 _ = close.cancelled() => Ok(None),
             };
-            let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
+            let mut io = WriteTimeout::new(stream, limits.write_timeout);
             let ended = match protocol {
                 // Closed, silent for too long, or the server stops: nothing to serve.
                 Ok(None) | Err(_) => return,
                 Ok(Some(Protocol::Http1)) => {
-                    let connection = http1.serve_connection(io, service).with_upgrades();
+                    // Follows first, without hyper's buffers (adr/0018), until a request
+                    // that is not a follow's: hyper serves the rest.
+                    let lean = lean::serve(&mut io, &mut service, &activity);
+                    let asked = activity.clone();
+                    let ask_to_close = move |_: Pin<&mut _>| asked.ask_to_close();
+                    let lean_ended = connections::drive(
+                        lean,
+                        ask_to_close,
+                        activity.clone(),
+                        lifetime,
+                        accepted,
+                        close.clone(),
+                    )
+                    .await;
+                    match lean_ended {
+                        Some(Ok(lean::Ended::ToHyper)) => {}
+                        Some(Err(error)) => {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                            return;
+                        }
+                        Some(Ok(lean::Ended::Closed)) | None => return,
+                    }
+                    // Boxed, as HTTP/2's below: a connection's task is sized for the lean
+                    // responder, which serves the follows (the connections that stay open).
+                    let connection = http1
+                        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+                        .with_upgrades();
                     let graceful = |connection: Pin<&mut _>| {
                         http1::UpgradeableConnection::graceful_shutdown(connection)
                     };
-                    connections::drive(connection, graceful, activity, lifetime, accepted, close)
-                        .await
+                    Box::pin(connections::drive(
+                        connection, graceful, activity, lifetime, accepted, close,
+                    ))
+                    .await
                 }
                 // Boxed: an HTTP/2 connection's state is the larger, and most are HTTP/1.
                 Ok(Some(Protocol::Http2)) => {
-                    let connection = http2.serve_connection(io, service);
+                    let connection =
+                        http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
                     let graceful =
                         |connection: Pin<&mut _>| http2::Connection::graceful_shutdown(connection);
                     Box::pin(connections::drive(

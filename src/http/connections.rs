@@ -17,15 +17,15 @@
 //!   closed, HTTP/1 keep-alive and HTTP/2 alike (an HTTP/2 client answers the
 //!   keep-alive pings, so without this a silent one stays for good). A follow is a
 //!   request in flight for as long as its response streams.
-//! - **a stall limit**: a connection with a response that hyper took a piece of and
-//!   has not come back to for more within `write_timeout` is closed at once. Over
-//!   HTTP/1 the socket's [`WriteTimeout`](super::WriteTimeout) sees the same client;
-//!   over HTTP/2 it cannot: a client that keeps a stream's flow-control window at
-//!   zero makes hyper stop writing that stream (no write is ever blocked, and
-//!   keep-alive PINGs still flow), while the piece hyper holds and the response's
-//!   state stay in memory for good. Measured at the response rather than the
-//!   socket, an idle follow (hyper waiting on the body) is never stalled, however
-//!   long its heartbeat.
+//! - **a stall limit**: a connection with a response that hyper (or, for a follow over
+//!   HTTP/1.1, [`lean`](super::lean)) took a piece of and has not come back to for more
+//!   within `write_timeout` is closed at once. Over HTTP/1 the socket's
+//!   [`WriteTimeout`](super::WriteTimeout) sees the same client; over HTTP/2 it cannot:
+//!   a client that keeps a stream's flow-control window at zero makes hyper stop
+//!   writing that stream (no write is ever blocked, and keep-alive PINGs still flow),
+//!   while the piece hyper holds and the response's state stay in memory for good.
+//!   Measured at the response rather than the socket, an idle follow (hyper waiting on
+//!   the body) is never stalled, however long its heartbeat.
 //!
 //! [`Tracked`] counts a connection's requests in flight (a request ends when its
 //! response body is dropped) and times each response's pieces, and [`drive`] runs
@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -164,6 +164,9 @@ pub struct Activity {
     /// with when it took it.
     waiting: Mutex<HashMap<u64, Instant>>,
     responses: AtomicU64,
+    /// Whether [`drive`] asked the connection to close (idle, or the server stops):
+    /// the lean responder serves no request after it.
+    closing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -173,6 +176,30 @@ struct Idle {
 }
 
 impl Activity {
+    /// Asks the connection to close: what [`drive`]'s `close` does for a connection
+    /// served by [`lean`](super::lean).
+    pub fn ask_to_close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    pub fn asked_to_close(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`ask_to_close`](Self::ask_to_close) was called. It registers no
+    /// waker: [`drive`] polls the connection right after asking it to close, which is
+    /// when this is looked at again.
+    pub async fn until_asked_to_close(&self) {
+        std::future::poll_fn(|_| {
+            if self.asked_to_close() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     fn begin(self: &Arc<Self>) -> Ongoing {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.lock().served = true;
@@ -417,8 +444,8 @@ pub async fn drive<C: Future>(
             }
         }
     };
-    // Protocol detection notices the request to close only when polled again: the
-    // wait below does that at once.
+    // Protocol detection (and `Activity::until_asked_to_close`) notices the request to
+    // close only when polled again: the wait below does that at once.
     close(connection.as_mut());
     tokio::time::timeout(grace, connection).await.ok()
 }

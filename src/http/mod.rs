@@ -8,6 +8,7 @@ mod cors;
 mod error;
 mod extract;
 mod health;
+pub mod lean;
 mod messages;
 mod metrics;
 mod openapi;

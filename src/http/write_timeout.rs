@@ -34,6 +34,11 @@ impl<T> WriteTimeout<T> {
         }
     }
 
+    /// The connection itself, to look at what it holds without reading it (`peek`).
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     /// Maps a write's poll: a ready write disarms the timer, a blocked one arms it (if
     /// it is not already) and fails once it fires.
     fn watch<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {

@@ -20,7 +20,7 @@ use agent_stream_testkit::on_every_backend;
 const SECRET: &str = "contract-test-secret-0123456789abcdef";
 const BIN: &str = env!("CARGO_BIN_EXE_agent-stream");
 
-fn secret() -> Secret {
+pub(crate) fn secret() -> Secret {
     Secret::new(SECRET).expect("a long enough secret")
 }
 

@@ -21,6 +21,7 @@ mod follow;
 mod foreign_entries;
 mod fuzz;
 mod hardening;
+mod http1_follows;
 mod limits;
 mod logs;
 mod metrics;
