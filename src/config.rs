@@ -217,6 +217,13 @@ pub struct ServeConfig {
         env = "AGENT_STREAM_MAX_FOLLOWS_PER_TOKEN", default_value_t = http::MAX_FOLLOWS_PER_TOKEN)]
     pub max_follows_per_token: usize,
 
+    /// Follows compressed at once, at most (each holds its encoder, up to a few hundred
+    /// KiB); past it, a follow goes uncompressed. 0 never compresses a follow.
+    #[arg(long, help_heading = "Limits", hide_short_help = true,
+        env = "AGENT_STREAM_MAX_COMPRESSED_FOLLOWS",
+        default_value_t = http::MAX_COMPRESSED_FOLLOWS)]
+    pub max_compressed_follows: usize,
+
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
     #[arg(long, help_heading = "Limits", hide_short_help = true,
         env = "AGENT_STREAM_REQUEST_TIMEOUT", default_value = http::REQUEST_TIMEOUT,
@@ -488,6 +495,7 @@ impl ServeConfig {
             max_batch_messages: self.max_batch_messages,
             max_follows: self.max_follows,
             max_follows_per_token: self.max_follows_per_token,
+            max_compressed_follows: self.max_compressed_follows,
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
@@ -693,6 +701,7 @@ mod tests {
         assert_eq!(flags.max_batch_messages, http.max_batch_messages);
         assert_eq!(flags.max_follows, http.max_follows);
         assert_eq!(flags.max_follows_per_token, http.max_follows_per_token);
+        assert_eq!(flags.max_compressed_follows, http.max_compressed_follows);
         assert_eq!(flags.request_timeout, http.request_timeout);
         assert_eq!(flags.header_read_timeout, http.header_read_timeout);
         assert_eq!(flags.max_header_bytes, http.max_header_bytes);
