@@ -74,6 +74,9 @@ pub const CONNECTIONS_REFUSED: &str = "agent_stream_connections_refused_total";
 pub const CONNECTIONS_IDLE_CLOSED: &str = "agent_stream_connections_idle_closed_total";
 pub const CONNECTIONS_STALLED_CLOSED: &str = "agent_stream_connections_stalled_closed_total";
 
+/// Counter: follows sent uncompressed although the client accepted an encoding,
+/// because `--max-compressed-follows` were being compressed.
+pub const FOLLOWS_UNCOMPRESSED: &str = "agent_stream_follows_uncompressed_total";
 /// Counter: Redis entries dropped because they carry another store's epoch (another
 /// deployment's, or a recreated database's; adr/0007).
 pub const REDIS_FOREIGN_ENTRIES: &str = "agent_stream_redis_foreign_entries_total";
@@ -200,6 +203,11 @@ fn describe() {
             on the same Redis and prefix, or a database since recreated)."
     );
     describe_counter!(
+        FOLLOWS_UNCOMPRESSED,
+        "Follows sent uncompressed although the client accepted an encoding, because \
+            --max-compressed-follows were being compressed."
+    );
+    describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections closed as soon as accepted, because --max-connections were open."
     );
@@ -246,6 +254,7 @@ fn start_at_zero() {
         CONNECTIONS_IDLE_CLOSED,
         CONNECTIONS_STALLED_CLOSED,
         REDIS_FOREIGN_ENTRIES,
+        FOLLOWS_UNCOMPRESSED,
     ] {
         ::metrics::counter!(counter).increment(0);
     }
@@ -364,6 +373,11 @@ pub fn gap_fill() {
 /// The republisher put `entries` (messages or an end marker) into the live feed.
 pub fn republished(entries: usize) {
     ::metrics::counter!(REPUBLISHED).increment(entries as u64);
+}
+
+/// A follow went uncompressed: the budget of compressed follows was spent.
+pub fn follow_uncompressed() {
+    ::metrics::counter!(FOLLOWS_UNCOMPRESSED).increment(1);
 }
 
 /// A follower fell behind its feed buffer.

@@ -35,6 +35,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use auth::{needs, Needs, ACCESS_TOKEN};
+pub use compression::MAX_COMPRESSED_FOLLOWS;
 pub use cors::parse_origin;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
@@ -116,6 +117,12 @@ pub struct Limits {
         default_value_t = MAX_FOLLOWS_PER_TOKEN)]
     pub max_follows_per_token: usize,
 
+    /// Follows compressed at once, at most (each holds its encoder, up to a few hundred
+    /// KiB); past it, a follow goes uncompressed. 0 never compresses a follow.
+    #[arg(long, hide_short_help = true, env = "AGENT_STREAM_MAX_COMPRESSED_FOLLOWS",
+        default_value_t = MAX_COMPRESSED_FOLLOWS)]
+    pub max_compressed_follows: usize,
+
     /// Time limit of a non-streaming call (appends, snapshots, …); past it, a 503.
     #[arg(long, hide_short_help = true, env = "AGENT_STREAM_REQUEST_TIMEOUT",
         default_value = REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -180,6 +187,7 @@ impl Default for Limits {
             max_batch_messages: MAX_BATCH_MESSAGES,
             max_follows: MAX_FOLLOWS,
             max_follows_per_token: MAX_FOLLOWS_PER_TOKEN,
+            max_compressed_follows: MAX_COMPRESSED_FOLLOWS,
             request_timeout: duration(REQUEST_TIMEOUT),
             header_read_timeout: duration(HEADER_READ_TIMEOUT),
             max_header_bytes: MAX_HEADER_BYTES,
@@ -242,6 +250,8 @@ pub struct AppState {
     pub follows: Arc<Semaphore>,
     /// Follows open per token, `max_follows_per_token` each.
     pub token_follows: Arc<auth::TokenFollows>,
+    /// One permit per compressed follow, `max_compressed_follows` in all.
+    pub compressed_follows: compression::CompressedFollows,
     pub followers: Arc<Followers>,
     /// The process's metrics (see [`crate::metrics::install`]), rendered by `/metrics`.
     pub metrics: PrometheusHandle,
@@ -266,6 +276,7 @@ impl AppState {
             feed,
             follows: Arc::new(Semaphore::new(config.limits.max_follows)),
             token_follows: Arc::new(auth::TokenFollows::new(config.limits.max_follows_per_token)),
+            compressed_follows: Arc::new(Semaphore::new(config.limits.max_compressed_follows)),
             config: Arc::new(config),
             shutdown,
             metrics: crate::metrics::install(),
@@ -320,7 +331,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         // Inside the request log, which then records the compressed answer.
-        .layer(middleware::from_fn(compression::compress))
+        .layer(middleware::from_fn_with_state(
+            state.compressed_follows.clone(),
+            compression::compress,
+        ))
         .layer(middleware::map_response(compression::weaken_etag))
         // A 503 during an outage is expected, and the outage is logged once where it is
         // tracked: per-request failures stay at debug.

@@ -15,6 +15,13 @@ on_every_backend!(
     the_fixtures_catch_up_and_snapshot_take_at_most_30_percent_of_their_bytes_compressed,
     metrics_and_tiny_answers_go_uncompressed,
 );
+mod one_compressed_follow {
+    agent_stream_testkit::on_every_backend!(
+        spawn = super::spawn_compressing_one_follow;
+        past_the_budget_of_compressed_follows_a_follow_goes_uncompressed_and_whole,
+    );
+    use super::*;
+}
 mod quick_heartbeats {
     agent_stream_testkit::on_every_backend!(
         spawn = super::spawn_with_quick_heartbeats;
@@ -208,6 +215,78 @@ async fn metrics_and_tiny_answers_go_uncompressed(app: TestApp) {
     ] {
         let (_, encoding) = wire_bytes(&app, &path, accept, "gzip, br, zstd").await;
         assert_eq!(encoding, None, "{path}");
+    }
+}
+
+async fn spawn_compressing_one_follow(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, |config| config.limits.max_compressed_follows = 1).await
+}
+
+/// A follow of `process` asking for `codec`, as it comes (undecoded), and the encoding
+/// it is answered in.
+async fn follow_encoding(
+    app: &TestApp,
+    process: &str,
+    codec: &str,
+) -> (Option<String>, reqwest::Response) {
+    let response = raw_client()
+        .get(app.url(&format!("/processes/{process}/messages")))
+        .header(ACCEPT, accept_of(Format::Ndjson))
+        .header(ACCEPT_ENCODING, codec)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let encoding = response
+        .headers()
+        .get(CONTENT_ENCODING)
+        .map(|value| value.to_str().expect("text").to_owned());
+    (encoding, response)
+}
+
+async fn past_the_budget_of_compressed_follows_a_follow_goes_uncompressed_and_whole(app: TestApp) {
+    let process = process_id();
+    app.append(&process, &messages("m", 3)).await;
+    app.finish(&process, "succeeded").await;
+    let holder = raw_client()
+        .get(app.url(&format!("/processes/{}/messages", process_id())))
+        .header(ACCEPT, accept_of(Format::Sse))
+        .header(ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        holder.headers().get(CONTENT_ENCODING).map(|v| v.as_bytes()),
+        Some(&b"gzip"[..]),
+        "the first follow takes the one compressed slot"
+    );
+
+    let (encoding, response) = follow_encoding(&app, &process, "zstd").await;
+    assert_eq!(encoding, None, "a second follow goes as it is");
+    let vary = response.headers().get_all(VARY).iter().count();
+    assert!(vary > 0, "Vary still names what the answer depends on");
+    let body = response.text().await.expect("the whole follow");
+    let delivered: Vec<serde_json::Value> = body
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_str(line).expect("an NDJSON line"))
+        .filter(|line: &serde_json::Value| line.get("event").is_none())
+        .collect();
+    assert_eq!(ids(&delivered), ids(&messages("m", 3)));
+
+    // The slot comes back when the first follow goes.
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (encoding, _) = follow_encoding(&app, &process, "zstd").await;
+        if encoding.as_deref() == Some("zstd") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot of a closed follow was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

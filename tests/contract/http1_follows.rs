@@ -384,7 +384,7 @@ async fn shutdown_ends_a_lean_follow_with_its_retry_hint_and_closes_the_connecti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_mid_follow_gives_its_follow_back() {
     for backend in BACKENDS {
-        let app = TestApp::spawn_with(backend, |config| config.max_follows = 1).await;
+        let app = TestApp::spawn_with(backend, |config| config.limits.max_follows = 1).await;
         let process = process_id();
         app.put_process(&process).await;
         let request = get(
@@ -420,8 +420,8 @@ async fn a_client_that_closes_mid_follow_gives_its_follow_back() {
 async fn a_lean_follow_whose_client_stops_reading_is_cut_by_the_write_timeout() {
     for backend in BACKENDS {
         let app = TestApp::spawn_with(backend, |config| {
-            config.write_timeout = Duration::from_millis(500);
-            config.tcp_unsent_bytes = 16 * 1024;
+            config.limits.write_timeout = Duration::from_millis(500);
+            config.limits.tcp_unsent_bytes = 16 * 1024;
         })
         .await;
         let process = process_id();
@@ -467,7 +467,7 @@ async fn a_lean_follow_whose_client_stops_reading_is_cut_by_the_write_timeout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_idle_after_a_lean_follow_is_closed_after_the_idle_limit() {
     let app = TestApp::spawn_with(Backend::Memory, |config| {
-        config.idle_timeout = Duration::from_millis(300);
+        config.limits.idle_timeout = Duration::from_millis(300);
     })
     .await;
     let process = process_id();
