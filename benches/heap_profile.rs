@@ -17,7 +17,12 @@
 //!   (ten follows per process, as in the fan-out bench);
 //! - `hyper-follows`: the same, its request head sent in two writes, so that hyper
 //!   serves it rather than the lean responder (adr/0018); hyper's read buffer then
-//!   grows to 16 KiB (its first read holds part of the head).
+//!   grows to 16 KiB (its first read holds part of the head);
+//! - `session-follows`, then `-gzip`, `-br` and `-zstd`: an SSE follow of a process
+//!   holding the fixture session (32 messages, 62 KB), caught up to its end and
+//!   waiting, as it is and in each encoding (one tenth of `N`: a compressed follow
+//!   holds its encoder, hundreds of KiB). zstd's encoder is C code whose allocations
+//!   dhat does not see: the RSS figure printed beside the heap one shows it.
 //!
 //! These are heap bytes as asked of the allocator; RSS adds the allocator's rounding
 //! and fragmentation (the fan-out bench measures the real binary from outside). Under
@@ -51,6 +56,20 @@ const SETTLE: Duration = Duration::from_millis(1_500);
 const MIN_BLOCKS_PER_CONNECTION: f64 = 0.5;
 /// Between the two writes of a head in the `hyper-follows` phase.
 const SPLIT_PAUSE: Duration = Duration::from_millis(20);
+/// The phases, in the order they run.
+const PHASES: [&str; 7] = [
+    "connections",
+    "follows",
+    "hyper-follows",
+    "session-follows",
+    "session-follows-gzip",
+    "session-follows-br",
+    "session-follows-zstd",
+];
+/// The session phases open this share of `N`.
+const SESSION_SHARE: usize = 10;
+/// A session follow is idle once nothing came for this long.
+const QUIET: Duration = Duration::from_millis(300);
 /// The environment variable that makes a child run one phase.
 const PHASE_VAR: &str = "AGENT_STREAM_HEAP_PHASE";
 
@@ -73,12 +92,12 @@ fn main() {
         .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(DEFAULT_COUNT);
-    let phases: Vec<&str> = ["connections", "follows", "hyper-follows"]
+    let phases: Vec<&str> = PHASES
         .into_iter()
         .filter(|p| words.is_empty() || words.iter().any(|w| w.as_str() == *p))
         .collect();
     let phases = if phases.is_empty() {
-        vec!["connections", "follows", "hyper-follows"]
+        PHASES.to_vec()
     } else {
         phases
     };
@@ -121,31 +140,44 @@ fn run_phase(phase: &str, count: usize) {
         ));
         address
     });
+    let session = phase.starts_with("session-follows");
+    let count = if session {
+        (count / SESSION_SHARE).max(1)
+    } else {
+        count
+    };
     let processes = count.div_ceil(FOLLOWS_PER_PROCESS);
     // Warm-up: what the first request of each kind sets up once (lazies, caches, the
     // processes' first messages) is not per connection.
     for process in 0..processes {
-        append(address, &format!("heap-{process}"));
+        let body = if session {
+            serde_json::to_string(&agent_stream_testkit::fixtures::session()).expect("JSON")
+        } else {
+            r#"{"id":"m1","type":"text","payload":{"text":"hello"}}"#.to_owned()
+        };
+        append(address, &format!("heap-{process}"), &body);
     }
     drop(open(address, phase, 0));
     std::thread::sleep(SETTLE);
 
-    let before = dhat::HeapStats::get();
+    let (before, rss_before) = (dhat::HeapStats::get(), resident_bytes());
     let connections: Vec<TcpStream> = (0..count)
         .map(|i| open(address, phase, i % processes))
         .collect();
     std::thread::sleep(SETTLE);
-    let after = dhat::HeapStats::get();
+    let (after, rss_after) = (dhat::HeapStats::get(), resident_bytes());
     let per = |after: usize, before: usize| (after as f64 - before as f64) / count as f64;
     println!(
-        "heap_profile: {phase}: {count} open: {:.0} bytes and {:.1} blocks of heap per {}",
+        "heap_profile: {phase}: {count} open: {:.0} bytes and {:.1} blocks of heap per {} \
+        ({:.0} bytes of RSS, dhat's own bookkeeping included)",
         per(after.curr_bytes, before.curr_bytes),
         per(after.curr_blocks, before.curr_blocks),
         if phase != "connections" {
             "follow (connection included)"
         } else {
             "idle connection"
-        }
+        },
+        per(rss_after, rss_before),
     );
     drop(profiler);
     print_sites(&file, count);
@@ -158,12 +190,18 @@ fn open(address: SocketAddr, phase: &str, process: usize) -> TcpStream {
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .expect("timeout");
+    let follow = |encoding: &str| {
+        format!(
+            "GET /processes/heap-{process}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{encoding}\r\n"
+        )
+    };
     let request = match phase {
         "connections" => "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
-        "follows" | "hyper-follows" => format!(
-            "GET /processes/heap-{process}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-        ),
-        other => panic!("no phase {other}: connections, follows or hyper-follows"),
+        "follows" | "hyper-follows" | "session-follows" => follow(""),
+        other => match other.strip_prefix("session-follows-") {
+            Some(codec) => follow(&format!("Accept-Encoding: {codec}\r\n")),
+            None => panic!("no phase {other}: {}", PHASES.join(", ")),
+        },
     };
     if phase == "hyper-follows" {
         // A head that is not whole at first goes to hyper.
@@ -173,6 +211,10 @@ fn open(address: SocketAddr, phase: &str, process: usize) -> TcpStream {
         stream.write_all(rest.as_bytes()).expect("request");
     } else {
         stream.write_all(request.as_bytes()).expect("request");
+    }
+    if phase.starts_with("session-follows") {
+        read_until_quiet(&mut stream);
+        return stream;
     }
     // A whole answer (healthz), or the head and the first event (a follow).
     let follow = phase != "connections";
@@ -189,13 +231,41 @@ fn open(address: SocketAddr, phase: &str, process: usize) -> TcpStream {
     stream
 }
 
+/// Reads the head and whatever follows until nothing comes for [`QUIET`] (a
+/// compressed follow's bytes cannot be searched for an event).
+fn read_until_quiet(stream: &mut TcpStream) {
+    let mut seen = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 4096];
+    while !contains(&seen, b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).expect("answer");
+        assert!(n > 0, "the server closed the connection");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    stream.set_read_timeout(Some(QUIET)).expect("timeout");
+    while let Ok(n) = stream.read(&mut buffer) {
+        assert!(n > 0, "the server closed the connection");
+    }
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("timeout");
+}
+
+/// This process's resident memory (`VmRSS`), in bytes.
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Appends one message to `process` (creating it).
-fn append(address: SocketAddr, process: &str) {
-    let body = r#"{"id":"m1","type":"text","payload":{"text":"hello"}}"#;
+/// Appends `body` (a message or an array of them) to `process` (creating it).
+fn append(address: SocketAddr, process: &str, body: &str) {
     let mut stream = TcpStream::connect(address).expect("connect");
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
