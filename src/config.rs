@@ -507,6 +507,9 @@ impl ServeConfig {
                 degraded_poll: self.degraded_poll,
                 // Half the store's connections: appends always find one.
                 store_reads: (self.backend.database_max_connections as usize / 2).max(1),
+                // Half of those may be held by catch-up streams, each for a while.
+                streams: (self.backend.database_max_connections as usize / 4).max(1),
+                ..FollowConfig::default()
             },
             auth: None,
             only_loopback_hosts: self.auth.no_auth,
