@@ -256,7 +256,13 @@ fn resident_bytes() -> usize {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .and_then(|kib| {
+            kib.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
         .map_or(0, |kib| kib * 1024)
 }
 

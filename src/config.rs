@@ -369,6 +369,8 @@ impl ServeConfig {
             follow: FollowConfig {
                 // Half the store's connections: appends always find one.
                 store_reads: (self.backend.database_max_connections as usize / 2).max(1),
+                // Half of those may be held by catch-up streams, each for a while.
+                streams: (self.backend.database_max_connections as usize / 4).max(1),
                 ..self.follow.clone()
             },
             connection_cap: self.connection_cap(),
@@ -681,6 +683,10 @@ mod tests {
                 degraded_poll: Duration::from_millis(250),
                 // Half of --database-max-connections.
                 store_reads: 5,
+                // A quarter of it.
+                streams: 2,
+                stream_stall: crate::follow::CATCH_UP_STREAM_STALL,
+                stream_time: crate::follow::CATCH_UP_STREAM_TIME,
             }
         );
         assert_eq!(http.connection_cap, 10);

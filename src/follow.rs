@@ -15,7 +15,12 @@
 //! pages, so memory stays bounded however slowly it reads. Catch-up pages grow while
 //! they come back full, and the next one is read while the one before goes out (at most
 //! two pages held), so a long history costs few round trips, none of them waited for
-//! twice (adr/0015).
+//! twice (adr/0015). A catch-up longer than a page is read instead as one stream of the
+//! store's (one query whose rows are read as the client takes them, in batches, at most
+//! three held) while one of a few stream slots is free (`FollowConfig::streams`); a
+//! stream whose client leaves it waiting past `stream_stall`, or that lasts past
+//! `stream_time`, gives up its connection, and the follower goes on with pages after
+//! the last message it took (adr/0019).
 //!
 //! With a feed that tells how far its publishing got (Redis) on a store whose instances
 //! elect a republisher (PostgreSQL), a quiet-feed check asks the feed first: when it
@@ -50,7 +55,7 @@ use std::time::Duration;
 use clap::Args;
 use futures::future::BoxFuture;
 use futures::Stream;
-use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+use tokio::sync::{mpsc, Mutex as AsyncMutex, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -58,7 +63,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::domain::{Cursor, FinishStatus, ProcessId, ProcessInfo, StoredMessage, StreamId};
 use crate::metrics::{self, DelaySampler};
 use crate::ports::{
-    FeedEvent, FeedNext, FeedSubscription, LiveFeed, MessageStore, Published, StoreError,
+    FeedEvent, FeedNext, FeedSubscription, LiveFeed, MessageSink, MessageStore, Published,
+    StoreError,
 };
 
 /// What one follower sees.
@@ -119,6 +125,19 @@ pub struct FollowConfig {
     /// `ServeConfig::http` works it out from `--database-max-connections`.
     #[arg(skip = STORE_READS)]
     pub store_reads: usize,
+    /// Not a flag: most catch-ups read as one stream of the store's at once (each also
+    /// holds one of `store_reads`); the others read pages. 0: always pages.
+    /// `ServeConfig::http` works it out from `--database-max-connections`.
+    #[arg(skip = CATCH_UP_STREAMS)]
+    pub streams: usize,
+    /// Not a flag: longest a catch-up stream waits for its follower to take a batch
+    /// before it gives up its store connection (the follower goes on with pages).
+    #[arg(skip = CATCH_UP_STREAM_STALL)]
+    pub stream_stall: Duration,
+    /// Not a flag: longest a catch-up stream may last, however steadily its follower
+    /// takes it.
+    #[arg(skip = CATCH_UP_STREAM_TIME)]
+    pub stream_time: Duration,
 }
 
 impl Default for FollowConfig {
@@ -130,6 +149,9 @@ impl Default for FollowConfig {
             catch_up_page_bytes: CATCH_UP_PAGE_BYTES,
             degraded_poll: crate::config::duration(DEGRADED_POLL),
             store_reads: STORE_READS,
+            streams: CATCH_UP_STREAMS,
+            stream_stall: CATCH_UP_STREAM_STALL,
+            stream_time: CATCH_UP_STREAM_TIME,
         }
     }
 }
@@ -143,6 +165,14 @@ pub const CATCH_UP_PAGE: usize = 200;
 pub const CATCH_UP_GROWTH: usize = 16;
 /// Default of `--catch-up-page-bytes`: 1 MiB.
 pub const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
+/// Bytes of JSON in a batch of a catch-up stream (at most `catch_up_page_bytes`): a follower
+/// holds about three (one being read, one queued, one being delivered).
+pub const CATCH_UP_BATCH_BYTES: usize = 64 * 1024;
+/// Default of [`FollowConfig::stream_stall`]: a batch of 64 KiB that waits this long
+/// is a client far slower than the store.
+pub const CATCH_UP_STREAM_STALL: Duration = Duration::from_secs(1);
+/// Default of [`FollowConfig::stream_time`].
+pub const CATCH_UP_STREAM_TIME: Duration = Duration::from_secs(10);
 /// Default of `--idle-poll`.
 pub const IDLE_POLL: &str = "1s";
 /// Default of `--degraded-poll`.
@@ -152,6 +182,9 @@ pub const HEARTBEAT: &str = "15s";
 /// [`FollowConfig::store_reads`] where no store's pool size says otherwise (tests, the
 /// benches): half the default `--database-max-connections`, as `ServeConfig::http` has it.
 pub const STORE_READS: usize = crate::config::DATABASE_MAX_CONNECTIONS as usize / 2;
+/// [`FollowConfig::streams`] where no store's pool size says otherwise: a quarter of the
+/// default `--database-max-connections`, as `ServeConfig::http` has it.
+pub const CATCH_UP_STREAMS: usize = crate::config::DATABASE_MAX_CONNECTIONS as usize / 4;
 
 /// What every follow on an instance shares: the ports, the configuration, the cache of
 /// process statuses, and the instance's shutdown.
@@ -165,7 +198,9 @@ pub struct Followers {
     /// and quiet-feed checks ask the feed instead of the store.
     republished: bool,
     /// One permit per follower store read in flight, `config.store_reads` in all.
-    reads: Semaphore,
+    reads: Arc<Semaphore>,
+    /// One permit per catch-up stream, `config.streams` in all.
+    streams: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -180,7 +215,8 @@ impl Followers {
             republished: crate::republish::applies(&*store, &*feed),
             store,
             feed,
-            reads: Semaphore::new(config.store_reads.max(1)),
+            reads: Arc::new(Semaphore::new(config.store_reads.max(1))),
+            streams: Arc::new(Semaphore::new(config.streams)),
             config,
             statuses: StatusCache::default(),
             shutdown,
@@ -212,6 +248,8 @@ impl Followers {
             catch_up: CatchUp {
                 page: self.config.catch_up_page,
                 ahead: None,
+                stream: None,
+                streamed: false,
             },
             listening: Listening {
                 subscription,
@@ -333,13 +371,30 @@ impl Progress {
     }
 }
 
-/// How a follower reads the store while catching up: the size of its next page, and
-/// that page, read ahead while the one before is delivered.
+/// How a follower reads the store while catching up: one stream of the store's while
+/// a stream slot is free and the history is longer than a page, else (or after a
+/// stream that stopped early) pages: the size of its next page, and that page, read
+/// ahead while the one before is delivered.
 struct CatchUp {
     /// Messages the next catch-up read asks for: grows while pages come back full.
     page: usize,
     /// The next catch-up page, being read.
     ahead: Option<ReadAhead>,
+    /// The catch-up stream under way, if any.
+    stream: Option<StreamRead>,
+    /// Whether this catch-up had its stream: one that stopped early is not started
+    /// again (its client is slow), the rest comes in pages.
+    streamed: bool,
+}
+
+/// A catch-up read as one stream of the store's ([`MessageStore::stream_after`]), in a
+/// task of its own that puts batches into a queue of one as the follower takes them.
+struct StreamRead {
+    batches: mpsc::Receiver<Vec<StoredMessage>>,
+    /// Whether the store got to the end; `None` if it failed (or was cancelled).
+    ended: JoinHandle<Option<bool>>,
+    /// Cancels the stream once nobody waits for it.
+    _cancel: DropGuard,
 }
 
 /// The next catch-up page, read while the one before is delivered.
@@ -388,6 +443,13 @@ impl Follower {
             if self.shutdown.is_cancelled() {
                 return None;
             }
+            let catching_up = matches!(self.mode, Mode::CatchUp);
+            if catching_up && (self.catch_up.stream.is_some() || self.start_stream()) {
+                if self.next_streamed().await.is_break() {
+                    return None;
+                }
+                continue;
+            }
             match self.mode {
                 Mode::CatchUp => {
                     let (store, process) = (&self.shared.store, &self.process);
@@ -422,12 +484,7 @@ impl Follower {
                             // The next page is read while this one goes out.
                             self.read_ahead(last);
                         }
-                        _ => {
-                            // Caught up: whether the process is finished decides what next.
-                            self.check_status(Freshness::Fresh);
-                            self.mode = Mode::Live;
-                            self.catch_up.page = first;
-                        }
+                        _ => self.caught_up(),
                     }
                     self.progress.pending.extend(page);
                 }
@@ -439,6 +496,91 @@ impl Follower {
                 Mode::Done => return None,
             }
         }
+    }
+
+    /// Caught up: whether the process is finished decides what next.
+    fn caught_up(&mut self) {
+        self.check_status(Freshness::Fresh);
+        self.mode = Mode::Live;
+        self.catch_up.page = self.shared.config.catch_up_page;
+        self.catch_up.streamed = false;
+    }
+
+    /// Starts this catch-up's stream, if it has not had one, the history left is longer
+    /// than a first page, and a stream slot and a read permit are free (a stream holds
+    /// both until it ends); else the catch-up reads pages. Whether it started.
+    fn start_stream(&mut self) -> bool {
+        let shared = &self.shared;
+        let (after, known) = (self.progress.delivered, self.progress.committed);
+        let long = known.saturating_sub(after) > shared.config.catch_up_page as u64;
+        if self.catch_up.streamed || self.catch_up.ahead.is_some() || !long {
+            return false;
+        }
+        let Ok(slot) = shared.streams.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Ok(read) = shared.reads.clone().try_acquire_owned() else {
+            return false;
+        };
+        let config = &shared.config;
+        let batch_bytes = CATCH_UP_BATCH_BYTES.min(config.catch_up_page_bytes);
+        let until = Instant::now() + config.stream_time;
+        let (sink, batches) = MessageSink::new(batch_bytes, config.stream_stall, until);
+        let cancel = self.shutdown.child_token();
+        let (shared, process, stop) = (shared.clone(), self.process.clone(), cancel.clone());
+        let ended = tokio::spawn(async move {
+            let _held = (slot, read);
+            let (store, page) = (&shared.store, shared.config.catch_up_page);
+            let streamed = tokio::select! {
+                _ = stop.cancelled() => return None,
+                streamed = store.stream_after(&process, after, known, page, &sink) => streamed,
+            };
+            match streamed {
+                Ok(to_the_end) => Some(to_the_end),
+                Err(error) => {
+                    tracing::debug!(%process, error = format!("{:#}", anyhow::Error::new(error)),
+                        "a catch-up stream failed: going on with pages");
+                    None
+                }
+            }
+        });
+        self.catch_up.streamed = true;
+        self.catch_up.stream = Some(StreamRead {
+            batches,
+            ended,
+            _cancel: cancel.drop_guard(),
+        });
+        true
+    }
+
+    /// Takes the stream's next batch; once it ends, the follower is caught up if the
+    /// store got to the end, else it goes on with pages after the last message it took.
+    /// Stops on shutdown.
+    async fn next_streamed(&mut self) -> ControlFlow<()> {
+        let Some(stream) = self.catch_up.stream.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let batch = tokio::select! {
+            _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+            batch = stream.batches.recv() => batch,
+        };
+        if let Some(batch) = batch {
+            metrics::catch_up_page(batch.len());
+            let delivered = self.progress.delivered;
+            let batch = batch.into_iter().filter(|message| message.seq > delivered);
+            self.progress.pending.extend(batch);
+            return ControlFlow::Continue(());
+        }
+        let ended = match self.catch_up.stream.take() {
+            Some(stream) => stream.ended.await.ok().flatten(),
+            None => None,
+        };
+        let to_the_end = ended == Some(true) && self.progress.delivered >= self.progress.committed;
+        metrics::catch_up_stream(to_the_end);
+        if to_the_end {
+            self.caught_up();
+        }
+        ControlFlow::Continue(())
     }
 
     /// Starts reading the catch-up page after `after` in a task of its own (replacing
@@ -726,6 +868,11 @@ mod tests {
         inner: MemoryStore,
         status_reads: AtomicUsize,
         elects: bool,
+        /// Catch-up streams running now, and the most at once.
+        streaming: AtomicUsize,
+        most_streams: AtomicUsize,
+        /// How each catch-up stream ended: to the end, or stopped.
+        streams: Mutex<Vec<bool>>,
     }
 
     impl Counting {
@@ -734,6 +881,9 @@ mod tests {
                 inner: MemoryStore::new(),
                 status_reads: AtomicUsize::new(0),
                 elects,
+                streaming: AtomicUsize::new(0),
+                most_streams: AtomicUsize::new(0),
+                streams: Mutex::new(Vec::new()),
             })
         }
     }
@@ -861,6 +1011,26 @@ mod tests {
                 .read_after(process, after, known, limit, max_bytes)
                 .await
         }
+        async fn stream_after(
+            &self,
+            process: &ProcessId,
+            after: u64,
+            known: u64,
+            page: usize,
+            sink: &MessageSink,
+        ) -> Result<bool, StoreError> {
+            let now = self.streaming.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_streams.fetch_max(now, Ordering::SeqCst);
+            let streamed = self
+                .inner
+                .stream_after(process, after, known, page, sink)
+                .await;
+            self.streaming.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(to_the_end) = streamed {
+                crate::sync::lock(&self.streams).push(to_the_end);
+            }
+            streamed
+        }
         async fn recent(
             &self,
             limit: usize,
@@ -918,5 +1088,110 @@ mod tests {
             (5..=20).contains(&reads),
             "{reads} status reads in 10 intervals once the feed cannot tell (about one each)"
         );
+    }
+
+    /// `count` messages of about 100 bytes, appended to `process` in `store`, which is
+    /// then finished.
+    async fn history(store: &Counting, process: &ProcessId, count: usize) {
+        let messages: Vec<NewMessage> = (1..=count)
+            .map(|n| {
+                let raw = format!(
+                    r#"{{"id":"m{n}","type":"T","payload":{{"text":"{}"}}}}"#,
+                    "x".repeat(60)
+                );
+                NewMessage::parse(raw.as_bytes(), 1 << 20).unwrap()
+            })
+            .collect();
+        store.append(process, &messages).await.unwrap();
+        store
+            .finish(process, &FinishStatus::parse("succeeded").unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Catch-ups of first pages of 10 and batches of 1 KiB, through the streams of
+    /// `store`; `tune` adjusts the rest.
+    fn streaming(store: Arc<Counting>, tune: impl FnOnce(&mut FollowConfig)) -> Arc<Followers> {
+        let mut config = FollowConfig {
+            catch_up_page: 10,
+            catch_up_page_bytes: 1024,
+            ..FollowConfig::default()
+        };
+        tune(&mut config);
+        let feed = Arc::new(InProcessFeed::new(16));
+        Followers::new(store, feed, config, CancellationToken::new())
+    }
+
+    /// Takes `follow`'s messages until its end (or `limit` of them); their seqs.
+    async fn take(
+        follow: &mut (impl Stream<Item = FollowEvent> + Unpin),
+        limit: usize,
+    ) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < limit {
+            match tokio::time::timeout(Duration::from_secs(60), follow.next()).await {
+                Ok(Some(FollowEvent::Message(message))) => seqs.push(message.seq),
+                Ok(Some(FollowEvent::End { .. })) | Ok(None) => break,
+                Err(_) => panic!("no event in a minute after {seqs:?}"),
+            }
+        }
+        seqs
+    }
+
+    /// A follower that stops taking its catch-up stream for longer than the stall
+    /// limit: the stream gives up (its connection with it), and the follower goes on
+    /// with pages after the last message it took, each message once, in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_that_stops_taking_its_stream_goes_on_with_pages_and_gets_every_message_once(
+    ) {
+        let store = Counting::new(false);
+        let process = ProcessId::parse("slow").unwrap();
+        history(&store, &process, 300).await;
+        let followers = streaming(store.clone(), |config| {
+            config.stream_stall = Duration::from_millis(50);
+        });
+        let mut follow = Box::pin(followers.follow(process, Cursor::default(), 300));
+
+        let mut seqs = take(&mut follow, 20).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            *crate::sync::lock(&store.streams),
+            vec![false],
+            "one stream, stopped by the stall, none running"
+        );
+        seqs.extend(take(&mut follow, usize::MAX).await);
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+        assert_eq!(
+            crate::sync::lock(&store.streams).len(),
+            1,
+            "the rest came in pages"
+        );
+    }
+
+    /// Past `streams` catch-ups streaming at once, the others read pages; all get every
+    /// message once, in order.
+    #[tokio::test(start_paused = true)]
+    async fn catch_ups_past_the_stream_cap_read_pages_and_all_get_every_message() {
+        let store = Counting::new(false);
+        let process = ProcessId::parse("many").unwrap();
+        history(&store, &process, 300).await;
+        let followers = streaming(store.clone(), |config| config.streams = 2);
+        let mut follows: Vec<_> = (0..5)
+            .map(|_| Box::pin(followers.follow(process.clone(), Cursor::default(), 300)))
+            .collect();
+        let mut seqs = Vec::new();
+        for follow in &mut follows {
+            seqs.push(take(follow, 1).await);
+        }
+        assert_eq!(
+            store.most_streams.load(Ordering::SeqCst),
+            2,
+            "two streams at once, no more"
+        );
+        for (follow, seqs) in follows.iter_mut().zip(&mut seqs) {
+            seqs.extend(take(follow, usize::MAX).await);
+            assert_eq!(*seqs, (1..=300).collect::<Vec<_>>());
+        }
+        assert!(store.most_streams.load(Ordering::SeqCst) <= 2);
     }
 }

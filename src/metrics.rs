@@ -38,6 +38,10 @@ pub const DELIVERY_DELAY: &str = "agent_stream_delivery_delay_seconds";
 pub const CATCH_UP_PAGES: &str = "agent_stream_catch_up_pages_total";
 /// Counter: messages in those pages.
 pub const CATCH_UP_MESSAGES: &str = "agent_stream_catch_up_messages_total";
+/// Counter `{outcome}`: catch-ups read as one stream of the store's: `ended` (to the
+/// end), `stopped` (gave up early: a slow client, the stream's time, a store error;
+/// the rest came in pages).
+pub const CATCH_UP_STREAMS: &str = "agent_stream_catch_up_streams_total";
 /// Counter: gaps in the live feed that followers filled from the store.
 pub const GAP_FILLS: &str = "agent_stream_gap_fills_total";
 /// Counter: messages and end markers the republisher put into the live feed, stored
@@ -148,6 +152,11 @@ fn describe() {
     );
     describe_counter!(CATCH_UP_MESSAGES, "Messages followers read from the store.");
     describe_counter!(
+        CATCH_UP_STREAMS,
+        "Catch-ups read as one stream of the store's, by outcome: ended, or stopped early (the \
+            rest in pages)."
+    );
+    describe_counter!(
         GAP_FILLS,
         "Gaps in the live feed (a message ahead of the next seq) filled from the store."
     );
@@ -241,6 +250,9 @@ fn start_at_zero() {
     }
     for outcome in ReplicaRead::ALL {
         ::metrics::counter!(REPLICA_READS, "outcome" => outcome.as_str()).increment(0);
+    }
+    for outcome in ["ended", "stopped"] {
+        ::metrics::counter!(CATCH_UP_STREAMS, "outcome" => outcome).increment(0);
     }
     for counter in [
         CATCH_UP_PAGES,
@@ -336,7 +348,12 @@ pub fn catch_up_page(messages: usize) {
     ::metrics::counter!(CATCH_UP_MESSAGES).increment(messages as u64);
 }
 
-/// A follower saw a message past the next seq and fills the gap from the store.
+/// A follower's catch-up stream ended: `to_the_end`, or stopped early.
+pub fn catch_up_stream(to_the_end: bool) {
+    let outcome = if to_the_end { "ended" } else { "stopped" };
+    ::metrics::counter!(CATCH_UP_STREAMS, "outcome" => outcome).increment(1);
+}
+
 /// Where a page of messages came from, with a read replica set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaRead {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, RecentProcess, StoredMessage,
 };
-use crate::ports::{AppendOutcome, MessageStore, Registration, StoreError};
+use crate::ports::{AppendOutcome, MessageSink, MessageStore, Registration, StoreError};
 
 #[derive(Debug)]
 pub struct Health {
@@ -200,6 +200,23 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
             "read messages",
             self.inner
                 .read_after(process, after, known, limit, max_bytes)
+                .await,
+        )
+    }
+
+    async fn stream_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        known: u64,
+        page: usize,
+        sink: &MessageSink,
+    ) -> Result<bool, StoreError> {
+        self.admit()?;
+        self.observe(
+            "stream messages",
+            self.inner
+                .stream_after(process, after, known, page, sink)
                 .await,
         )
     }

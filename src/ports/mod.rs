@@ -6,4 +6,6 @@ mod feed;
 mod store;
 
 pub use feed::{FeedError, FeedEvent, FeedNext, FeedSender, FeedSubscription, LiveFeed, Published};
-pub use store::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};
+pub use store::{
+    AppendOutcome, Appended, Epoch, MessageSink, MessageStore, Registration, StoreError,
+};

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::domain::{
     FinishStatus, NewMessage, ProcessId, ProcessInfo, ProcessStatus, RecentProcess, StoredMessage,
@@ -142,6 +144,59 @@ impl AppendOutcome {
     }
 }
 
+/// Where [`MessageStore::stream_after`] puts the messages it reads: batches of up to
+/// `batch_bytes` of JSON, in seq order, into a queue of one that the reader empties as
+/// its client takes them. So a stream is held back by its slowest part, and its memory
+/// is a batch being read, one queued and one being written. It also says when to stop:
+/// a reader that left, a batch nobody took for `stall`, or a stream past `until` (a
+/// slow client may not hold a store connection for ever: its reader goes on with pages
+/// from the last message it took).
+pub struct MessageSink {
+    batches: mpsc::Sender<Vec<StoredMessage>>,
+    batch_bytes: usize,
+    stall: Duration,
+    until: Instant,
+}
+
+impl MessageSink {
+    /// A sink and the reader's end of its queue.
+    pub fn new(
+        batch_bytes: usize,
+        stall: Duration,
+        until: Instant,
+    ) -> (Self, mpsc::Receiver<Vec<StoredMessage>>) {
+        let (batches, taken) = mpsc::channel(1);
+        let sink = Self {
+            batches,
+            batch_bytes: batch_bytes.max(1),
+            stall,
+            until,
+        };
+        (sink, taken)
+    }
+
+    /// Bytes of JSON a batch gathers before it is sent (past its first message).
+    pub fn batch_bytes(&self) -> usize {
+        self.batch_bytes
+    }
+
+    /// Hands `batch` to the reader, waiting while its queue is full; false when the
+    /// stream must stop here: the reader left, took nothing for the stall limit, or the
+    /// stream's time is up. The batch is then not delivered.
+    pub async fn send(&self, batch: Vec<StoredMessage>) -> bool {
+        let batch = match self.batches.try_send(batch) {
+            Ok(()) => return Instant::now() < self.until,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(batch)) => batch,
+        };
+        let give_up = self.until.min(Instant::now() + self.stall);
+        matches!(
+            tokio::time::timeout_at(give_up, self.batches.send(batch)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Makes the process known; idempotent.
@@ -181,6 +236,42 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The messages with a seq above `after`, in seq order, put into `sink` as it takes
+    /// them, until every one committed when the call began is in (at least up to
+    /// `known`, as in [`Self::read_after`]), or the sink says stop. Returns whether it
+    /// got to that end; stopped by the sink, it returns at once, and the reader goes on
+    /// after the last message it took. A store that holds a connection for the stream
+    /// gives it up as soon as it stops, without reading the rest.
+    ///
+    /// By default, pages of [`Self::read_after`] of `page` messages (and the sink's
+    /// batch bytes); a store that can stream one query's rows to the sink overrides it.
+    async fn stream_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        known: u64,
+        page: usize,
+        sink: &MessageSink,
+    ) -> Result<bool, StoreError> {
+        let (mut after, page, max_bytes) = (after, page.max(1), sink.batch_bytes());
+        loop {
+            let batch = self
+                .read_after(process, after, known, page, max_bytes)
+                .await?;
+            let Some(last) = batch.last().map(|message| message.seq) else {
+                return Ok(true);
+            };
+            let more = batch.len() >= page || last < known;
+            if !sink.send(batch).await {
+                return Ok(false);
+            }
+            if !more {
+                return Ok(true);
+            }
+            after = last;
+        }
+    }
 
     /// The `limit` processes last active (registered, appended to or finished), the
     /// most recent first; ties in process id order. With `only`, among those processes.

@@ -12,6 +12,7 @@ mod append_rule;
 mod auth;
 mod bad_input;
 mod caching;
+mod catch_up;
 mod cli;
 mod compression;
 mod concurrency;

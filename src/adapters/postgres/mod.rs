@@ -20,6 +20,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, FromRow, Row};
 
@@ -30,7 +31,9 @@ use crate::domain::{
     StreamId,
 };
 use crate::metrics::ReplicaRead;
-use crate::ports::{AppendOutcome, Appended, Epoch, MessageStore, Registration, StoreError};
+use crate::ports::{
+    AppendOutcome, Appended, Epoch, MessageSink, MessageStore, Registration, StoreError,
+};
 use replica::Replica;
 
 /// The schema migrations, embedded in the binary.
@@ -275,14 +278,122 @@ async fn read_page(
         .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredMessage {
-                seq: to_seq(row.try_get("seq")?),
-                json: Bytes::from(row.try_get::<String, _>("body")?),
-            })
-        })
-        .collect()
+    rows.iter().map(stored_message).collect()
+}
+
+/// A row of `READ_AFTER` or `STREAM_AFTER`.
+fn stored_message(row: &PgRow) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        seq: to_seq(row.try_get(0)?),
+        json: Bytes::from(row.try_get::<String, _>(1)?),
+    })
+}
+
+/// How a catch-up stream of one pool went.
+struct Streamed {
+    /// The seq of the last message the sink took (the stream's `after` if none).
+    last: u64,
+    /// How it ended.
+    outcome: StreamOutcome,
+}
+
+enum StreamOutcome {
+    /// Every row was read and taken.
+    Ended,
+    /// The sink said stop.
+    Stopped,
+    /// The database failed (or, with a `row_wait`, did not send a row in time).
+    Failed(anyhow::Error),
+}
+
+/// Streams `process`'s messages after `after` from `pool` into `sink`, in batches of
+/// the sink's bytes, one query whose rows are read only as the sink takes them (so
+/// PostgreSQL waits on the socket meanwhile); a row that takes over `row_wait` is a
+/// failure.
+async fn stream_rows(
+    pool: &PgPool,
+    process: &ProcessId,
+    after: u64,
+    sink: &MessageSink,
+    row_wait: Option<Duration>,
+) -> Streamed {
+    let mut last = after;
+    let outcome = match stream_into(pool, process, &mut last, sink, row_wait).await {
+        Ok(true) => StreamOutcome::Ended,
+        Ok(false) => StreamOutcome::Stopped,
+        Err(error) => StreamOutcome::Failed(error),
+    };
+    Streamed { last, outcome }
+}
+
+/// [`stream_rows`]' work: moves `last` on as batches are taken; whether every row was.
+async fn stream_into(
+    pool: &PgPool,
+    process: &ProcessId,
+    last: &mut u64,
+    sink: &MessageSink,
+    row_wait: Option<Duration>,
+) -> anyhow::Result<bool> {
+    let mut connection = StreamConnection {
+        connection: within(row_wait, pool.acquire()).await?,
+        read_to_the_end: false,
+    };
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    {
+        let mut rows = sqlx::query(sql::STREAM_AFTER)
+            .bind(process.as_str())
+            .bind(to_i64(*last))
+            .fetch(&mut *connection.connection);
+        while let Some(row) = within(row_wait, rows.try_next()).await? {
+            let message = stored_message(&row)?;
+            bytes += message.json.len();
+            batch.push(message);
+            if bytes >= sink.batch_bytes() {
+                let reached = batch.last().map_or(*last, |message| message.seq);
+                if !sink.send(std::mem::take(&mut batch)).await {
+                    return Ok(false);
+                }
+                (*last, bytes) = (reached, 0);
+            }
+        }
+    }
+    connection.read_to_the_end = true;
+    let reached = batch.last().map_or(*last, |message| message.seq);
+    if !batch.is_empty() && !sink.send(batch).await {
+        return Ok(false);
+    }
+    *last = reached;
+    Ok(true)
+}
+
+/// `wait`'s answer, or a failure past `limit` if there is one.
+async fn within<T>(
+    limit: Option<Duration>,
+    wait: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> anyhow::Result<T> {
+    let Some(limit) = limit else {
+        return Ok(wait.await?);
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(anyhow::anyhow!("no answer in {limit:?}")),
+    }
+}
+
+/// The pooled connection of a catch-up stream. Dropped before its rows were all read (a
+/// stream that stopped or failed), it is closed, not returned to the pool: sqlx would
+/// first read every row left, holding the connection as long as that takes.
+struct StreamConnection {
+    connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    read_to_the_end: bool,
+}
+
+impl Drop for StreamConnection {
+    fn drop(&mut self) {
+        if !self.read_to_the_end {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -475,6 +586,57 @@ impl MessageStore for PostgresStore {
             page.push(message);
         }
         Ok(page)
+    }
+
+    /// One query's rows, read as the sink takes them (`sql::STREAM_AFTER`): from the
+    /// replica when there is one, then, if it ended short of `known` (it lags) or
+    /// failed, the rest from the primary after the last message taken. Counted as
+    /// replica reads: `replica` for the replica's part, then `completed` for the
+    /// primary's, or `fallback` when the replica rests or failed.
+    async fn stream_after(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        known: u64,
+        _page: usize,
+        sink: &MessageSink,
+    ) -> Result<bool, StoreError> {
+        let mut from = after;
+        if let Some(replica) = &self.replica {
+            match replica.stream(process, after, sink).await {
+                Some(Streamed {
+                    outcome: StreamOutcome::Stopped,
+                    ..
+                }) => return Ok(false),
+                Some(Streamed {
+                    outcome: StreamOutcome::Ended,
+                    last,
+                }) => {
+                    if last > after || last >= known {
+                        crate::metrics::replica_read(ReplicaRead::Replica);
+                    }
+                    if last >= known {
+                        return Ok(true);
+                    }
+                    crate::metrics::replica_read(ReplicaRead::Completed);
+                    from = last;
+                }
+                // Counted by the replica; what it sent is taken.
+                Some(Streamed { last, .. }) => from = last,
+                None => {}
+            }
+        }
+        match stream_rows(&self.pool, process, from, sink, None)
+            .await
+            .outcome
+        {
+            StreamOutcome::Ended => Ok(true),
+            StreamOutcome::Stopped => Ok(false),
+            StreamOutcome::Failed(error) => Err(match error.downcast::<sqlx::Error>() {
+                Ok(error) => self.failed(error),
+                Err(error) => StoreError::Unavailable(error),
+            }),
+        }
     }
 
     async fn recent(

@@ -21,11 +21,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Connection;
 use tokio::time::Instant;
 
-use super::{options, read_page, sql, PING_IF_IDLE_FOR};
+use super::{options, read_page, sql, stream_rows, StreamOutcome, Streamed, PING_IF_IDLE_FOR};
 use crate::config::redact;
 use crate::domain::{ProcessId, StoredMessage};
 use crate::metrics::{self, ReplicaRead};
-use crate::ports::Epoch;
+use crate::ports::{Epoch, MessageSink};
 
 /// Longest a page read from the replica may take, waiting for its connection included,
 /// before the primary is asked instead.
@@ -118,15 +118,48 @@ impl Replica {
         let read = read_page(&self.pool, process, after, limit, max_bytes);
         let error = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(Ok(page)) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(replica = %self.redacted_url,
-                        "the read replica answers again: catch-up pages are read from it");
-                }
+                self.answered();
                 return Some(page);
             }
             Ok(Err(error)) => crate::report::one_line(&anyhow::Error::new(error)),
             Err(_) => format!("no answer in {READ_TIMEOUT:?}"),
         };
+        self.failed(error);
+        None
+    }
+
+    /// A catch-up stream of `process`'s messages after `after` from the replica, as the
+    /// primary's `stream_after` reads it (each row within [`READ_TIMEOUT`]); `None`
+    /// (counted) while the replica rests. A stream that failed is counted and rests the
+    /// replica: its `last` says where the primary goes on.
+    pub async fn stream(
+        &self,
+        process: &ProcessId,
+        after: u64,
+        sink: &MessageSink,
+    ) -> Option<Streamed> {
+        if self.resting() {
+            metrics::replica_read(ReplicaRead::Fallback);
+            return None;
+        }
+        let streamed = stream_rows(&self.pool, process, after, sink, Some(READ_TIMEOUT)).await;
+        match &streamed.outcome {
+            StreamOutcome::Failed(error) => self.failed(crate::report::one_line(error)),
+            _ => self.answered(),
+        }
+        Some(streamed)
+    }
+
+    /// The replica answered: a recovery is logged once.
+    fn answered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(replica = %self.redacted_url,
+                "the read replica answers again: catch-up pages are read from it");
+        }
+    }
+
+    /// The replica failed (`error`): counted, rested, logged once.
+    fn failed(&self, error: String) {
         metrics::replica_read(ReplicaRead::Fallback);
         *self.lock_rest() = Some(Instant::now() + REST_AFTER_FAILURE);
         if !self.failing.swap(true, Ordering::Relaxed) {
@@ -134,7 +167,6 @@ impl Replica {
                 "the read replica failed: reading catch-up pages from the primary, trying the \
                 replica again after the rest");
         }
-        None
     }
 
     fn resting(&self) -> bool {

@@ -40,6 +40,13 @@ pub const READ_AFTER: &str = "\
     WHERE upto <= $4 OR upto = octet_length(body) \
     ORDER BY seq";
 
+/// A process's messages after a seq, all of them, in seq order: the one query of a
+/// catch-up stream, read as its follower takes the rows (`PostgresStore::stream_after`).
+/// The same keyset as [`READ_AFTER`], without its limit and its byte count: the stream's
+/// memory is bounded by reading the rows only as they are taken.
+pub const STREAM_AFTER: &str = "\
+    SELECT seq, body FROM messages WHERE process_id = $1 AND seq > $2 ORDER BY seq";
+
 /// The processes last active, the most recent first: the keyset of
 /// `processes_recent_activity`, so a page reads `$1` index entries whatever the table's
 /// size. `$2`, when not null, limits it to those process ids (a token's).
