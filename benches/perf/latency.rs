@@ -216,7 +216,7 @@ async fn breakdown_note(env: &Env, report: &mut Report) {
     report.note(
         SCENARIO,
         format!(
-            "where an append's time goes (the library's write path, no HTTP, same database): the store's append (one call of `append_messages`: lock the process row, look up the ids, INSERT, move last_seq, commit) p50 {} / p99 {}, then XADD p50 {} / p99 {}",
+            "where an append's time goes (the library's write path, no HTTP, same database): the store's append (one call of `append_messages_v2`: lock the process row while moving last_seq, INSERT, commit) p50 {} / p99 {}, then XADD p50 {} / p99 {}",
             ms(quantile(&store, 0.5)),
             ms(quantile(&store, 0.99)),
             ms(quantile(&publish, 0.5)),

@@ -12,6 +12,7 @@ on_every_backend!(
     a_batch_answers_one_id_and_stream_id_per_message_in_order,
     a_stored_id_returns_its_original_stream_id_and_is_not_stored_twice,
     a_batch_repeating_an_id_stores_it_once,
+    a_batch_partly_stored_keeps_the_stored_seqs_and_numbers_the_rest_next,
     a_message_without_id_gets_a_generated_one,
     a_finished_process_takes_no_more_messages,
     a_retry_of_a_stored_message_after_finish_still_answers_200,
@@ -131,6 +132,44 @@ async fn a_batch_repeating_an_id_stores_it_once(app: TestApp) {
     assert_eq!(stream_ids, ["1-0", "2-0", "2-0"]);
     let stored: Vec<Value> = app.snapshot(&process, "").await.json().await.unwrap();
     assert_eq!(seqs(&stored), vec![1, 2]);
+}
+
+/// A retry of a batch of which some messages were stored already (a writer that timed
+/// out and resent more): the stored ones keep their seqs, the rest take the next ones in
+/// the batch's order, the same retry again changes nothing, and the next append follows
+/// on without a gap.
+async fn a_batch_partly_stored_keeps_the_stored_seqs_and_numbers_the_rest_next(app: TestApp) {
+    let process = process_id();
+    let sent = messages("m", 5);
+    app.append(&process, &sent[..2]).await;
+    let batch = vec![
+        sent[2].clone(),
+        sent[0].clone(),
+        sent[3].clone(),
+        sent[1].clone(),
+    ];
+    let expected = json!([
+        { "id": "m-3", "stream_id": "3-0" },
+        { "id": "m-1", "stream_id": "1-0" },
+        { "id": "m-4", "stream_id": "4-0" },
+        { "id": "m-2", "stream_id": "2-0" },
+    ]);
+    let response = app
+        .post_messages(&process, Value::from(batch.clone()).to_string())
+        .await;
+    assert_eq!(response.status(), 201, "some of it is new");
+    assert_eq!(response.json::<Value>().await.unwrap(), expected);
+    let response = app
+        .post_messages(&process, Value::from(batch).to_string())
+        .await;
+    assert_eq!(response.status(), 200, "all of it is stored");
+    assert_eq!(response.json::<Value>().await.unwrap(), expected);
+    assert_eq!(app.append(&process, &sent[4..]).await, ["5-0"]);
+
+    let stored: Vec<Value> = app.snapshot(&process, "").await.json().await.unwrap();
+    assert_eq!(seqs(&stored), vec![1, 2, 3, 4, 5]);
+    let ids: Vec<&str> = stored.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["m-1", "m-2", "m-3", "m-4", "m-5"]);
 }
 
 async fn a_message_without_id_gets_a_generated_one(app: TestApp) {

@@ -1,5 +1,5 @@
 //! The append rule in its two languages: `AppendOutcome::plan` (Rust, the memory
-//! store's) and `append_messages` (PL/pgSQL, PostgreSQL's) are fed the same batches and
+//! store's) and `append_messages_v2` (PL/pgSQL, PostgreSQL's) are fed the same batches and
 //! must answer the same seqs, the same "created" flags, the same stored messages and
 //! the same refusal once the process is finished.
 
@@ -23,7 +23,9 @@ enum Step {
 use Step::{Append, Finish};
 
 /// Batches that exercise each clause of the rule: new ids, ids already stored, an id
-/// repeated within a batch, a mix, an empty batch, and each of them after the finish.
+/// repeated within a batch, a mix, an empty batch, and each of them after the finish;
+/// and new batches after each mix, which PostgreSQL first tries as if all new and then
+/// undoes, so that the seqs after it are seen to follow on.
 const CASES: &[&[Step]] = &[
     &[Append(&["a", "b", "c"]), Append(&["d"])],
     &[
@@ -32,6 +34,15 @@ const CASES: &[&[Step]] = &[
         Append(&["a", "c", "b"]),
     ],
     &[Append(&["a", "a", "b", "a"]), Append(&["b", "c", "c"])],
+    &[
+        Append(&["a", "b"]),
+        Append(&["c", "a", "d"]),
+        Append(&["e"]),
+        Append(&["f", "f"]),
+        Append(&["g", "h"]),
+        Append(&["h", "i"]),
+        Append(&["j"]),
+    ],
     &[Append(&[]), Append(&["a"]), Append(&[])],
     &[
         Append(&["a", "b"]),
@@ -120,10 +131,24 @@ async fn plan_and_append_messages_answer_every_batch_alike() {
                 }
             }
             let planned = answer(planned);
-            let stored = answer(store.append(&process, &messages).await);
+            let outcome = store.append(&process, &messages).await;
+            // The bytes the live feed gets are the ones PostgreSQL stored.
+            for message in outcome.iter().flat_map(|o| &o.stored) {
+                let page = store
+                    .read_after(&process, message.seq - 1, message.seq, 1, 1 << 20)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    page.first().map(|m| &m.json),
+                    Some(&message.json),
+                    "case {number}, step {step}: seq {} as stored",
+                    message.seq
+                );
+            }
+            let stored = answer(outcome);
             assert_eq!(
                 stored, planned,
-                "case {number}, step {step}: append_messages and plan disagree"
+                "case {number}, step {step}: append_messages_v2 and plan disagree"
             );
         }
     }

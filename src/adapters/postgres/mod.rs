@@ -1,8 +1,8 @@
 //! [`PostgresStore`]: the store port on PostgreSQL, the source of truth.
 //!
-//! An append is one transaction in one round trip, the `append_messages` function of
-//! `migrations/`: lock the process row (creating it if needed), look up which message
-//! ids are already stored, insert the new ones with the next seqs, move `last_seq`,
+//! An append is one transaction in one round trip, the `append_messages_v2` function of
+//! `migrations/`: lock the process row (creating it if needed) while moving `last_seq`,
+//! insert the messages that are new with the next seqs (a stored id keeps its seq),
 //! commit. Because the row lock is held until commit, concurrent writers to
 //! one process get distinct, gap-free seqs and commit in seq order; so a reader that
 //! sees seq `n` committed knows every seq below it is committed too.
@@ -418,15 +418,29 @@ struct ProcessRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
-/// A row of `append_messages` (see `sql::APPEND`): one per message, in order.
+/// The row of `append_messages_v2` (see `sql::APPEND`).
 #[derive(sqlx::FromRow)]
 struct AppendRow {
-    seq: i64,
-    created: bool,
-    /// The process's status, the same on every row.
+    /// The process's status.
     status: String,
-    /// The new messages' created_at text, the same on every row.
+    /// The new messages' created_at text.
     stamp: String,
+    /// The usual case: every message was new, and took the seqs from this one on.
+    first: Option<i64>,
+    /// Else, per message in order: its seq, and whether this call created it.
+    seqs: Option<Vec<i64>>,
+    created: Option<Vec<bool>>,
+}
+
+impl AppendRow {
+    /// The i-th message's seq and whether this call created it.
+    fn message(&self, i: usize) -> Option<(u64, bool)> {
+        match (self.first, &self.seqs, &self.created) {
+            (Some(first), _, _) => Some((to_seq(first) + i as u64, true)),
+            (None, Some(seqs), Some(created)) => Some((to_seq(*seqs.get(i)?), *created.get(i)?)),
+            _ => None,
+        }
+    }
 }
 
 fn process_info(row: &PgRow) -> Result<ProcessInfo, StoreError> {
@@ -476,30 +490,32 @@ impl MessageStore for PostgresStore {
             .iter()
             .map(|head| std::str::from_utf8(head).map_err(|e| StoreError::Unavailable(e.into())))
             .collect::<Result<_, _>>()?;
-        let rows = sqlx::query_as::<_, AppendRow>(sql::APPEND)
+        let row = sqlx::query_as::<_, AppendRow>(sql::APPEND)
             .bind(process.as_str())
             .bind(&ids)
             .bind(&head_texts)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
-        let Some(first) = rows.first() else {
-            return Ok(AppendOutcome::default());
-        };
-        let status = ProcessStatus::from_stored(&first.status);
+        let status = ProcessStatus::from_stored(&row.status);
         let mut outcome = AppendOutcome::default();
         drop(head_texts);
-        for (row, (message, head)) in rows.iter().zip(messages.iter().zip(heads)) {
-            let seq = to_seq(row.seq);
-            if row.created {
+        for (i, (message, head)) in messages.iter().zip(heads).enumerate() {
+            let (seq, created) = row.message(i).ok_or_else(|| {
+                StoreError::Unavailable(anyhow::anyhow!(
+                    "append_messages_v2 answered no seq for message {i} of {}",
+                    messages.len()
+                ))
+            })?;
+            if created {
                 outcome
                     .stored
-                    .push(StoredMessage::from_head(head, seq, &first.stamp));
+                    .push(StoredMessage::from_head(head, seq, &row.stamp));
             }
             outcome.results.push(Appended {
                 id: message.id.clone(),
                 stream_id: StreamId::message(seq),
-                created: row.created,
+                created,
             });
         }
         // The function stored nothing for a finished process; the rule is `plan`'s.

@@ -11,14 +11,15 @@ pub const SELECT_PROCESS: &str = "\
     SELECT process_id, status, last_seq, created_at, finished_at \
     FROM processes WHERE process_id = $1";
 
-/// An append in one round trip: `append_messages` (defined in `migrations/`) locks the
+/// An append in one round trip: `append_messages_v2` (defined in `migrations/`) locks the
 /// process row, plans seqs as `AppendOutcome::plan` does, completes and inserts the new
-/// messages (adr/0005; the migration's comment says adr/0004, but an applied migration is
-/// never edited: sqlx checks its checksum; a later migration redefines it to lock the
-/// row without writing it, adr/0015). In: process id, message ids, wire JSON
-/// heads. Out, per message in order:
-/// seq, created, and the process's status and the new messages' created_at text.
-pub const APPEND: &str = "SELECT seq, created, status, stamp FROM append_messages($1, $2, $3)";
+/// messages (adr/0005; adr/0020 for this form: the usual case writes the process row once
+/// and inserts with ON CONFLICT instead of probing each id first). In: process id,
+/// message ids, wire JSON heads. Out, one row: the process's status, the new messages'
+/// created_at text, and either `first` (every message new, seqs `first`, `first + 1`, …
+/// in order) or, per message in order, `seqs` and `created`.
+pub const APPEND: &str =
+    "SELECT status, stamp, first, seqs, created FROM append_messages_v2($1, $2, $3)";
 
 /// Finishes a running process; returns nothing when it is unknown or already finished.
 pub const FINISH: &str = "\
