@@ -106,11 +106,10 @@ fn is_follow(response: &Response) -> bool {
 /// A follow's answer compressed by the encoding the client prefers, while the budget
 /// has room (the permit is held until the body is dropped); as it is otherwise.
 fn compress_follow(
-    response: Response,
+    mut response: Response,
     accepted: &HeaderValue,
     compressed_follows: &CompressedFollows,
 ) -> Response {
-    let mut response = response;
     response
         .headers_mut()
         .append(header::VARY, HeaderValue::from_static("accept-encoding"));

@@ -406,6 +406,26 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The values of the counter `name` on the server's `/metrics`, one per value of
+    /// its `outcome` label in `outcomes` (0 for a series not on the page).
+    pub async fn counters<const N: usize>(&self, name: &str, outcomes: [&str; N]) -> [u64; N] {
+        let page = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("a text body");
+        outcomes.map(|outcome| {
+            let series = format!("{name}{{outcome=\"{outcome}\"}} ");
+            page.lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .map_or(0, |value| value.parse().expect("a count"))
+        })
+    }
+
     pub async fn put_process(&self, process: &str) -> reqwest::Response {
         self.http
             .put(self.url(&format!("/processes/{process}")))

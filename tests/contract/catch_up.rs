@@ -41,21 +41,8 @@ fn kib_messages(tag: &str, count: usize) -> Vec<Value> {
 
 /// The catch-up stream counter of the app's `/metrics`, by outcome (ended, stopped).
 async fn streams(app: &TestApp) -> [u64; 2] {
-    let page = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.counters("agent_stream_catch_up_streams_total", ["ended", "stopped"])
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("a text body");
-    ["ended", "stopped"].map(|outcome| {
-        let series = format!("agent_stream_catch_up_streams_total{{outcome=\"{outcome}\"}} ");
-        page.lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .map_or(0, |value| value.parse().expect("a count"))
-    })
 }
 
 async fn a_long_history_is_streamed_and_every_message_arrives_once_in_order(app: TestApp) {

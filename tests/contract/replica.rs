@@ -108,21 +108,11 @@ async fn wait_until_replicated(read_url: &str, process: &str, seq: u64) {
 
 /// The replica read counters, by outcome (replica, completed, fallback).
 async fn replica_reads(app: &TestApp) -> [u64; 3] {
-    let page = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("a text body");
-    ["replica", "completed", "fallback"].map(|outcome| {
-        let series = format!("agent_stream_replica_reads_total{{outcome=\"{outcome}\"}} ");
-        page.lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .map_or(0, |value| value.parse().expect("a count"))
-    })
+    app.counters(
+        "agent_stream_replica_reads_total",
+        ["replica", "completed", "fallback"],
+    )
+    .await
 }
 
 fn grew(before: [u64; 3], after: [u64; 3]) -> [u64; 3] {
