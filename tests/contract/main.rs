@@ -29,6 +29,7 @@ mod metrics;
 mod model;
 mod platform;
 mod ports;
+mod process_row;
 mod processes;
 mod redis_faults;
 mod replica;

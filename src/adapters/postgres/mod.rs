@@ -12,7 +12,7 @@
 
 mod options;
 mod replica;
-mod sql;
+pub mod sql;
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! Every SQL statement agent-stream runs, named. The schema is in `migrations/`.
+//! Every SQL statement agent-stream runs, named. The schema is in `migrations/`. Public
+//! for the tests that hold the statements to the plans they were written for.
 
 /// Registers a process; returns the row only when it was created.
 pub const REGISTER: &str = "\
@@ -49,19 +50,26 @@ pub const STREAM_AFTER: &str = "\
     SELECT seq, body FROM messages WHERE process_id = $1 AND seq > $2 ORDER BY seq";
 
 /// The processes last active, the most recent first: the keyset of
-/// `processes_recent_activity`, so a page reads `$1` index entries whatever the table's
-/// size. `$2`, when not null, limits it to those process ids (a token's).
+/// `processes_recent_activity` (by `updated_second`, the second of `updated_at`), sorted
+/// by `updated_at` within each second as it is read, so a page reads about `$1` index
+/// entries whatever the table's size. `$2`, when not null, limits it to those process
+/// ids (a token's).
 pub const RECENT: &str = "\
     SELECT process_id, status, last_seq, created_at, finished_at, updated_at \
     FROM processes WHERE $2::text[] IS NULL OR process_id = ANY ($2) \
-    ORDER BY updated_at DESC, process_id LIMIT $1";
+    ORDER BY updated_second DESC, updated_at DESC, process_id LIMIT $1";
 
 /// The processes appended to or finished in the last `$1` seconds, the most recent
-/// first, at most `$2`: the keyset of `processes_recent_activity`, for the republisher.
+/// first, at most `$2`, for the republisher: a range of `processes_recent_activity`. The
+/// window is measured from the statement's start (`statement_timestamp()`, stable within
+/// the statement: `clock_timestamp()` is volatile, and a condition on it cannot use the
+/// index, so every sweep read every row of `processes`).
 pub const CHANGED_PROCESSES: &str = "\
-    SELECT process_id, status, last_seq, created_at, finished_at \
-    FROM processes WHERE updated_at > clock_timestamp() - make_interval(secs => $1) \
-    ORDER BY updated_at DESC, process_id LIMIT $2";
+    SELECT process_id, status, last_seq, created_at, finished_at FROM processes \
+    WHERE updated_second >= \
+            date_trunc('second', (statement_timestamp() - make_interval(secs => $1)) AT TIME ZONE 'UTC') \
+        AND updated_at > statement_timestamp() - make_interval(secs => $1) \
+    ORDER BY updated_second DESC, updated_at DESC, process_id LIMIT $2";
 
 /// Takes the republisher lease, `$1` = [`REPUBLISHER_LEASE`], if no other session holds
 /// it: a session-level advisory lock, released when its connection closes.
