@@ -32,8 +32,13 @@ const FLEET: usize = 3;
 /// reports its counts up to 10 s later, so the setup's transactions must not land in
 /// the window).
 const SETTLE: Duration = Duration::from_secs(13);
-/// How long transactions are counted, for each of the two setups.
+/// How long transactions are counted, for each of the two setups, per window.
 const WINDOW: Duration = Duration::from_secs(10);
+/// Windows counted for each setup; the lowest is its rate.
+const WINDOWS: usize = 2;
+/// Attempts at opening a follow that the instance answers 503 (busy), as a client
+/// retries them: a loaded machine opening hundreds at once may see a few.
+const FOLLOW_ATTEMPTS: usize = 20;
 /// The most the fleet may cost PostgreSQL, as a multiple of one instance's cost.
 const MAX_RATIO: f64 = 1.5;
 /// The bound on a lost publish's delay is two sweeps (2 × `--idle-poll`, 1 s) and a
@@ -97,12 +102,18 @@ async fn transactions(connection: &mut sqlx::PgConnection) -> i64 {
 }
 
 /// Transactions per second on the database over [`WINDOW`], less the one the first
-/// reading itself makes.
+/// reading itself makes: the lower of [`WINDOWS`] windows in a row, since the work
+/// being measured is steady and anything else (a setup whose counts PostgreSQL
+/// reported late, on a loaded machine) only adds to a window.
 async fn rate(connection: &mut sqlx::PgConnection) -> f64 {
-    let before = transactions(connection).await;
-    tokio::time::sleep(WINDOW).await;
-    let after = transactions(connection).await;
-    (after - before - 1).max(0) as f64 / WINDOW.as_secs_f64()
+    let mut lowest = f64::MAX;
+    for _ in 0..WINDOWS {
+        let before = transactions(connection).await;
+        tokio::time::sleep(WINDOW).await;
+        let after = transactions(connection).await;
+        lowest = lowest.min((after - before - 1).max(0) as f64 / WINDOW.as_secs_f64());
+    }
+    lowest
 }
 
 /// A follow of `process` (NDJSON) on `base`, read until its end line or until the test
@@ -116,9 +127,28 @@ fn follow(
     let url = format!("{base}/processes/{process}/messages/stream");
     let request = http.get(&url);
     tokio::spawn(async move {
-        let mut response = request.send().await.expect("open a follow");
+        let mut attempts = 1;
+        let mut response = loop {
+            let request = request.try_clone().expect("a GET clones");
+            let response = request.send().await.expect("open a follow");
+            if response.status() != 503 || attempts == FOLLOW_ATTEMPTS {
+                break response;
+            }
+            attempts += 1;
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .map_or(Duration::from_millis(250), Duration::from_secs);
+            tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+        };
         let status = response.status();
-        assert_eq!(status, 200, "{url}: {:?}", response.text().await);
+        assert_eq!(
+            status,
+            200,
+            "{url} (attempt {attempts}): {:?}",
+            response.text().await
+        );
         let mut line = Vec::new();
         while let Ok(Some(chunk)) = response.chunk().await {
             for byte in chunk {
