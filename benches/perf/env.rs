@@ -14,7 +14,18 @@ use crate::usage::{cpu_ticks, tree_cpu_ticks, CpuSnapshot};
 /// cluster's own defaults (fsync and full_page_writes off, for the drills' speed) come
 /// first in its postgresql.conf; the last setting wins.
 pub const PRODUCTION_DURABILITY: &str =
-    "fsync = on\nfull_page_writes = on\nsynchronous_commit = on\n";
+    "fsync = on\nfull_page_writes = on\nsynchronous_commit = on\nmin_wal_size = 1GB\n";
+/// WAL written (and checkpointed) before a scenario measures anything, so that the
+/// scenario's commits go to WAL segments PostgreSQL recycled, as in a server that has
+/// been in service (`min_wal_size` keeps them). A fresh cluster instead makes each new
+/// 16 MB segment as it fills the last, writing it full of zeros and flushing it while
+/// every commit waits (`wal_init_zero`): a stall of up to a few hundred ms on this
+/// machine's disk, which a server in service meets only when its WAL outgrows what it
+/// recycles.
+const WAL_WARM_UP_MIB: i64 = 256;
+/// The warm-up's WAL: messages of 1 MiB written to the WAL alone (no table, no effect),
+/// then a checkpoint, which recycles the segments they filled into the next ones.
+const WAL_WARM_UP: &str = "SELECT count(pg_logical_emit_message(false, 'agent-stream bench: WAL warm-up', repeat('x', 1048576))) FROM generate_series(1, $1)";
 /// Loads `pg_stat_statements`, to count statements.
 const STATEMENT_STATISTICS: &str =
     "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = off\n";
@@ -58,6 +69,15 @@ impl Env {
                 .await
                 .unwrap_or_else(|e| panic!("{statement}: {e}"));
         }
+        sqlx::query(WAL_WARM_UP)
+            .bind(WAL_WARM_UP_MIB)
+            .execute(&db)
+            .await
+            .expect("write the WAL warm-up");
+        sqlx::query("CHECKPOINT")
+            .execute(&db)
+            .await
+            .expect("CHECKPOINT after the WAL warm-up");
         if stats {
             sqlx::query("CREATE EXTENSION pg_stat_statements")
                 .execute(&db)
@@ -94,6 +114,14 @@ impl Env {
         list.lines()
             .filter(|l| !l.trim().is_empty() && !l.contains(&format!("name={BENCH_CLIENT_NAME} ")))
             .count()
+    }
+
+    /// Bytes of WAL PostgreSQL has written so far.
+    pub async fn wal_bytes(&self) -> i64 {
+        sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+            .fetch_one(&self.db)
+            .await
+            .unwrap_or(0)
     }
 
     /// Statements (pg_stat_statements, without the bench's reads of the statistics)

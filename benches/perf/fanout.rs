@@ -182,6 +182,7 @@ async fn idle_followers(env: &Env, report: &mut Report) {
 async fn drive(env: &Env, names: &[String]) -> Load {
     env.reset_statements().await;
     let (pg_start, cpu_start) = (env.pg_counts().await, env.cpu());
+    let wal_start = env.wal_bytes().await;
     let started = tokio::time::Instant::now() + Duration::from_millis(50);
     let redis_peak = Arc::new(AtomicUsize::new(0));
     let monitor = tokio::spawn(watch_redis_clients(env.redis.url(), redis_peak.clone()));
@@ -206,10 +207,12 @@ async fn drive(env: &Env, names: &[String]) -> Load {
     }
     load.elapsed = started.elapsed();
     let (pg_end, cpu_end) = (env.pg_counts().await, env.cpu());
+    let wal = (env.wal_bytes().await - wal_start) as f64 / load.elapsed.as_secs_f64();
     let top = env.top_statements(4).await;
     let (statements, xacts) = pg_start.rates(&pg_end);
     load.usage = format!(
-        "under load: PostgreSQL {statements:.0} statements/s ({xacts:.0} transactions/s), mostly {}; {}",
+        "under load: PostgreSQL {statements:.0} statements/s ({xacts:.0} transactions/s, {:.1} MiB/s of WAL), mostly {}; {}",
+        wal / (1024.0 * 1024.0),
         describe_top(&top, load.elapsed.as_secs_f64()),
         cpu_start.describe(&cpu_end)
     );
