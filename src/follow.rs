@@ -1415,26 +1415,26 @@ mod tests {
         let process = ProcessId::parse("bounded").unwrap();
         history(&store, &process, 300).await;
         let followers = streaming(store.clone(), |_| {});
+        let seqs = |range: std::ops::RangeInclusive<u64>| range.collect::<Vec<_>>();
         for (after, upto, limit, expected, streamed) in [
-            (0, 300, None, 1..=300, true),
-            (50, 250, None, 51..=250, true),
-            (0, 300, Some(120), 1..=120, true),
-            (100, 300, Some(5), 101..=105, false),
-            (290, 300, None, 291..=300, false),
-            (300, 300, None, 1..=0, false),
-            (0, 300, Some(0), 1..=0, false),
+            (0, 300, None, seqs(1..=300), true),
+            (50, 250, None, seqs(51..=250), true),
+            (0, 300, Some(120), seqs(1..=120), true),
+            (100, 300, Some(5), seqs(101..=105), false),
+            (290, 300, None, seqs(291..=300), false),
+            (300, 300, None, vec![], false),
+            (0, 300, Some(0), vec![], false),
         ] {
             let before = crate::sync::lock(&store.streams).len();
             let mut reader = followers.read_history(process.clone(), after, upto, limit);
-            let seqs = read_all(&mut reader).await;
             assert_eq!(
-                seqs,
-                expected.collect::<Vec<_>>(),
+                read_all(&mut reader).await,
+                expected,
                 "{after} {upto} {limit:?}"
             );
             let streams = crate::sync::lock(&store.streams)[before..].to_vec();
-            let expected: Vec<bool> = if streamed { vec![true] } else { vec![] };
-            assert_eq!(streams, expected, "{after} {upto} {limit:?}: streams");
+            let ended: Vec<bool> = if streamed { vec![true] } else { vec![] };
+            assert_eq!(streams, ended, "{after} {upto} {limit:?}: streams");
         }
     }
 
