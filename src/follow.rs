@@ -20,7 +20,8 @@
 //! three held) while one of a few stream slots is free (`FollowConfig::streams`); a
 //! stream whose client leaves it waiting past `stream_stall`, or that lasts past
 //! `stream_time`, gives up its connection, and the follower goes on with pages after
-//! the last message it took (adr/0019).
+//! the last message it took (adr/0019). That reading is one [`HistoryReader`], which the
+//! JSON array snapshot uses too ([`Followers::read_history`], adr/0022).
 //!
 //! With a feed that tells how far its publishing got (Redis) on a store whose instances
 //! elect a republisher (PostgreSQL), a quiet-feed check asks the feed first: when it
