@@ -12,8 +12,9 @@ server's RSS, then opens CLIENTS connections that each ask for
 `GET /processes/{id}/messages?follow=false&limit=10000` and never read a byte, waits
 for the server to settle, and notes its RSS again. The target: 20 unread
 10,000-message snapshots grow RSS by less than 80 MiB. (A snapshot is read from the
-store a page at a time as the client takes it, so an unread one holds about a page;
-before that change each was built whole, 16 MiB here, and held until the write timeout.)
+store as a follow catches up, as the client takes it (adr/0022), so an unread one holds
+a few stream batches or two pages; before adr/0006 each was built whole, 16 MiB here,
+and held until the write timeout.)
 """
 
 import json

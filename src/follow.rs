@@ -20,7 +20,8 @@
 //! three held) while one of a few stream slots is free (`FollowConfig::streams`); a
 //! stream whose client leaves it waiting past `stream_stall`, or that lasts past
 //! `stream_time`, gives up its connection, and the follower goes on with pages after
-//! the last message it took (adr/0019).
+//! the last message it took (adr/0019). That reading is one [`HistoryReader`], which the
+//! JSON array snapshot uses too ([`Followers::read_history`], adr/0022).
 //!
 //! With a feed that tells how far its publishing got (Redis) on a store whose instances
 //! elect a republisher (PostgreSQL), a quiet-feed check asks the feed first: when it
@@ -173,6 +174,11 @@ pub const CATCH_UP_BATCH_BYTES: usize = 64 * 1024;
 pub const CATCH_UP_STREAM_STALL: Duration = Duration::from_secs(1);
 /// Default of [`FollowConfig::stream_time`].
 pub const CATCH_UP_STREAM_TIME: Duration = Duration::from_secs(10);
+/// A follower's first wait before it reads the store again after a read that failed.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between a follower's reads while the store is unavailable: when
+/// the store is back, followers go on within it.
+const LAST_BACKOFF: Duration = Duration::from_secs(1);
 /// Default of `--idle-poll`.
 pub const IDLE_POLL: &str = "1s";
 /// Default of `--degraded-poll`.
@@ -246,10 +252,8 @@ impl Followers {
             },
             mode: Mode::CatchUp,
             catch_up: CatchUp {
-                page: self.config.catch_up_page,
-                ahead: None,
-                stream: None,
-                streamed: false,
+                reader: None,
+                backoff: FIRST_BACKOFF,
             },
             listening: Listening {
                 subscription,
@@ -263,6 +267,27 @@ impl Followers {
         futures::stream::unfold(follower, |mut follower| async move {
             follower.next().await.map(|event| (event, follower))
         })
+    }
+
+    /// Reads `process`'s messages after `after` up to `upto` (its last seq when the
+    /// caller looked), at most `limit`, as a follow catches up: what a snapshot reads.
+    /// Unlike a follower, its caller sees a read that fails; and a reading that is not
+    /// a follow's goes on through the instance's shutdown, as any request does, within
+    /// the shutdown's grace.
+    pub fn read_history(
+        self: &Arc<Self>,
+        process: ProcessId,
+        after: u64,
+        upto: u64,
+        limit: Option<usize>,
+    ) -> HistoryReader {
+        HistoryReader::new(
+            self.clone(),
+            process,
+            (after, upto, upto),
+            limit,
+            CancellationToken::new(),
+        )
     }
 }
 
@@ -319,7 +344,7 @@ impl StatusCache {
 }
 
 enum Mode {
-    /// Reading pages from the store until a short page.
+    /// Reading the store (a [`HistoryReader`]) until it gave everything committed.
     CatchUp,
     /// Waiting on the feed, and on the status check under way, if any.
     Live,
@@ -371,24 +396,60 @@ impl Progress {
     }
 }
 
-/// How a follower reads the store while catching up: one stream of the store's while
-/// a stream slot is free and the history is longer than a page, else (or after a
-/// stream that stopped early) pages: the size of its next page, and that page, read
-/// ahead while the one before is delivered.
+/// A follower's catch-up: its reading of the store, and how long it waits before asking
+/// again after a read that failed.
 struct CatchUp {
-    /// Messages the next catch-up read asks for: grows while pages come back full.
-    page: usize,
-    /// The next catch-up page, being read.
-    ahead: Option<ReadAhead>,
-    /// The catch-up stream under way, if any.
-    stream: Option<StreamRead>,
-    /// Whether this catch-up had its stream: one that stopped early is not started
-    /// again (its client is slow), the rest comes in pages.
-    streamed: bool,
+    /// This catch-up's reading of the store, from where the follower got to when it
+    /// began; `None` while live.
+    reader: Option<HistoryReader>,
+    /// The wait before the next read after one that failed: doubles while the store
+    /// stays unavailable.
+    backoff: Duration,
 }
 
-/// A catch-up read as one stream of the store's ([`MessageStore::stream_after`]), in a
-/// task of its own that puts batches into a queue of one as the follower takes them.
+/// One reading of a process's stored history after a seq, as a follower's catch-up and
+/// a snapshot make it (adr/0019, adr/0022). While the history left is longer than a
+/// first page and one of the followers' stream slots and a read permit are free, one
+/// stream of the store's (one query whose rows are read as the caller takes them, in
+/// batches, at most three held); else pages, that grow while they come back full, the
+/// next one read while the one before goes out (at most two held). A stream that
+/// stopped early (its caller left it waiting past `stream_stall`, or it lasted past
+/// `stream_time`, or it failed) gives up its connection, and the reading goes on with
+/// pages after the last message it gave.
+///
+/// A read that fails is answered as the error, and the reader stays where it was:
+/// asking again reads again. So each caller decides what a failure means: a follower
+/// waits for the store and asks again, a snapshot fails (a 503 before its head went
+/// out, a body cut short after).
+pub struct HistoryReader {
+    shared: Arc<Followers>,
+    process: ProcessId,
+    /// The seq of the last message given (or the cursor's).
+    after: u64,
+    /// The highest seq known to be committed: a page that ends below it has more after
+    /// it, and a store reading from a lagging replica completes it from the primary.
+    known: u64,
+    /// The last seq to give (`u64::MAX`: no bound, a follower's).
+    upto: u64,
+    /// Messages still to give, at most (a snapshot's `limit`).
+    left: usize,
+    /// Messages the next page asks for: grows while pages come back full.
+    page: usize,
+    /// The next page, being read.
+    ahead: Option<ReadAhead>,
+    /// The stream under way, if any.
+    stream: Option<StreamRead>,
+    /// Whether the reading chose between a stream and pages: it does once, so a stream
+    /// that stopped early (its caller is slow) is not started again.
+    chosen: bool,
+    /// Every message wanted was given.
+    finished: bool,
+    /// Cancels the reads under way: a follower's shutdown.
+    cancel: CancellationToken,
+}
+
+/// A reading of the store as one stream of the store's ([`MessageStore::stream_after`]),
+/// in a task of its own that puts batches into a queue of one as the reader takes them.
 struct StreamRead {
     batches: mpsc::Receiver<Vec<StoredMessage>>,
     /// Whether the store got to the end; `None` if it failed (or was cancelled).
@@ -397,14 +458,224 @@ struct StreamRead {
     _cancel: DropGuard,
 }
 
-/// The next catch-up page, read while the one before is delivered.
+/// The next page, read while the one before goes out.
 struct ReadAhead {
-    /// The seq the page starts after, and the messages it asks for.
-    after: u64,
+    /// The messages it asks for.
     limit: usize,
-    page: JoinHandle<Option<Vec<StoredMessage>>>,
+    page: JoinHandle<Result<Vec<StoredMessage>, StoreError>>,
     /// Cancels the read once nobody waits for it.
     _cancel: DropGuard,
+}
+
+impl HistoryReader {
+    /// `process`'s messages after `after`, up to `upto` and at most `limit`, the seqs up
+    /// to `known` known to be committed. Reads nothing until asked.
+    fn new(
+        shared: Arc<Followers>,
+        process: ProcessId,
+        (after, known, upto): (u64, u64, u64),
+        limit: Option<usize>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let left = limit.unwrap_or(usize::MAX);
+        Self {
+            page: shared.config.catch_up_page.max(1),
+            shared,
+            process,
+            after,
+            known,
+            upto,
+            left,
+            ahead: None,
+            stream: None,
+            chosen: false,
+            finished: left == 0 || after >= upto,
+            cancel,
+        }
+    }
+
+    /// Whether every message wanted was given: [`Self::next_batch`] would answer `None`
+    /// without reading.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next messages, in seq order (never none); `None` once every message wanted
+    /// was given. A read that failed is the error, and asking again reads again.
+    ///
+    /// Not cancel-safe: a call dropped halfway may lose a batch, so drop the reader
+    /// with it.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            if !self.chosen {
+                self.chosen = true;
+                self.start_stream();
+            }
+            let batch = if self.stream.is_some() {
+                self.next_streamed().await
+            } else {
+                self.next_page().await?
+            };
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// The last seq wanted: `upto`, or sooner the `limit`'s last (seqs are gap-free).
+    fn last_wanted(&self) -> u64 {
+        let by_limit = u64::try_from(self.left).unwrap_or(u64::MAX);
+        self.upto.min(self.after.saturating_add(by_limit))
+    }
+
+    /// What of `batch` is given: past the last message given, up to the last one wanted.
+    /// Moves the reading on, and finishes it at its bound.
+    fn give(&mut self, batch: Vec<StoredMessage>) -> Vec<StoredMessage> {
+        let (after, upto) = (self.after, self.upto);
+        let given: Vec<StoredMessage> = batch
+            .into_iter()
+            .skip_while(|message| message.seq <= after)
+            .take_while(|message| message.seq <= upto)
+            .take(self.left)
+            .collect();
+        self.left -= given.len();
+        if let Some(last) = given.last() {
+            self.after = last.seq;
+        }
+        self.finished |= self.left == 0 || self.after >= self.upto;
+        given
+    }
+
+    /// Starts the stream, if the history wanted is longer than a first page and a
+    /// stream slot and a read permit are free (a stream holds both until it ends); else
+    /// the reading goes in pages.
+    fn start_stream(&mut self) {
+        let shared = &self.shared;
+        let wanted = self.last_wanted().min(self.known);
+        if wanted.saturating_sub(self.after) <= shared.config.catch_up_page as u64 {
+            return;
+        }
+        let Ok(slot) = shared.streams.clone().try_acquire_owned() else {
+            return;
+        };
+        let Ok(read) = shared.reads.clone().try_acquire_owned() else {
+            return;
+        };
+        let config = &shared.config;
+        let batch_bytes = CATCH_UP_BATCH_BYTES.min(config.catch_up_page_bytes);
+        let until = Instant::now() + config.stream_time;
+        let (sink, batches) = MessageSink::new(batch_bytes, config.stream_stall, until);
+        let cancel = self.cancel.child_token();
+        let (shared, process, stop) = (shared.clone(), self.process.clone(), cancel.clone());
+        let (after, known, upto) = (self.after, self.known, self.last_wanted());
+        let ended = tokio::spawn(async move {
+            let _held = (slot, read);
+            let (store, page) = (&shared.store, shared.config.catch_up_page);
+            let streamed = tokio::select! {
+                _ = stop.cancelled() => return None,
+                streamed = store.stream_after(&process, after, known, upto, page, &sink) =>
+                    streamed,
+            };
+            match streamed {
+                Ok(to_the_end) => Some(to_the_end),
+                Err(error) => {
+                    tracing::debug!(%process, error = format!("{:#}", anyhow::Error::new(error)),
+                        "a catch-up stream failed: going on with pages");
+                    None
+                }
+            }
+        });
+        self.stream = Some(StreamRead {
+            batches,
+            ended,
+            _cancel: cancel.drop_guard(),
+        });
+    }
+
+    /// What the stream's next batch gives. Once the stream ended, nothing, and the
+    /// reading is finished if the store got to the end, else it goes on with pages after
+    /// the last message given.
+    async fn next_streamed(&mut self) -> Vec<StoredMessage> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Vec::new();
+        };
+        let batch = stream.batches.recv().await;
+        let stream_ended = batch.is_none();
+        let given = batch.map_or_else(Vec::new, |batch| {
+            metrics::catch_up_page(batch.len());
+            self.give(batch)
+        });
+        if stream_ended || self.finished {
+            // At the last message wanted, the store's stream ends too: it is waited for,
+            // so that its connection goes back to the pool rather than being closed.
+            let ended = match self.stream.take() {
+                Some(stream) => stream.ended.await.ok().flatten(),
+                None => None,
+            };
+            let to_the_end = self.finished || (ended == Some(true) && self.after >= self.known);
+            metrics::catch_up_stream(to_the_end);
+            self.finished = to_the_end;
+        }
+        given
+    }
+
+    /// The next page: the one read ahead, or one read now. A page cut short by its bytes
+    /// still has more after it, and so does one that ends below a seq known to be
+    /// committed: the page after it is read while this one goes out. An empty page, or a
+    /// short one that reaches `known`, finishes the reading.
+    async fn next_page(&mut self) -> Result<Vec<StoredMessage>, StoreError> {
+        let ahead = match &mut self.ahead {
+            Some(ahead) => ahead,
+            None => self.ahead.insert(self.read_page()),
+        };
+        let (page, limit) = ((&mut ahead.page).await, ahead.limit);
+        self.ahead = None;
+        let page = page.map_err(|error| StoreError::Unavailable(error.into()))??;
+        metrics::catch_up_page(page.len());
+        let full = page.len() >= limit;
+        let page = self.give(page);
+        match page.last().map(|message| message.seq) {
+            Some(last) if !self.finished && (full || last < self.known) => {
+                if full {
+                    self.page = grown_page(self.page, self.shared.config.catch_up_page);
+                }
+                self.ahead = Some(self.read_page());
+            }
+            _ => self.finished = true,
+        }
+        Ok(page)
+    }
+
+    /// Starts reading the page after the last message given, in a task of its own that
+    /// holds one of the followers' read permits while it reads, so that the store's
+    /// round trip overlaps the delivery of the page before.
+    fn read_page(&self) -> ReadAhead {
+        let cancel = self.cancel.child_token();
+        let (shared, process, stop) = (self.shared.clone(), self.process.clone(), cancel.clone());
+        let wanted = usize::try_from(self.last_wanted() - self.after).unwrap_or(usize::MAX);
+        let (after, known, limit) = (self.after, self.known, self.page.min(wanted).max(1));
+        let page = tokio::spawn(async move {
+            let (store, max_bytes) = (&shared.store, shared.config.catch_up_page_bytes);
+            tokio::select! {
+                _ = stop.cancelled() => Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "the read was cancelled"
+                ))),
+                page = async {
+                    // The semaphore is never closed.
+                    let _permit = shared.reads.acquire().await;
+                    store.read_after(&process, after, known, limit, max_bytes).await
+                } => page,
+            }
+        });
+        ReadAhead {
+            limit,
+            page,
+            _cancel: cancel.drop_guard(),
+        }
+    }
 }
 
 /// What a follower listens to while live: the feed, and the status checks that stand
@@ -443,50 +714,11 @@ impl Follower {
             if self.shutdown.is_cancelled() {
                 return None;
             }
-            let catching_up = matches!(self.mode, Mode::CatchUp);
-            if catching_up && (self.catch_up.stream.is_some() || self.start_stream()) {
-                if self.next_streamed().await.is_break() {
-                    return None;
-                }
-                continue;
-            }
             match self.mode {
                 Mode::CatchUp => {
-                    let (store, process) = (&self.shared.store, &self.process);
-                    let (after, known) = (self.progress.delivered, self.progress.committed);
-                    let config = &self.shared.config;
-                    let (limit, max_bytes) =
-                        (self.catch_up.page.max(1), config.catch_up_page_bytes);
-                    let ahead = match self.catch_up.ahead.take() {
-                        Some(ahead) if ahead.after == after && ahead.limit == limit => {
-                            ahead.page.await.ok()
-                        }
-                        _ => None,
-                    };
-                    let page = match ahead {
-                        Some(page) => page?,
-                        None => {
-                            retry(&self.shutdown, &self.shared.reads, || {
-                                store.read_after(process, after, known, limit, max_bytes)
-                            })
-                            .await?
-                        }
-                    };
-                    metrics::catch_up_page(page.len());
-                    // A page cut short by its bytes still has more after it, and so
-                    // does one that ends below a seq known to be committed.
-                    let (first, full) = (config.catch_up_page, page.len() >= limit);
-                    match page.last().map(|last| last.seq) {
-                        Some(last) if full || last < self.progress.committed => {
-                            if full {
-                                self.catch_up.page = grown_page(limit, first);
-                            }
-                            // The next page is read while this one goes out.
-                            self.read_ahead(last);
-                        }
-                        _ => self.caught_up(),
+                    if self.catch_up_more().await.is_break() {
+                        return None;
                     }
-                    self.progress.pending.extend(page);
                 }
                 Mode::Live => {
                     if self.wait_live().await.is_break() {
@@ -498,112 +730,57 @@ impl Follower {
         }
     }
 
-    /// Caught up: whether the process is finished decides what next.
-    fn caught_up(&mut self) {
-        self.check_status(Freshness::Fresh);
-        self.mode = Mode::Live;
-        self.catch_up.page = self.shared.config.catch_up_page;
-        self.catch_up.streamed = false;
-    }
-
-    /// Starts this catch-up's stream, if it has not had one, the history left is longer
-    /// than a first page, and a stream slot and a read permit are free (a stream holds
-    /// both until it ends); else the catch-up reads pages. Whether it started.
-    fn start_stream(&mut self) -> bool {
-        let shared = &self.shared;
-        let (after, known) = (self.progress.delivered, self.progress.committed);
-        let long = known.saturating_sub(after) > shared.config.catch_up_page as u64;
-        if self.catch_up.streamed || self.catch_up.ahead.is_some() || !long {
-            return false;
-        }
-        let Ok(slot) = shared.streams.clone().try_acquire_owned() else {
-            return false;
-        };
-        let Ok(read) = shared.reads.clone().try_acquire_owned() else {
-            return false;
-        };
-        let config = &shared.config;
-        let batch_bytes = CATCH_UP_BATCH_BYTES.min(config.catch_up_page_bytes);
-        let until = Instant::now() + config.stream_time;
-        let (sink, batches) = MessageSink::new(batch_bytes, config.stream_stall, until);
-        let cancel = self.shutdown.child_token();
-        let (shared, process, stop) = (shared.clone(), self.process.clone(), cancel.clone());
-        let ended = tokio::spawn(async move {
-            let _held = (slot, read);
-            let (store, page) = (&shared.store, shared.config.catch_up_page);
-            let streamed = tokio::select! {
-                _ = stop.cancelled() => return None,
-                streamed = store.stream_after(&process, after, known, page, &sink) => streamed,
-            };
-            match streamed {
-                Ok(to_the_end) => Some(to_the_end),
-                Err(error) => {
-                    tracing::debug!(%process, error = format!("{:#}", anyhow::Error::new(error)),
-                        "a catch-up stream failed: going on with pages");
-                    None
-                }
-            }
-        });
-        self.catch_up.streamed = true;
-        self.catch_up.stream = Some(StreamRead {
-            batches,
-            ended,
-            _cancel: cancel.drop_guard(),
-        });
-        true
-    }
-
-    /// Takes the stream's next batch; once it ends, the follower is caught up if the
-    /// store got to the end, else it goes on with pages after the last message it took.
-    /// Stops on shutdown.
-    async fn next_streamed(&mut self) -> ControlFlow<()> {
-        let Some(stream) = self.catch_up.stream.as_mut() else {
-            return ControlFlow::Continue(());
+    /// Takes the catch-up's next messages from the store (its reading starts where the
+    /// follower got to), and is caught up once the reading gave every one. A read that
+    /// failed is asked again after a backoff: a follower waits for the store rather
+    /// than failing. Stops on shutdown.
+    async fn catch_up_more(&mut self) -> ControlFlow<()> {
+        let reader = match &mut self.catch_up.reader {
+            Some(reader) => reader,
+            None => self.catch_up.reader.insert(HistoryReader::new(
+                self.shared.clone(),
+                self.process.clone(),
+                (self.progress.delivered, self.progress.committed, u64::MAX),
+                None,
+                self.shutdown.child_token(),
+            )),
         };
         let batch = tokio::select! {
             _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
-            batch = stream.batches.recv() => batch,
+            batch = reader.next_batch() => batch,
         };
-        if let Some(batch) = batch {
-            metrics::catch_up_page(batch.len());
-            let delivered = self.progress.delivered;
-            let batch = batch.into_iter().filter(|message| message.seq > delivered);
-            self.progress.pending.extend(batch);
-            return ControlFlow::Continue(());
-        }
-        let ended = match self.catch_up.stream.take() {
-            Some(stream) => stream.ended.await.ok().flatten(),
-            None => None,
-        };
-        let to_the_end = ended == Some(true) && self.progress.delivered >= self.progress.committed;
-        metrics::catch_up_stream(to_the_end);
-        if to_the_end {
-            self.caught_up();
+        match batch {
+            Ok(Some(batch)) => {
+                let finished = reader.finished();
+                self.catch_up.backoff = FIRST_BACKOFF;
+                self.progress.pending.extend(batch);
+                // The status check goes while the last messages go out.
+                if finished {
+                    self.caught_up();
+                }
+            }
+            Ok(None) => self.caught_up(),
+            Err(error) => {
+                // The store's outage itself is logged once, where it is tracked.
+                let retry_in = self.catch_up.backoff;
+                tracing::debug!(process = %self.process, ?retry_in,
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "a follower could not read the store");
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                    _ = tokio::time::sleep(retry_in) => {}
+                }
+                self.catch_up.backoff = (retry_in * 2).min(LAST_BACKOFF);
+            }
         }
         ControlFlow::Continue(())
     }
 
-    /// Starts reading the catch-up page after `after` in a task of its own (replacing
-    /// one under way), so that the store's round trip overlaps the delivery of the page
-    /// before: a follower holds at most two pages.
-    fn read_ahead(&mut self, after: u64) {
-        let cancel = self.shutdown.child_token();
-        let (shared, process) = (self.shared.clone(), self.process.clone());
-        let (known, limit) = (self.progress.committed, self.catch_up.page.max(1));
-        let stop = cancel.clone();
-        let page = tokio::spawn(async move {
-            let (store, max_bytes) = (&shared.store, shared.config.catch_up_page_bytes);
-            retry(&stop, &shared.reads, || {
-                store.read_after(&process, after, known, limit, max_bytes)
-            })
-            .await
-        });
-        self.catch_up.ahead = Some(ReadAhead {
-            after,
-            limit,
-            page,
-            _cancel: cancel.drop_guard(),
-        });
+    /// Caught up: whether the process is finished decides what next.
+    fn caught_up(&mut self) {
+        self.check_status(Freshness::Fresh);
+        self.mode = Mode::Live;
+        self.catch_up.reader = None;
     }
 
     /// Starts a check of how far the process goes and whether it is finished (replacing
@@ -739,7 +916,7 @@ impl Follower {
 
 /// The size of the catch-up page after a full one of `limit` messages: twice as many,
 /// up to [`CATCH_UP_GROWTH`] times the first page.
-pub fn grown_page(limit: usize, first: usize) -> usize {
+fn grown_page(limit: usize, first: usize) -> usize {
     limit
         .saturating_mul(2)
         .min(first.max(1).saturating_mul(CATCH_UP_GROWTH))
@@ -823,7 +1000,7 @@ async fn retry<'a, T>(
     reads: &Semaphore,
     mut call: impl FnMut() -> BoxFuture<'a, Result<T, StoreError>>,
 ) -> Option<T> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -843,8 +1020,7 @@ async fn retry<'a, T>(
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                // Capped at a second: when the store is back, followers go on within it.
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(LAST_BACKOFF);
             }
         }
     }
@@ -873,6 +1049,8 @@ mod tests {
         most_streams: AtomicUsize,
         /// How each catch-up stream ended: to the end, or stopped.
         streams: Mutex<Vec<bool>>,
+        /// Whether reads of messages fail, as from a store that is down.
+        failing: std::sync::atomic::AtomicBool,
     }
 
     impl Counting {
@@ -884,7 +1062,20 @@ mod tests {
                 streaming: AtomicUsize::new(0),
                 most_streams: AtomicUsize::new(0),
                 streams: Mutex::new(Vec::new()),
+                failing: std::sync::atomic::AtomicBool::new(false),
             })
+        }
+    }
+
+    impl Counting {
+        /// A read's failure while the store is `failing`.
+        fn down(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "the store is down"
+                )));
+            }
+            Ok(())
         }
     }
 
@@ -1007,6 +1198,7 @@ mod tests {
             limit: usize,
             max_bytes: usize,
         ) -> Result<Vec<StoredMessage>, StoreError> {
+            self.down()?;
             self.inner
                 .read_after(process, after, known, limit, max_bytes)
                 .await
@@ -1016,14 +1208,16 @@ mod tests {
             process: &ProcessId,
             after: u64,
             known: u64,
+            upto: u64,
             page: usize,
             sink: &MessageSink,
         ) -> Result<bool, StoreError> {
+            self.down()?;
             let now = self.streaming.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_streams.fetch_max(now, Ordering::SeqCst);
             let streamed = self
                 .inner
-                .stream_after(process, after, known, page, sink)
+                .stream_after(process, after, known, upto, page, sink)
                 .await;
             self.streaming.fetch_sub(1, Ordering::SeqCst);
             if let Ok(to_the_end) = streamed {
@@ -1193,5 +1387,120 @@ mod tests {
             assert_eq!(*seqs, (1..=300).collect::<Vec<_>>());
         }
         assert!(store.most_streams.load(Ordering::SeqCst) <= 2);
+    }
+
+    /// Every message `reader` gives, to its end; their seqs.
+    async fn read_all(reader: &mut HistoryReader) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for _ in 0..10_000 {
+            let batch = tokio::time::timeout(Duration::from_secs(60), reader.next_batch())
+                .await
+                .expect("a batch in a minute")
+                .expect("the store answers");
+            let Some(batch) = batch else {
+                assert!(reader.finished());
+                return seqs;
+            };
+            assert!(!batch.is_empty(), "a batch has messages");
+            seqs.extend(batch.iter().map(|message| message.seq));
+        }
+        panic!("no end after 10,000 batches");
+    }
+
+    /// A snapshot's reading gives exactly the messages after its cursor up to its last
+    /// seq and within its limit, whether it is long enough to stream or read in pages;
+    /// a stream ends at that bound (to its end: its connection would go back to the pool).
+    #[tokio::test(start_paused = true)]
+    async fn a_history_reading_stops_exactly_at_its_last_seq_and_its_limit_streamed_or_in_pages() {
+        let store = Counting::new(false);
+        let process = ProcessId::parse("bounded").unwrap();
+        history(&store, &process, 300).await;
+        let followers = streaming(store.clone(), |_| {});
+        let seqs = |range: std::ops::RangeInclusive<u64>| range.collect::<Vec<_>>();
+        for (after, upto, limit, expected, streamed) in [
+            (0, 300, None, seqs(1..=300), true),
+            (50, 250, None, seqs(51..=250), true),
+            (0, 300, Some(120), seqs(1..=120), true),
+            (100, 300, Some(5), seqs(101..=105), false),
+            (290, 300, None, seqs(291..=300), false),
+            (300, 300, None, vec![], false),
+            (0, 300, Some(0), vec![], false),
+        ] {
+            let before = crate::sync::lock(&store.streams).len();
+            let mut reader = followers.read_history(process.clone(), after, upto, limit);
+            assert_eq!(
+                read_all(&mut reader).await,
+                expected,
+                "{after} {upto} {limit:?}"
+            );
+            let streams = crate::sync::lock(&store.streams)[before..].to_vec();
+            let ended: Vec<bool> = if streamed { vec![true] } else { vec![] };
+            assert_eq!(streams, ended, "{after} {upto} {limit:?}: streams");
+        }
+    }
+
+    /// A reading past the stream cap reads pages, and gives as much.
+    #[tokio::test(start_paused = true)]
+    async fn a_history_reading_past_the_stream_cap_reads_pages_and_gives_every_message() {
+        let store = Counting::new(false);
+        let process = ProcessId::parse("capped").unwrap();
+        history(&store, &process, 300).await;
+        let followers = streaming(store.clone(), |config| config.streams = 1);
+        let mut holding = followers.read_history(process.clone(), 0, 300, None);
+        let first = holding.next_batch().await.unwrap().unwrap();
+        assert_eq!(
+            store.streaming.load(Ordering::SeqCst),
+            1,
+            "a stream holds the slot"
+        );
+
+        let mut paged = followers.read_history(process.clone(), 0, 300, None);
+        assert_eq!(read_all(&mut paged).await, (1..=300).collect::<Vec<_>>());
+        assert!(
+            crate::sync::lock(&store.streams).is_empty(),
+            "no stream ended: the second reading read pages"
+        );
+        assert_eq!(store.most_streams.load(Ordering::SeqCst), 1);
+
+        let mut seqs: Vec<u64> = first.iter().map(|message| message.seq).collect();
+        seqs.extend(read_all(&mut holding).await);
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    }
+
+    /// A reading answers a read that failed (a snapshot makes it a 503), stays where it
+    /// was, and reads again when asked; a follower waits for the store instead, and
+    /// gets every message once it is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_history_reading_answers_a_failed_read_and_a_follower_waits_for_the_store() {
+        let store = Counting::new(false);
+        let process = ProcessId::parse("down").unwrap();
+        history(&store, &process, 300).await;
+        let followers = streaming(store.clone(), |_| {});
+
+        store.failing.store(true, Ordering::SeqCst);
+        let mut reader = followers.read_history(process.clone(), 0, 300, None);
+        assert!(
+            reader.next_batch().await.is_err(),
+            "the failure is answered"
+        );
+        assert!(
+            reader.next_batch().await.is_err(),
+            "and again while it lasts"
+        );
+        store.failing.store(false, Ordering::SeqCst);
+        assert_eq!(read_all(&mut reader).await, (1..=300).collect::<Vec<_>>());
+
+        store.failing.store(true, Ordering::SeqCst);
+        let mut follow = Box::pin(followers.follow(process, Cursor::default(), 300));
+        let waited = tokio::time::timeout(Duration::from_secs(3), follow.next()).await;
+        assert!(
+            waited.is_err(),
+            "nothing while the store is down, and no end"
+        );
+        store.failing.store(false, Ordering::SeqCst);
+        assert_eq!(
+            take(&mut follow, usize::MAX).await,
+            (1..=300).collect::<Vec<_>>()
+        );
     }
 }

@@ -34,12 +34,13 @@ pub const FOLLOWS_DEGRADED: &str = "agent_stream_follows_degraded";
 pub const MESSAGES_DELIVERED: &str = "agent_stream_messages_delivered_total";
 /// Histogram: seconds from a message's commit to a follower receiving it live.
 pub const DELIVERY_DELAY: &str = "agent_stream_delivery_delay_seconds";
-/// Counter: pages of messages followers read from the store.
+/// Counter: pages of messages (or batches of a stream) followers and snapshots read from
+/// the store.
 pub const CATCH_UP_PAGES: &str = "agent_stream_catch_up_pages_total";
 /// Counter: messages in those pages.
 pub const CATCH_UP_MESSAGES: &str = "agent_stream_catch_up_messages_total";
-/// Counter `{outcome}`: catch-ups read as one stream of the store's: `ended` (to the
-/// end), `stopped` (gave up early: a slow client, the stream's time, a store error;
+/// Counter `{outcome}`: catch-ups and snapshots read as one stream of the store's:
+/// `ended` (to the end), `stopped` (gave up early: a slow client, the stream's time, a store error;
 /// the rest came in pages).
 pub const CATCH_UP_STREAMS: &str = "agent_stream_catch_up_streams_total";
 /// Counter: gaps in the live feed that followers filled from the store.
@@ -147,14 +148,17 @@ fn describe() {
     );
     describe_counter!(
         CATCH_UP_PAGES,
-        "Pages of messages followers read from the store (each follow's first read, gap fills, \
-            lag, polls)."
+        "Pages of messages followers and snapshots read from the store (each follow's first read, \
+            gap fills, lag, polls, snapshots)."
     );
-    describe_counter!(CATCH_UP_MESSAGES, "Messages followers read from the store.");
+    describe_counter!(
+        CATCH_UP_MESSAGES,
+        "Messages followers and snapshots read from the store."
+    );
     describe_counter!(
         CATCH_UP_STREAMS,
-        "Catch-ups read as one stream of the store's, by outcome: ended, or stopped early (the \
-            rest in pages)."
+        "Catch-ups and snapshots read as one stream of the store's, by outcome: ended, or \
+            stopped early (the rest in pages)."
     );
     describe_counter!(
         GAP_FILLS,
@@ -342,13 +346,14 @@ pub fn created_at(json: &[u8]) -> Option<DateTime<Utc>> {
         .map(|time| time.with_timezone(&Utc))
 }
 
-/// A follower read a page of `messages` from the store.
+/// A follower or a snapshot read a page (or a stream's batch) of `messages` from the
+/// store.
 pub fn catch_up_page(messages: usize) {
     ::metrics::counter!(CATCH_UP_PAGES).increment(1);
     ::metrics::counter!(CATCH_UP_MESSAGES).increment(messages as u64);
 }
 
-/// A follower's catch-up stream ended: `to_the_end`, or stopped early.
+/// A catch-up stream (a follower's or a snapshot's) ended: `to_the_end`, or stopped early.
 pub fn catch_up_stream(to_the_end: bool) {
     let outcome = if to_the_end { "ended" } else { "stopped" };
     ::metrics::counter!(CATCH_UP_STREAMS, "outcome" => outcome).increment(1);

@@ -1,5 +1,6 @@
-//! `catchup`: a follow from the start to its last byte beside one SELECT of the same
-//! rows, and the server's memory while 100 followers catch up at once.
+//! `catchup`: a follow from the start to its last byte, and the JSON array snapshot of
+//! the same history, beside one SELECT of the same rows; and the server's memory while
+//! 100 followers catch up at once.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -128,6 +129,88 @@ pub fn verify_ndjson(body: &[u8], count: u64) -> Result<(), String> {
     }
 }
 
+/// What a JSON array snapshot got.
+#[derive(Debug)]
+pub struct ArrayRead {
+    /// Time from the request's first byte to the response's last.
+    pub elapsed: Duration,
+    pub bytes: u64,
+    /// Every byte, when kept.
+    pub body: Option<Vec<u8>>,
+}
+
+/// `GET /processes/{name}/messages` with no `Accept` (the JSON array of every message),
+/// read to the last byte.
+pub async fn read_array(port: u16, name: &str, keep: bool) -> io::Result<ArrayRead> {
+    let mut stream = connect(port).await?;
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!("GET /processes/{name}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::with_capacity(64 * 1024);
+    let head = read_head(&mut stream, &mut raw).await?;
+    if head.status != 200 {
+        return Err(io_error(format!("snapshot answered {}", head.status)));
+    }
+    let mut chunked = Chunked::default();
+    let mut data = Vec::with_capacity(64 * 1024);
+    let mut kept = Vec::new();
+    let mut bytes = 0u64;
+    loop {
+        if head.chunked {
+            chunked.decode(&mut raw, &mut data)?;
+        } else {
+            data.append(&mut raw);
+        }
+        bytes += data.len() as u64;
+        if keep {
+            kept.extend_from_slice(&data);
+        }
+        data.clear();
+        let done = if head.chunked {
+            chunked.done()
+        } else {
+            head.content_length
+                .is_some_and(|length| bytes >= length as u64)
+        };
+        if done {
+            break;
+        }
+        if raw.capacity() - raw.len() < 16 * 1024 {
+            raw.reserve(64 * 1024);
+        }
+        if stream.read_buf(&mut raw).await? == 0 {
+            return Err(io_error("the response ended before its last byte"));
+        }
+    }
+    Ok(ArrayRead {
+        elapsed: started.elapsed(),
+        bytes,
+        body: keep.then_some(kept),
+    })
+}
+
+/// One JSON array of the messages with seq 1, 2, … `count`.
+pub fn verify_array(body: &[u8], count: u64) -> Result<(), String> {
+    let messages: Vec<serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON array: {e}"))?;
+    if messages.len() as u64 != count {
+        return Err(format!("{} messages, expected {count}", messages.len()));
+    }
+    for (expected, message) in (1..=count).zip(&messages) {
+        if message["stream_id"] != format!("{expected}-0") {
+            return Err(format!(
+                "expected {expected}-0, got {}",
+                message["stream_id"]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Appends `count` messages to `name` in arrays of 1,000, one request at a time, then
 /// finishes it.
 pub async fn fill(port: u16, name: &str, count: u64) {
@@ -205,7 +288,8 @@ pub async fn run(report: &mut Report) {
     let long = format!("catchup-50k-{run}");
     history(&env, report, &short, &long).await;
 
-    // Drive and measure: one follow against the raw SELECT, then many at once.
+    // Drive and measure: one follow and one snapshot against the raw SELECT, then many
+    // follows at once.
     follow_vs_select(&env, report, &short).await;
     let cpu = env.cpu();
     let short_memory = catchup_memory(&mut env, report, &short, CATCHUP_SHORT).await;
@@ -246,10 +330,11 @@ async fn history(env: &Env, report: &mut Report, short: &str, long: &str) {
         .await;
 }
 
-/// One follow to its last byte vs the raw SELECT, alternated, median of each; the row.
+/// One follow and one JSON array snapshot to their last byte vs the raw SELECT,
+/// alternated, median of each; their rows.
 async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
-    let (mut follows, mut selects) = (Vec::new(), Vec::new());
-    let (mut bytes, mut select_bytes) = (0, 0);
+    let (mut follows, mut arrays, mut selects) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bytes, mut array_bytes, mut select_bytes) = (0, 0, 0);
     for i in 0..CATCHUP_REPEATS + 1 {
         let read = read_ndjson(env.port, name, i == 0)
             .await
@@ -258,17 +343,35 @@ async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
             report.problem(SCENARIO, format!("the timed follow: {e}"));
         }
         bytes = read.bytes;
+        let array = read_array(env.port, name, i == 0)
+            .await
+            .expect("JSON array snapshot");
+        if let Some(Err(e)) = array.body.as_ref().map(|b| verify_array(b, CATCHUP_SHORT)) {
+            report.problem(SCENARIO, format!("the timed snapshot: {e}"));
+        }
+        array_bytes = array.bytes;
         let (select, rows_bytes) = raw_select(env, name).await;
         select_bytes = rows_bytes;
         // The first of each warms caches and is not counted.
         if i > 0 {
             follows.push(read.elapsed);
+            arrays.push(array.elapsed);
             selects.push(select);
         }
     }
     follows.sort();
+    arrays.sort();
     selects.sort();
-    let (follow, select) = (quantile(&follows, 0.5), quantile(&selects, 0.5));
+    let (follow, array, select) = (
+        quantile(&follows, 0.5),
+        quantile(&arrays, 0.5),
+        quantile(&selects, 0.5),
+    );
+    let baseline = format!(
+        "{} (`SELECT body … ORDER BY seq`, {:.1} MiB)",
+        ms(select),
+        select_bytes as f64 / (1 << 20) as f64
+    );
     report.row(
         SCENARIO,
         format!(
@@ -277,21 +380,33 @@ async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
             bytes as f64 / (1 << 20) as f64
         ),
         ms(follow),
-        format!(
-            "{} (`SELECT body … ORDER BY seq`, {:.1} MiB)",
-            ms(select),
-            select_bytes as f64 / (1 << 20) as f64
-        ),
+        baseline.clone(),
         ratio(follow.as_secs_f64(), select.as_secs_f64()),
         "–",
         None,
     );
+    let snapshot_ratio = ratio(array.as_secs_f64(), select.as_secs_f64());
+    report.row(
+        SCENARIO,
+        format!(
+            "JSON array snapshot to its last byte, the same {} messages ({:.1} MiB), median of {CATCHUP_REPEATS}",
+            thousands(CATCHUP_SHORT as f64),
+            array_bytes as f64 / (1 << 20) as f64
+        ),
+        ms(array),
+        baseline,
+        snapshot_ratio,
+        "≤ 1.5x",
+        snapshot_ratio.map(|r| r <= 1.5),
+    );
     report.note(
         SCENARIO,
         format!(
-            "follow min / max {} / {}; SELECT min / max {} / {}",
+            "follow min / max {} / {}; snapshot min / max {} / {}; SELECT min / max {} / {}",
             ms(follows[0]),
             ms(follows[follows.len() - 1]),
+            ms(arrays[0]),
+            ms(arrays[arrays.len() - 1]),
             ms(selects[0]),
             ms(selects[selects.len() - 1])
         ),

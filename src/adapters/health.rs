@@ -209,6 +209,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         process: &ProcessId,
         after: u64,
         known: u64,
+        upto: u64,
         page: usize,
         sink: &MessageSink,
     ) -> Result<bool, StoreError> {
@@ -216,7 +217,7 @@ impl<S: MessageStore> MessageStore for TrackedStore<S> {
         self.observe(
             "stream messages",
             self.inner
-                .stream_after(process, after, known, page, sink)
+                .stream_after(process, after, known, upto, page, sink)
                 .await,
         )
     }

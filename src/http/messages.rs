@@ -2,7 +2,6 @@
 //! as a follow over SSE or NDJSON, or as the JSON array of the messages.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,9 +27,9 @@ use super::openapi::{
 use super::AppState;
 use crate::auth::{Grant, Scope};
 use crate::domain::{end_json, end_line, Cursor, NewMessage, ProcessId, ProcessInfo};
-use crate::follow::FollowEvent;
+use crate::follow::{FollowEvent, HistoryReader};
 use crate::metrics::FollowMetrics;
-use crate::ports::{AppendOutcome, MessageStore, StoreError};
+use crate::ports::{AppendOutcome, StoreError};
 
 /// A snapshot's `limit` may not exceed this.
 const MAX_LIMIT: usize = 10_000;
@@ -306,30 +305,32 @@ async fn respond(
 }
 
 /// The JSON array of the messages after `cursor`, up to the last one committed when
-/// the call came in (`info.last_seq`), at most `limit`. It is read from the store a
-/// page at a time (the follows' page size, growing as theirs does, and bytes) as the
-/// client takes the body, so a response holds at most about one page in memory, however long the
-/// process, and a
-/// client that stops reading stops the reads (and is cut off by the write timeout).
-/// The first page is read before the head goes out, so a store that is down is a 503;
-/// a later page that fails ends the body early, which the client sees as JSON that
-/// does not parse (and asks again).
+/// the call came in (`info.last_seq`), at most `limit`. It is read from the store as a
+/// follow catches up ([`crate::follow::HistoryReader`], adr/0022): a history longer than
+/// a first page as one stream of the store's while a stream slot is free, else in pages
+/// that grow, as the client takes the body. So a response holds at most a few batches
+/// or two pages in memory, however long the process, and a client that stops reading
+/// stops the reads (its stream gives up its connection past the stall limit, and the
+/// client is cut off by the write timeout). The first read happens before the head goes
+/// out, so a store that is down is a 503 (where a follower would wait for it); a later
+/// read that fails ends the body early, which the client sees as JSON that does not
+/// parse (and asks again).
 async fn snapshot(
     state: &AppState,
     info: ProcessInfo,
     cursor: Cursor,
     limit: Option<usize>,
 ) -> Result<Response, ApiError> {
-    let mut pages = SnapshotPages {
-        store: state.store.clone(),
-        process: info.process_id,
-        after: cursor.after_seq(),
-        upto: info.last_seq,
-        left: limit.unwrap_or(usize::MAX),
-        first_page: state.config.follow.catch_up_page.max(1),
-        page_size: state.config.follow.catch_up_page.max(1),
-        page_bytes: state.config.follow.catch_up_page_bytes,
+    let mut pages = SnapshotBody {
+        process: info.process_id.clone(),
+        history: state.followers.read_history(
+            info.process_id,
+            cursor.after_seq(),
+            info.last_seq,
+            limit,
+        ),
         opened: false,
+        closed: false,
     };
     let first = pages.next_chunk().await?;
     if pages.finished() {
@@ -350,7 +351,7 @@ async fn snapshot(
             Err(error) => {
                 tracing::debug!(process = %pages.process, error = format!("{:#}",
                     anyhow::Error::new(error)),
-                    "a snapshot page could not be read: ending the body early");
+                    "a snapshot could not read the store: ending the body early");
                 Some((
                     Err(std::io::Error::other("the store failed mid-snapshot")),
                     None,
@@ -454,77 +455,45 @@ impl Validator {
     }
 }
 
-/// Where a snapshot's body has got to.
-struct SnapshotPages {
-    store: Arc<dyn MessageStore>,
+/// Where a snapshot's body has got to: the history being read, and which of the
+/// array's brackets went out.
+struct SnapshotBody {
+    history: HistoryReader,
     process: ProcessId,
-    /// The seq of the last message written (or the cursor's).
-    after: u64,
-    /// The last seq the snapshot covers.
-    upto: u64,
-    /// Messages the `limit` still allows.
-    left: usize,
-    first_page: usize,
-    /// Messages of the next read: grows as a follow's catch-up does.
-    page_size: usize,
-    page_bytes: usize,
     /// Whether `[` went out.
     opened: bool,
+    /// Whether `]` went out.
+    closed: bool,
 }
 
-impl SnapshotPages {
+impl SnapshotBody {
     /// Whether `]` went out.
     fn finished(&self) -> bool {
-        self.opened && (self.after >= self.upto || self.left == 0)
+        self.closed
     }
 
-    /// The next piece of the array: `[` and the first page, then `,`-led pages, then
-    /// `]` with the last; `None` once `]` went out.
+    /// The next piece of the array: `[` and the first batch, then `,`-led batches, then
+    /// `]` with the last (or alone); `None` once `]` went out.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let done = self.after >= self.upto || self.left == 0;
-        if done && self.opened {
+        if self.closed {
             return Ok(None);
         }
-        let page = if done {
-            Vec::new()
-        } else {
-            let limit = self.page_size.min(self.left);
-            let page = self
-                .store
-                .read_after(&self.process, self.after, self.upto, limit, self.page_bytes)
-                .await?;
-            if page.len() >= limit {
-                self.page_size = crate::follow::grown_page(self.page_size, self.first_page);
-            }
-            page
-        };
-        let page: Vec<_> = page
-            .into_iter()
-            .take_while(|m| m.seq <= self.upto)
-            .collect();
+        let batch = self.history.next_batch().await?.unwrap_or_default();
         let mut chunk =
-            BytesMut::with_capacity(page.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
+            BytesMut::with_capacity(batch.iter().map(|m| m.json.len() + 1).sum::<usize>() + 2);
         if !self.opened {
             chunk.put_u8(b'[');
         }
-        for (i, message) in page.iter().enumerate() {
+        for (i, message) in batch.iter().enumerate() {
             if self.opened || i > 0 {
                 chunk.put_u8(b',');
             }
             chunk.put_slice(&message.json);
         }
         self.opened = true;
-        self.left -= page.len();
-        match page.last() {
-            Some(last) => self.after = last.seq,
-            // Nothing more in the store (a cursor past the end, say): close the array.
-            None => self.upto = self.after,
-        }
-        if self.after >= self.upto || self.left == 0 {
+        if self.history.finished() {
             chunk.put_u8(b']');
-            // Nothing else to send: the next call says so.
-            self.upto = self.after;
-            self.left = 0;
+            self.closed = true;
         }
         Ok(Some(chunk.freeze()))
     }

@@ -237,12 +237,13 @@ pub trait MessageStore: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// The messages with a seq above `after`, in seq order, put into `sink` as it takes
-    /// them, until every one committed when the call began is in (at least up to
-    /// `known`, as in [`Self::read_after`]), or the sink says stop. Returns whether it
-    /// got to that end; stopped by the sink, it returns at once, and the reader goes on
-    /// after the last message it took. A store that holds a connection for the stream
-    /// gives it up as soon as it stops, without reading the rest.
+    /// The messages with a seq above `after` and at most `upto` (`u64::MAX`: no bound),
+    /// in seq order, put into `sink` as it takes them, until every one committed when the
+    /// call began is in (at least up to `known`, as in [`Self::read_after`]), or the sink
+    /// says stop. Returns whether it got to that end; stopped by the sink, it returns at
+    /// once, and the reader goes on after the last message it took. A store that holds a
+    /// connection for the stream gives it up as soon as it stops, without reading the
+    /// rest.
     ///
     /// By default, pages of [`Self::read_after`] of `page` messages (and the sink's
     /// batch bytes); a store that can stream one query's rows to the sink overrides it.
@@ -251,18 +252,22 @@ pub trait MessageStore: Send + Sync + 'static {
         process: &ProcessId,
         after: u64,
         known: u64,
+        upto: u64,
         page: usize,
         sink: &MessageSink,
     ) -> Result<bool, StoreError> {
-        let (mut after, page, max_bytes) = (after, page.max(1), sink.batch_bytes());
-        loop {
+        let (mut after, known, max_bytes) = (after, known.min(upto), sink.batch_bytes());
+        while after < upto {
+            let limit = page
+                .max(1)
+                .min(usize::try_from(upto - after).unwrap_or(usize::MAX));
             let batch = self
-                .read_after(process, after, known, page, max_bytes)
+                .read_after(process, after, known, limit, max_bytes)
                 .await?;
             let Some(last) = batch.last().map(|message| message.seq) else {
                 return Ok(true);
             };
-            let more = batch.len() >= page || last < known;
+            let more = batch.len() >= limit || last < known;
             if !sink.send(batch).await {
                 return Ok(false);
             }
@@ -271,6 +276,7 @@ pub trait MessageStore: Send + Sync + 'static {
             }
             after = last;
         }
+        Ok(true)
     }
 
     /// The `limit` processes last active (registered, appended to or finished), the

@@ -306,19 +306,19 @@ enum StreamOutcome {
     Failed(anyhow::Error),
 }
 
-/// Streams `process`'s messages after `after` from `pool` into `sink`, in batches of
-/// the sink's bytes, one query whose rows are read only as the sink takes them (so
+/// Streams `process`'s messages after `after` (up to `upto`) from `pool` into `sink`,
+/// in batches of the sink's bytes, one query whose rows are read only as the sink takes them (so
 /// PostgreSQL waits on the socket meanwhile); a row that takes over `row_wait` is a
 /// failure.
 async fn stream_rows(
     pool: &PgPool,
     process: &ProcessId,
-    after: u64,
+    (after, upto): (u64, u64),
     sink: &MessageSink,
     row_wait: Option<Duration>,
 ) -> Streamed {
     let mut last = after;
-    let outcome = match stream_into(pool, process, &mut last, sink, row_wait).await {
+    let outcome = match stream_into(pool, process, (&mut last, upto), sink, row_wait).await {
         Ok(true) => StreamOutcome::Ended,
         Ok(false) => StreamOutcome::Stopped,
         Err(error) => StreamOutcome::Failed(error),
@@ -330,7 +330,7 @@ async fn stream_rows(
 async fn stream_into(
     pool: &PgPool,
     process: &ProcessId,
-    last: &mut u64,
+    (last, upto): (&mut u64, u64),
     sink: &MessageSink,
     row_wait: Option<Duration>,
 ) -> anyhow::Result<bool> {
@@ -343,6 +343,7 @@ async fn stream_into(
         let mut rows = sqlx::query(sql::STREAM_AFTER)
             .bind(process.as_str())
             .bind(to_i64(*last))
+            .bind(to_i64(upto))
             .fetch(&mut *connection.connection);
         while let Some(row) = within(row_wait, rows.try_next()).await? {
             let message = stored_message(&row)?;
@@ -614,12 +615,13 @@ impl MessageStore for PostgresStore {
         process: &ProcessId,
         after: u64,
         known: u64,
+        upto: u64,
         _page: usize,
         sink: &MessageSink,
     ) -> Result<bool, StoreError> {
-        let mut from = after;
+        let (mut from, known) = (after, known.min(upto));
         if let Some(replica) = &self.replica {
-            match replica.stream(process, after, sink).await {
+            match replica.stream(process, (after, upto), sink).await {
                 Some(Streamed {
                     outcome: StreamOutcome::Stopped,
                     ..
@@ -642,7 +644,7 @@ impl MessageStore for PostgresStore {
                 None => {}
             }
         }
-        match stream_rows(&self.pool, process, from, sink, None)
+        match stream_rows(&self.pool, process, (from, upto), sink, None)
             .await
             .outcome
         {

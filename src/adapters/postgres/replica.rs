@@ -128,21 +128,22 @@ impl Replica {
         None
     }
 
-    /// A catch-up stream of `process`'s messages after `after` from the replica, as the
+    /// A catch-up stream of `process`'s messages after `after` (up to `upto`) from the replica, as the
     /// primary's `stream_after` reads it (each row within [`READ_TIMEOUT`]); `None`
     /// (counted) while the replica rests. A stream that failed is counted and rests the
     /// replica: its `last` says where the primary goes on.
     pub async fn stream(
         &self,
         process: &ProcessId,
-        after: u64,
+        (after, upto): (u64, u64),
         sink: &MessageSink,
     ) -> Option<Streamed> {
         if self.resting() {
             metrics::replica_read(ReplicaRead::Fallback);
             return None;
         }
-        let streamed = stream_rows(&self.pool, process, after, sink, Some(READ_TIMEOUT)).await;
+        let streamed =
+            stream_rows(&self.pool, process, (after, upto), sink, Some(READ_TIMEOUT)).await;
         match &streamed.outcome {
             StreamOutcome::Failed(error) => self.failed(crate::report::one_line(error)),
             _ => self.answered(),

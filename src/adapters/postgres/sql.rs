@@ -42,12 +42,15 @@ pub const READ_AFTER: &str = "\
     WHERE upto <= $4 OR upto = octet_length(body) \
     ORDER BY seq";
 
-/// A process's messages after a seq, all of them, in seq order: the one query of a
-/// catch-up stream, read as its follower takes the rows (`PostgresStore::stream_after`).
-/// The same keyset as [`READ_AFTER`], without its limit and its byte count: the stream's
-/// memory is bounded by reading the rows only as they are taken.
+/// A process's messages after a seq, up to `$3`, in seq order: the one query of a
+/// catch-up stream, read as its follower or snapshot takes the rows
+/// (`PostgresStore::stream_after`). The same keyset as [`READ_AFTER`], without its limit
+/// and its byte count: the stream's memory is bounded by reading the rows only as they
+/// are taken. (`$3` stops a snapshot's stream at its last message, so that it ends, and
+/// its connection goes back to the pool, instead of being closed halfway.)
 pub const STREAM_AFTER: &str = "\
-    SELECT seq, body FROM messages WHERE process_id = $1 AND seq > $2 ORDER BY seq";
+    SELECT seq, body FROM messages WHERE process_id = $1 AND seq > $2 AND seq <= $3 \
+    ORDER BY seq";
 
 /// The processes last active, the most recent first: the keyset of
 /// `processes_recent_activity` (by `updated_second`, the second of `updated_at`), sorted
