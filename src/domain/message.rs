@@ -329,35 +329,47 @@ impl StoredMessage {
 /// Drops JSON's insignificant whitespace (outside strings) from valid JSON, and nothing
 /// else: the result is on one line, fit for NDJSON and an SSE `data:` line.
 pub fn minify_json(json: &str) -> Cow<'_, str> {
-    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
     let bytes = json.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
     let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    // `bytes[..kept]` is in `out` already (when there is an `out`).
+    let (mut i, mut kept) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = after_string(bytes, i + 1),
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+                out.extend_from_slice(&bytes[kept..i]);
+                i += 1;
+                kept = i;
             }
-        } else if b == b'"' {
-            in_string = true;
-        } else if is_space(b) {
-            out.get_or_insert_with(|| bytes[..i].to_vec());
-            continue;
-        }
-        if let Some(out) = out.as_mut() {
-            out.push(b);
+            _ => i += 1,
         }
     }
     match out {
-        // Only ASCII bytes were dropped, so the rest is still UTF-8.
-        Some(out) => String::from_utf8(out).map_or(Cow::Borrowed(json), Cow::Owned),
+        Some(mut out) => {
+            out.extend_from_slice(&bytes[kept..]);
+            // Only ASCII bytes were dropped, so the rest is still UTF-8.
+            String::from_utf8(out).map_or(Cow::Borrowed(json), Cow::Owned)
+        }
         None => Cow::Borrowed(json),
     }
+}
+
+/// The index after the string whose contents start at `i` (past its closing quote;
+/// the text's length if it has none). Its characters are skipped a word at a time up
+/// to each quote or escape (`memchr`): most of an agent's message is text in strings.
+fn after_string(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(n) = bytes
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+    {
+        i += n;
+        if bytes[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+    }
+    bytes.len()
 }
 
 #[cfg(test)]
