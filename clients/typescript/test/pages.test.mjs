@@ -107,7 +107,13 @@ test('a listed origin follows with fetch and a Bearer token, and with EventSourc
   await server.append(id, messages('m', 5));
   const query = new URLSearchParams({ base: server.base, process: id, token: server.readToken(id) });
   await browser.open(`${corsPages.origin}/?${query}`);
-  await browser.waitFor('both follows to start', CROSS_ORIGIN, (s) => s.client?.ids.length === 5 && s.sse?.ids.length === 5);
+  // The snapshot too: it reads pages until an empty one, so one read after the next
+  // appends would count them as well.
+  await browser.waitFor(
+    'both follows to start and the snapshot to end',
+    CROSS_ORIGIN,
+    (s) => s.client?.ids.length === 5 && s.sse?.ids.length === 5 && (s.snapshot?.count !== null || s.snapshot?.error),
+  );
   await server.append(id, messages('m', 5, 6));
   await server.finish(id, 'succeeded');
   const got = await browser.waitFor('both follows to end', CROSS_ORIGIN, (s) => s.client.ended && s.sse.ended);
