@@ -179,6 +179,35 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between a follower's reads while the store is unavailable: when
 /// the store is back, followers go on within it.
 const LAST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A follower's wait before it reads the store again after a read that failed:
+/// [`FIRST_BACKOFF`], doubling to [`LAST_BACKOFF`] while the store stays unavailable.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(FIRST_BACKOFF)
+    }
+
+    /// Logs the read of `process` that failed and waits; `Break` on shutdown.
+    async fn wait(
+        &mut self,
+        shutdown: &CancellationToken,
+        process: &ProcessId,
+        error: StoreError,
+    ) -> ControlFlow<()> {
+        // The store's outage itself is logged once, where it is tracked.
+        let retry_in = self.0;
+        tracing::debug!(%process, ?retry_in, error = format!("{:#}", anyhow::Error::new(error)),
+            "a follower could not read the store");
+        tokio::select! {
+            _ = shutdown.cancelled() => return ControlFlow::Break(()),
+            _ = tokio::time::sleep(retry_in) => {}
+        }
+        self.0 = (retry_in * 2).min(LAST_BACKOFF);
+        ControlFlow::Continue(())
+    }
+}
 /// Default of `--idle-poll`.
 pub const IDLE_POLL: &str = "1s";
 /// Default of `--degraded-poll`.
@@ -253,7 +282,7 @@ impl Followers {
             mode: Mode::CatchUp,
             catch_up: CatchUp {
                 reader: None,
-                backoff: FIRST_BACKOFF,
+                backoff: Backoff::new(),
             },
             listening: Listening {
                 subscription,
@@ -402,9 +431,8 @@ struct CatchUp {
     /// This catch-up's reading of the store, from where the follower got to when it
     /// began; `None` while live.
     reader: Option<HistoryReader>,
-    /// The wait before the next read after one that failed: doubles while the store
-    /// stays unavailable.
-    backoff: Duration,
+    /// The wait before the next read after one that failed.
+    backoff: Backoff,
 }
 
 /// One reading of a process's stored history after a seq, as a follower's catch-up and
@@ -752,7 +780,7 @@ impl Follower {
         match batch {
             Ok(Some(batch)) => {
                 let finished = reader.finished();
-                self.catch_up.backoff = FIRST_BACKOFF;
+                self.catch_up.backoff = Backoff::new();
                 self.progress.pending.extend(batch);
                 // The status check goes while the last messages go out.
                 if finished {
@@ -761,16 +789,8 @@ impl Follower {
             }
             Ok(None) => self.caught_up(),
             Err(error) => {
-                // The store's outage itself is logged once, where it is tracked.
-                let retry_in = self.catch_up.backoff;
-                tracing::debug!(process = %self.process, ?retry_in,
-                    error = format!("{:#}", anyhow::Error::new(error)),
-                    "a follower could not read the store");
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
-                    _ = tokio::time::sleep(retry_in) => {}
-                }
-                self.catch_up.backoff = (retry_in * 2).min(LAST_BACKOFF);
+                let (shutdown, process) = (&self.shutdown, &self.process);
+                return self.catch_up.backoff.wait(shutdown, process, error).await;
             }
         }
         ControlFlow::Continue(())
@@ -982,7 +1002,7 @@ async fn read_status(
     let started = Instant::now();
     let store = &shared.store;
     // A process not known yet waits as an empty running one for its first message.
-    let info = retry(&cancel, &shared.reads, || store.process(&process))
+    let info = retry(&cancel, &shared.reads, &process, || store.process(&process))
         .await?
         .unwrap_or_else(|| ProcessInfo::not_known_yet(process.clone()));
     *last = Some(StatusRead {
@@ -998,9 +1018,10 @@ async fn read_status(
 async fn retry<'a, T>(
     shutdown: &CancellationToken,
     reads: &Semaphore,
+    process: &ProcessId,
     mut call: impl FnMut() -> BoxFuture<'a, Result<T, StoreError>>,
 ) -> Option<T> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new();
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -1013,14 +1034,9 @@ async fn retry<'a, T>(
         match result {
             Ok(value) => return Some(value),
             Err(error) => {
-                // The store's outage itself is logged once, where it is tracked.
-                tracing::debug!(error = format!("{:#}", anyhow::Error::new(error)),
-                    retry_in = ?backoff, "a follower could not read the store");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
+                if backoff.wait(shutdown, process, error).await.is_break() {
+                    return None;
                 }
-                backoff = (backoff * 2).min(LAST_BACKOFF);
             }
         }
     }

@@ -406,6 +406,31 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// An NDJSON follow of `process` from a socket with a 4 KiB receive buffer, of
+    /// which nothing is read until the caller reads: the server's writes soon block, as
+    /// for a client too slow for its follow. The request is sent; the answer is the
+    /// caller's to read (`Connection: close`: to its end).
+    pub async fn slow_follow(&self, process: &str) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let address = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an address");
+        let mut slow = socket.connect(address).await.expect("connect");
+        let request = format!(
+            "GET /processes/{process}/messages HTTP/1.1\r\nHost: test\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
+        );
+        slow.write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        slow
+    }
+
     /// The values of the counter `name` on the server's `/metrics`, one per value of
     /// its `outcome` label in `outcomes` (0 for a series not on the page).
     pub async fn counters<const N: usize>(&self, name: &str, outcomes: [&str; N]) -> [u64; N] {

@@ -43,6 +43,15 @@ pub fn messages(prefix: &str, n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// `n` messages of about 1 KiB each (a text payload), with ids `<prefix>-<i>`: a history
+/// long in bytes, for catch-ups and snapshots that stream.
+pub fn kib_messages(prefix: &str, n: usize) -> Vec<Value> {
+    let text = "a line of an agent's answer, ".repeat(34);
+    (1..=n)
+        .map(|i| serde_json::json!({ "id": format!("{prefix}-{i}"), "type": "AssistantMessage", "payload": { "text": text } }))
+        .collect()
+}
+
 /// A process id no other test uses.
 pub fn process_id() -> String {
     format!("p-{}", uuid::Uuid::new_v4().simple())

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use agent_stream_testkit::app::{Backend, Format, TestApp};
-use agent_stream_testkit::fixtures::{process_id, seqs};
+use agent_stream_testkit::fixtures::{kib_messages, process_id, seqs};
 use agent_stream_testkit::on_every_backend;
 
 on_every_backend!(
@@ -29,14 +29,6 @@ async fn spawn_streaming(backend: Backend) -> TestApp {
         config.limits.tcp_unsent_bytes = 16 * 1024;
     })
     .await
-}
-
-/// `count` messages of about 1 KiB each, ids `<tag>-<n>`.
-fn kib_messages(tag: &str, count: usize) -> Vec<Value> {
-    let text = "a line of an agent's answer, ".repeat(34);
-    (1..=count)
-        .map(|n| serde_json::json!({ "id": format!("{tag}-{n}"), "type": "AssistantMessage", "payload": { "text": text } }))
-        .collect()
 }
 
 /// The catch-up stream counter of the app's `/metrics`, by outcome (ended, stopped).
@@ -82,22 +74,7 @@ async fn a_reader_too_slow_for_its_stream_goes_on_with_pages_and_gets_every_mess
 
     // A reader with a small receive buffer that takes nothing for a while: the server's
     // writes block, the stream's batches wait past its stall limit, and it stops.
-    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("a small receive buffer");
-    let address = app
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("an address");
-    let mut slow = socket.connect(address).await.expect("connect");
-    let request = format!(
-        "GET /processes/{process}/messages HTTP/1.1\r\nHost: test\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
-    );
-    slow.write_all(request.as_bytes())
-        .await
-        .expect("send the request");
+    let mut slow = app.slow_follow(&process).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let mut received = Vec::new();

@@ -139,10 +139,10 @@ mod streamed {
     use std::time::Duration;
 
     use serde_json::Value;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     use agent_stream_testkit::app::{Backend, TestApp};
-    use agent_stream_testkit::fixtures::{process_id, seqs};
+    use agent_stream_testkit::fixtures::{kib_messages, process_id, seqs};
     use agent_stream_testkit::on_every_backend;
 
     on_every_backend!(
@@ -165,14 +165,6 @@ mod streamed {
             config.limits.tcp_unsent_bytes = 16 * 1024;
         })
         .await
-    }
-
-    /// `count` messages of about 1 KiB each, ids `<tag>-<n>`.
-    fn kib_messages(tag: &str, count: usize) -> Vec<Value> {
-        let text = "a line of an agent's answer, ".repeat(34);
-        (1..=count)
-            .map(|n| serde_json::json!({ "id": format!("{tag}-{n}"), "type": "AssistantMessage", "payload": { "text": text } }))
-            .collect()
     }
 
     /// A finished process with `count` messages of about 1 KiB; what was sent.
@@ -263,22 +255,7 @@ mod streamed {
 
         // A follower with a small receive buffer that takes a little and then nothing:
         // its catch-up holds the one stream slot (for the stall limit, 30 s).
-        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-        socket
-            .set_recv_buffer_size(4096)
-            .expect("a small receive buffer");
-        let address = app
-            .base
-            .trim_start_matches("http://")
-            .parse()
-            .expect("an address");
-        let mut slow = socket.connect(address).await.expect("connect");
-        let request = format!(
-            "GET /processes/{process}/messages HTTP/1.1\r\nHost: test\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
-        );
-        slow.write_all(request.as_bytes())
-            .await
-            .expect("send the request");
+        let mut slow = app.slow_follow(&process).await;
         let mut first = [0u8; 1024];
         let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut first))
             .await
