@@ -487,7 +487,7 @@ mod tests {
     #[test]
     fn created_at_is_read_from_the_end_of_a_stored_message() {
         let message = StoredMessage::from_head(
-            br#"{"id":"m1","payload":{"created_at":"1999-01-01T00:00:00Z"}"#.to_vec(),
+            r#"{"id":"m1","payload":{"created_at":"1999-01-01T00:00:00Z"}"#,
             7,
             "2026-11-27T10:15:03.123456Z",
         );

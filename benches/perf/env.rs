@@ -165,12 +165,14 @@ impl Env {
 
     /// The statements that took most execution time since the last reset: calls,
     /// mean ms, statement.
-    pub async fn top_by_time(&self, n: i64) -> Vec<(i64, f64, String)> {
+    /// The `n` statements that took the most execution time since the last reset: calls,
+    /// mean execution time (ms), mean bytes of WAL written, and the statement's start.
+    pub async fn top_by_time(&self, n: i64) -> Vec<(i64, f64, f64, String)> {
         if !self.stats {
             return Vec::new();
         }
-        sqlx::query_as::<_, (i64, f64, String)>(
-            "SELECT calls, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%' ORDER BY total_exec_time DESC LIMIT $1",
+        sqlx::query_as::<_, (i64, f64, f64, String)>(
+            "SELECT calls, mean_exec_time, (wal_bytes / greatest(calls, 1))::float8, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%' ORDER BY total_exec_time DESC LIMIT $1",
         )
         .bind(n)
         .fetch_all(&self.db)

@@ -9,6 +9,8 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
+use std::fmt::Write as _;
+use std::io::Write as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -56,36 +58,44 @@ impl<'de> Visitor<'de> for BoundedArray<'_> {
     }
 }
 
-/// A message as a writer sends it, validated.
+/// A message as a writer sends it, validated, and rendered as far as it can be before
+/// it is stored: its wire JSON up to the fields the store adds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// The writer's id, or a generated UUID when it sent none.
     pub id: String,
+    /// Its `type`.
     pub kind: String,
-    pub turn: Option<i64>,
-    /// `agent` and `model` as sent (a string, or any JSON value: the existing worker
-    /// sends `model` as an object), without insignificant whitespace; `None` when absent
-    /// or null.
-    pub agent: Option<String>,
-    pub model: Option<String>,
-    /// The payload object, as sent but without insignificant whitespace.
-    pub payload: String,
+    /// `{"id":…,"type":…,"turn":…,"agent":…,"model":…,"payload":{…}` without the closing
+    /// brace: `agent`, `model` and `payload` as sent (any JSON value for the first two:
+    /// the existing worker sends `model` as an object) but for insignificant whitespace,
+    /// `null` for an absent field. Made once, as the message is parsed, with room for the
+    /// store's `stream_id` and `created_at`.
+    head: String,
 }
 
+/// A message as the writer's JSON holds it, its fields borrowed from the body where
+/// they can be.
 #[derive(Deserialize)]
-struct WriterMessage {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(rename = "type")]
-    kind: String,
+struct WriterMessage<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     #[serde(default)]
     turn: Option<i64>,
-    #[serde(default)]
-    agent: Option<Box<RawValue>>,
-    #[serde(default)]
-    model: Option<Box<RawValue>>,
-    payload: Box<RawValue>,
+    #[serde(default, borrow)]
+    agent: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
 }
+
+/// Room in a message's head for what the JSON as sent may lack (a generated id, the
+/// field names, `null` for absent fields) and for the tail the store adds (`stream_id`
+/// and `created_at`), so that neither reallocates it.
+const HEAD_ROOM: usize = 256;
 
 /// The existing worker's notification (`POST /webhooks/messages`), in snake or camel
 /// case.
@@ -110,8 +120,9 @@ impl NewMessage {
         let is_batch = first == Some(&b'[');
         ijson::check(body, usize::from(is_batch)).map_err(invalid)?;
         if is_batch {
+            let body = utf8(body)?;
             let overflowed = Cell::new(false);
-            let mut deserializer = serde_json::Deserializer::from_slice(body);
+            let mut deserializer = serde_json::Deserializer::from_str(body);
             let items = BoundedArray {
                 max: max_messages,
                 overflowed: &overflowed,
@@ -135,9 +146,9 @@ impl NewMessage {
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    let raw = raw.get().as_bytes();
+                    let raw = raw.get();
                     // The I-JSON rules were checked on the whole array.
-                    within(raw, max_message_bytes)
+                    within(raw.as_bytes(), max_message_bytes)
                         .and_then(|()| Self::parse_checked(raw))
                         .map_err(|e| match e {
                             DomainError::InvalidMessage(why) => DomainError::InvalidMessage(
@@ -151,7 +162,7 @@ impl NewMessage {
         } else {
             let raw = body.trim_ascii();
             within(raw, max_message_bytes)?;
-            Ok((vec![Self::parse_checked(raw)?], false))
+            Ok((vec![Self::parse_checked(utf8(raw)?)?], false))
         }
     }
 
@@ -159,12 +170,12 @@ impl NewMessage {
     pub fn parse(raw: &[u8], max_bytes: usize) -> Result<Self, DomainError> {
         within(raw, max_bytes)?;
         ijson::check(raw, 0).map_err(invalid)?;
-        Self::parse_checked(raw)
+        Self::parse_checked(utf8(raw)?)
     }
 
     /// Parses one message object whose size and I-JSON rules were checked.
-    fn parse_checked(raw: &[u8]) -> Result<Self, DomainError> {
-        let message: WriterMessage = serde_json::from_slice(raw).map_err(|e| {
+    fn parse_checked(raw: &str) -> Result<Self, DomainError> {
+        let message: WriterMessage = serde_json::from_str(raw).map_err(|e| {
             DomainError::InvalidMessage(format!(
                 "{e}; a message is an object with \"type\" (string) and \"payload\" (object), and \
                     optionally \"id\", \"turn\" (integer), \"agent\" and \"model\""
@@ -182,7 +193,7 @@ impl NewMessage {
                         (a UUID fits), or absent"
                 )))
             }
-            Some(id) => id,
+            Some(id) => id.into_owned(),
         };
         let payload = message.payload.get();
         if !payload.starts_with('{') {
@@ -190,13 +201,35 @@ impl NewMessage {
                 "\"payload\" must be a JSON object".into(),
             ));
         }
+        let mut head = String::with_capacity(raw.len() + id.len() + HEAD_ROOM);
+        let push_json_string = |head: &mut String, s: &str| {
+            // Serialising a &str cannot fail.
+            head.push_str(&serde_json::to_string(s).unwrap_or_default());
+        };
+        head.push_str("{\"id\":");
+        push_json_string(&mut head, &id);
+        head.push_str(",\"type\":");
+        push_json_string(&mut head, &message.kind);
+        head.push_str(",\"turn\":");
+        match message.turn {
+            Some(turn) => {
+                let _ = write!(head, "{turn}");
+            }
+            None => head.push_str("null"),
+        }
+        for (field, value) in [
+            (",\"agent\":", message.agent),
+            (",\"model\":", message.model),
+        ] {
+            head.push_str(field);
+            push_minified(&mut head, value.map_or("null", RawValue::get));
+        }
+        head.push_str(",\"payload\":");
+        push_minified(&mut head, payload);
         Ok(Self {
             id,
-            kind: message.kind,
-            turn: message.turn,
-            agent: message.agent.as_deref().and_then(as_sent),
-            model: message.model.as_deref().and_then(as_sent),
-            payload: minify_json(payload).into_owned(),
+            kind: message.kind.into_owned(),
+            head,
         })
     }
 
@@ -208,15 +241,15 @@ impl NewMessage {
         max_message_bytes: usize,
     ) -> Result<(ProcessId, Self), DomainError> {
         ijson::check(body, 1).map_err(invalid)?;
-        let notification: Notification = serde_json::from_slice(body).map_err(|e| {
+        let notification: Notification = serde_json::from_str(utf8(body)?).map_err(|e| {
             DomainError::InvalidMessage(format!(
                 "{e}; a notification is {{\"process_id\": \"…\", \"agent_message\": {{\"id\", \
                     \"type\", \"turn\", \"agent\", \"model\", \"payload\"}}}}"
             ))
         })?;
         let process = ProcessId::parse(&notification.process_id)?;
-        let message = notification.agent_message.get().as_bytes();
-        within(message, max_message_bytes)?;
+        let message = notification.agent_message.get();
+        within(message.as_bytes(), max_message_bytes)?;
         let message = Self::parse_checked(message)?;
         Ok((process, message))
     }
@@ -228,31 +261,8 @@ impl NewMessage {
 
     /// The wire JSON up to the service's fields: `{"id":…,"payload":{…}` with no
     /// closing brace. [`StoredMessage::from_head`] completes it once the seq is known.
-    pub fn head(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.payload.len() + self.id.len() + 160);
-        let push_str = |out: &mut Vec<u8>, s: &str| {
-            // Serialising a &str into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, s);
-        };
-        out.extend_from_slice(b"{\"id\":");
-        push_str(&mut out, &self.id);
-        out.extend_from_slice(b",\"type\":");
-        push_str(&mut out, &self.kind);
-        out.extend_from_slice(b",\"turn\":");
-        match self.turn {
-            Some(turn) => out.extend_from_slice(turn.to_string().as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-        for (field, value) in [
-            (&b",\"agent\":"[..], &self.agent),
-            (&b",\"model\":"[..], &self.model),
-        ] {
-            out.extend_from_slice(field);
-            out.extend_from_slice(value.as_deref().unwrap_or("null").as_bytes());
-        }
-        out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(self.payload.as_bytes());
-        out
+    pub fn head(&self) -> &str {
+        &self.head
     }
 }
 
@@ -267,14 +277,15 @@ fn within(raw: &[u8], max_bytes: usize) -> Result<(), DomainError> {
     Ok(())
 }
 
-fn invalid(violation: ijson::Violation) -> DomainError {
-    DomainError::InvalidMessage(violation.to_string())
+/// The body as text, as JSON is; checked once, so that the parses that follow need not.
+fn utf8(body: &[u8]) -> Result<&str, DomainError> {
+    std::str::from_utf8(body).map_err(|e| {
+        DomainError::InvalidMessage(format!("the body is not UTF-8 text, as JSON must be: {e}"))
+    })
 }
 
-/// `agent` or `model` as stored: the JSON value as sent, minified; `None` for null.
-fn as_sent(value: &RawValue) -> Option<String> {
-    let value = value.get();
-    (value != "null").then(|| minify_json(value).into_owned())
+fn invalid(violation: ijson::Violation) -> DomainError {
+    DomainError::InvalidMessage(violation.to_string())
 }
 
 /// `created_at` as the wire JSON writes it: RFC 3339, UTC, microseconds
@@ -307,17 +318,22 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// Completes a [`NewMessage::head`] with the service's fields:
     /// `,"stream_id":"<seq>-0","created_at":"<timestamp>"}`.
-    pub fn from_head(mut head: Vec<u8>, seq: u64, timestamp: &str) -> Self {
-        head.extend_from_slice(
-            format!(
-                ",\"stream_id\":\"{}\",\"created_at\":\"{timestamp}\"}}",
-                StreamId::message(seq)
-            )
-            .as_bytes(),
+    pub fn from_head(head: &str, seq: u64, timestamp: &str) -> Self {
+        const STREAM_ID: &str = ",\"stream_id\":\"";
+        const CREATED_AT: &str = "\",\"created_at\":\"";
+        let mut json = Vec::with_capacity(
+            head.len() + STREAM_ID.len() + 24 + CREATED_AT.len() + timestamp.len() + 2,
         );
+        json.extend_from_slice(head.as_bytes());
+        json.extend_from_slice(STREAM_ID.as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(json, "{}", StreamId::message(seq));
+        json.extend_from_slice(CREATED_AT.as_bytes());
+        json.extend_from_slice(timestamp.as_bytes());
+        json.extend_from_slice(b"\"}");
         Self {
             seq,
-            json: Bytes::from(head),
+            json: Bytes::from(json),
         }
     }
 
@@ -326,33 +342,25 @@ impl StoredMessage {
     }
 }
 
-/// Drops JSON's insignificant whitespace (outside strings) from valid JSON, and nothing
-/// else: the result is on one line, fit for NDJSON and an SSE `data:` line.
-pub fn minify_json(json: &str) -> Cow<'_, str> {
+/// Appends `json`, one JSON value, to `out` without its insignificant whitespace: the
+/// whitespace outside strings. Nothing else is rewritten.
+fn push_minified(out: &mut String, json: &str) {
     let bytes = json.as_bytes();
-    let mut out: Option<Vec<u8>> = None;
-    // `bytes[..kept]` is in `out` already (when there is an `out`).
+    // `json[..kept]` is in `out` already. Whitespace and quotes are ASCII, so every
+    // index below is on a character boundary.
     let (mut i, mut kept) = (0, 0);
     while i < bytes.len() {
         match bytes[i] {
             b'"' => i = after_string(bytes, i + 1),
             b' ' | b'\n' | b'\r' | b'\t' => {
-                let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
-                out.extend_from_slice(&bytes[kept..i]);
+                out.push_str(&json[kept..i]);
                 i += 1;
                 kept = i;
             }
             _ => i += 1,
         }
     }
-    match out {
-        Some(mut out) => {
-            out.extend_from_slice(&bytes[kept..]);
-            // Only ASCII bytes were dropped, so the rest is still UTF-8.
-            String::from_utf8(out).map_or(Cow::Borrowed(json), Cow::Owned)
-        }
-        None => Cow::Borrowed(json),
-    }
+    out.push_str(&json[kept..]);
 }
 
 /// The index after the string whose contents start at `i` (past its closing quote;
@@ -378,6 +386,12 @@ mod tests {
 
     const LIMIT: usize = 1 << 20;
 
+    fn minified(json: &str) -> String {
+        let mut out = String::new();
+        push_minified(&mut out, json);
+        out
+    }
+
     #[test]
     fn a_message_renders_with_the_existing_fields_first_and_the_payload_untouched() {
         let body = br#"{"id":"m1","type":"AssistantMessage","turn":7,"agent":"CLAUDE_CODE","model":"m","payload":{"z":1.50,"a":"x y","n":1e300}}"#;
@@ -396,10 +410,10 @@ mod tests {
     #[test]
     fn whitespace_outside_strings_goes_and_inside_strings_stays() {
         assert_eq!(
-            minify_json("{ \"a b\" :\n [1, \"x\\\" y\"]\t}"),
+            minified("{ \"a b\" :\n [1, \"x\\\" y\"]\t}"),
             "{\"a b\":[1,\"x\\\" y\"]}"
         );
-        assert!(matches!(minify_json("{\"a\":1}"), Cow::Borrowed(_)));
+        assert_eq!(minified("{\"a\":1}"), "{\"a\":1}");
     }
 
     #[test]
@@ -443,6 +457,8 @@ mod tests {
             br#"[{"type":"T","payload":{}}, 5]"#,
             b"not json",
             b"",
+            b"{\"type\":\"T\",\"payload\":{\"x\":\"\xff\"}}",
+            b"[{\"type\":\"T\",\"payload\":{\"x\":\"\xc3\"}}]",
         ] {
             assert!(
                 matches!(
@@ -705,24 +721,23 @@ mod tests {
                 None => prop_assert!(uuid::Uuid::parse_str(&parsed.id).is_ok(), "{:?}", parsed.id),
             }
             prop_assert_eq!(Some(parsed.kind.as_str()), sent["type"].as_str());
-            prop_assert_eq!(parsed.turn, sent["turn"].as_i64());
-            // `agent` and `model` are kept as sent, any JSON value, but for whitespace.
-            for (field, parsed) in [("agent", &parsed.agent), ("model", &parsed.model)] {
-                let expected = match sent.get(field) {
-                    None | Some(Value::Null) => None,
-                    Some(value) => Some(serde_json::to_string(value).unwrap()),
-                };
-                prop_assert_eq!(parsed, &expected, "{}", field);
-            }
-            let compact = serde_json::to_string(&sent["payload"]).unwrap();
-            prop_assert_eq!(
-                &parsed.payload,
-                &compact,
-                "the payload is kept as sent, but for whitespace"
+            // `agent`, `model` and `payload` are kept as sent, any JSON value, but for
+            // whitespace (serde's compact form of what was sent); absent is null.
+            let as_sent = |field: &str| match sent.get(field) {
+                None => "null".to_owned(),
+                Some(value) => serde_json::to_string(value).unwrap(),
+            };
+            let head = format!(
+                r#"{{"id":{},"type":{},"turn":{},"agent":{},"model":{},"payload":{}"#,
+                json!(parsed.id),
+                sent["type"],
+                sent.get("turn").unwrap_or(&Value::Null),
+                as_sent("agent"),
+                as_sent("model"),
+                as_sent("payload")
             );
-            let payload: Value = serde_json::from_str(&parsed.payload).unwrap();
-            prop_assert_eq!(&payload, &reparsed["payload"]);
-            prop_assert!(!parsed.payload.contains('\n'));
+            prop_assert_eq!(parsed.head(), head.as_str());
+            prop_assert!(!parsed.head().contains('\n'));
 
             let created = DateTime::parse_from_rfc3339("2026-11-27T10:15:03.123456Z")
                 .unwrap()
@@ -740,7 +755,7 @@ mod tests {
                 &rendered["model"],
                 &reparsed.get("model").cloned().unwrap_or(Value::Null)
             );
-            prop_assert_eq!(rendered["turn"].as_i64(), parsed.turn);
+            prop_assert_eq!(rendered["turn"].as_i64(), sent["turn"].as_i64());
             prop_assert_eq!(&rendered["payload"], &reparsed["payload"]);
             prop_assert_eq!(&rendered["stream_id"], &json!("42-0"));
             prop_assert_eq!(
@@ -757,16 +772,16 @@ mod tests {
             #[test]
             fn minifying_any_json_keeps_its_value_and_puts_it_on_one_line(value in json_value(),
                 layout in layout()) {
-                // Invariant: minify_json of any serialised Value parses to the same Value, holds no
+                // Invariant: push_minified of any serialised Value parses to the same Value, holds no
                 // newline, CR or tab, and is idempotent.
                 let text = write(&value, layout);
-                let minified = minify_json(&text);
+                let minified = minified(&text);
                 let reparsed: Value = serde_json::from_str(&minified).unwrap();
                 prop_assert_eq!(&reparsed, &serde_json::from_str::<Value>(&text).unwrap());
                 prop_assert!(!minified.contains(['\n', '\r', '\t']), "{:?}", minified);
-                prop_assert_eq!(minify_json(&minified), minified.clone());
+                prop_assert_eq!(super::minified(&minified), minified.clone());
                 let compact = serde_json::to_string(&value).unwrap();
-                prop_assert_eq!(minified.as_ref(), compact.as_str(),
+                prop_assert_eq!(minified.as_str(), compact.as_str(),
                     "minified is serde's compact form");
             }
 

@@ -9,8 +9,7 @@ mod stream_id;
 
 pub use error::DomainError;
 pub use message::{
-    end_json, end_line, minify_json, wire_timestamp, NewMessage, StoredMessage,
-    MAX_MESSAGE_ID_BYTES,
+    end_json, end_line, wire_timestamp, NewMessage, StoredMessage, MAX_MESSAGE_ID_BYTES,
 };
 pub use process::{FinishStatus, ProcessId, ProcessInfo, ProcessStatus, RecentProcess};
 pub use stream_id::{Cursor, StreamId};

@@ -486,22 +486,17 @@ impl MessageStore for PostgresStore {
         messages: &[NewMessage],
     ) -> Result<AppendOutcome, StoreError> {
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let heads: Vec<Vec<u8>> = messages.iter().map(NewMessage::head).collect();
-        let head_texts: Vec<&str> = heads
-            .iter()
-            .map(|head| std::str::from_utf8(head).map_err(|e| StoreError::Unavailable(e.into())))
-            .collect::<Result<_, _>>()?;
+        let heads: Vec<&str> = messages.iter().map(NewMessage::head).collect();
         let row = sqlx::query_as::<_, AppendRow>(sql::APPEND)
             .bind(process.as_str())
             .bind(&ids)
-            .bind(&head_texts)
+            .bind(&heads)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
         let status = ProcessStatus::from_stored(&row.status);
         let mut outcome = AppendOutcome::default();
-        drop(head_texts);
-        for (i, (message, head)) in messages.iter().zip(heads).enumerate() {
+        for (i, message) in messages.iter().enumerate() {
             let (seq, created) = row.message(i).ok_or_else(|| {
                 StoreError::Unavailable(anyhow::anyhow!(
                     "append_messages_v2 answered no seq for message {i} of {}",
@@ -511,7 +506,7 @@ impl MessageStore for PostgresStore {
             if created {
                 outcome
                     .stored
-                    .push(StoredMessage::from_head(head, seq, &row.stamp));
+                    .push(StoredMessage::from_head(message.head(), seq, &row.stamp));
             }
             outcome.results.push(Appended {
                 id: message.id.clone(),

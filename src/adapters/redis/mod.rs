@@ -331,7 +331,13 @@ impl RedisFeed {
 
     fn xadd(&self, pipe: &mut redis::Pipeline, key: &str, id: StreamId, field: &str, value: &[u8]) {
         let config = &self.shared.config;
-        pipe.cmd("XADD")
+        // Sized for its arguments at once: a message's JSON would otherwise grow the
+        // command's buffer a doubling at a time.
+        let mut xadd = redis::Cmd::with_capacity(
+            10,
+            key.len() + value.len() + field.len() + config.epoch.as_str().len() + 64,
+        );
+        xadd.arg("XADD")
             .arg(key)
             .arg("MAXLEN")
             .arg("~")
@@ -340,8 +346,8 @@ impl RedisFeed {
             .arg(field)
             .arg(value)
             .arg(EPOCH_FIELD)
-            .arg(config.epoch.as_str())
-            .ignore();
+            .arg(config.epoch.as_str());
+        pipe.add_command(xadd).ignore();
     }
 }
 
@@ -476,7 +482,7 @@ impl LiveFeed for RedisFeed {
         };
         let key = layout.keys.stream(process);
         let config = &self.shared.config;
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(messages.len() + 1);
         let mut events = Vec::with_capacity(messages.len());
         for message in messages {
             let id = message.stream_id();
