@@ -46,7 +46,26 @@ const CONSTRAINED_INSERT: &str = "WITH next AS (UPDATE perf.processes SET last_s
 /// The constrained one, an array of rows: their seqs follow the process's last.
 const CONSTRAINED_INSERT_ARRAY: &str = "WITH next AS (UPDATE perf.processes SET last_seq = last_seq + cardinality($2::text[]) WHERE id = $1 RETURNING last_seq - cardinality($2::text[]) AS base) INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, next.base + m.ord, m.id, m.body FROM next, UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS m (id, body, ord) ON CONFLICT (process_id, id) DO NOTHING RETURNING seq";
 
-/// One batch size's rates, in messages/s, and what the CPUs and PostgreSQL did.
+/// Rounds of the three setups at each batch size, each round in a turned order: one
+/// run of each setup varied by ±10% on this shared 2-core machine, so a figure is the
+/// median of its rounds, and the notes give every round.
+const ROUNDS: usize = 3;
+
+/// What one round runs: agent-stream, or a raw baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Ours,
+    Raw(Baseline),
+}
+
+const SETUPS: [Setup; 3] = [
+    Setup::Ours,
+    Setup::Raw(Baseline::Bare),
+    Setup::Raw(Baseline::Constrained),
+];
+
+/// One batch size's rates, in messages/s (the median of the rounds), and what the
+/// CPUs and PostgreSQL did.
 struct Rates {
     ours: f64,
     bare: f64,
@@ -71,51 +90,87 @@ pub async fn run(report: &mut Report) {
     drop(env);
 }
 
-/// agent-stream, then each baseline, at one batch size.
+/// [`ROUNDS`] rounds of agent-stream and each baseline at one batch size.
 async fn measure(env: &Env, report: &mut Report, run: &str, size: usize, label: &str) -> Rates {
-    env.reset_statements().await;
-    let cpu = env.cpu();
-    let tag = format!("{label}-{run}");
-    let ours = match http_throughput(env.port, &tag, size, THROUGHPUT_RUN).await {
-        Ok(rate) => rate,
-        Err(e) => {
-            report.problem(SCENARIO, e);
-            0.0
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    let mut phases = Vec::new();
+    for round in 0..ROUNDS {
+        let mut rates = [0.0; SETUPS.len()];
+        for turn in 0..SETUPS.len() {
+            let at = (round + turn) % SETUPS.len();
+            let setup = SETUPS[at];
+            env.reset_statements().await;
+            let cpu = env.cpu();
+            let tag = format!("{label}-{at}-{round}-{run}");
+            rates[at] = match setup {
+                Setup::Ours => match http_throughput(env.port, &tag, size, THROUGHPUT_RUN).await {
+                    Ok(rate) => rate,
+                    Err(e) => {
+                        report.problem(SCENARIO, e);
+                        0.0
+                    }
+                },
+                Setup::Raw(baseline) => {
+                    raw_throughput(env, &tag, size, THROUGHPUT_RUN, baseline).await
+                }
+            };
+            if round == 0 {
+                let top = env
+                    .top_by_time(if setup == Setup::Ours { 5 } else { 2 })
+                    .await;
+                let name = match setup {
+                    Setup::Ours => "agent-stream",
+                    Setup::Raw(Baseline::Bare) => "bare raw",
+                    Setup::Raw(Baseline::Constrained) => "constrained raw",
+                };
+                phases.push(format!(
+                    "{name} phase {}; its statements by execution time (BEGIN and COMMIT not counted): {}",
+                    cpu.describe(&env.cpu()),
+                    describe(&top)
+                ));
+            }
         }
+        rounds.push(rates);
+    }
+    let median = |at: usize| {
+        let mut rates: Vec<f64> = rounds.iter().map(|rates| rates[at]).collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
     };
-    let cpu_ours = env.cpu();
-    let top_ours = env.top_by_time(5).await;
-    env.reset_statements().await;
-    let tag = format!("raw{label}-{run}");
-    let bare = raw_throughput(env, &tag, size, THROUGHPUT_RUN, Baseline::Bare).await;
-    let cpu_bare = env.cpu();
-    let top_bare = env.top_by_time(2).await;
-    env.reset_statements().await;
-    let tag = format!("rawc{label}-{run}");
-    let constrained = raw_throughput(env, &tag, size, THROUGHPUT_RUN, Baseline::Constrained).await;
-    let cpu_constrained = env.cpu();
-    let top_constrained = env.top_by_time(2).await;
-    let notes = format!(
-        "agent-stream phase {}; its statements by execution time (BEGIN and COMMIT not counted): {}; bare raw phase {}; its statements: {}; constrained raw phase {}; its statements: {}",
-        cpu.describe(&cpu_ours),
-        describe(&top_ours),
-        cpu_ours.describe(&cpu_bare),
-        describe(&top_bare),
-        cpu_bare.describe(&cpu_constrained),
-        describe(&top_constrained),
-    );
+    let each = rounds
+        .iter()
+        .map(|[ours, bare, constrained]| {
+            format!(
+                "{} / {} / {} msg/s ({:.2}x)",
+                thousands(*ours),
+                thousands(*bare),
+                thousands(*constrained),
+                ours / constrained
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     Rates {
-        ours,
-        bare,
-        constrained,
-        notes,
+        ours: median(0),
+        bare: median(1),
+        constrained: median(2),
+        notes: format!(
+            "{ROUNDS} rounds of agent-stream / bare / constrained, each in a turned order, \
+            medians in the table: {each}; first round: {}",
+            phases.join("; ")
+        ),
     }
 }
 
 /// Statements as `` `query` calls × mean ms ``.
-fn describe(top: &[(i64, f64, String)]) -> String {
+fn describe(top: &[(i64, f64, f64, String)]) -> String {
     top.iter()
-        .map(|(calls, mean, query)| format!("`{query}` {calls} × {mean:.3} ms"))
+        .map(|(calls, mean, wal, query)| {
+            format!(
+                "`{query}` {calls} × {mean:.3} ms and {:.1} KiB of WAL",
+                wal / 1024.0
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
