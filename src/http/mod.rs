@@ -237,9 +237,21 @@ pub const SHUTDOWN_GRACE: &str = "10s";
 const DEFAULT_DATABASE_CONNECTIONS: usize = config::DATABASE_MAX_CONNECTIONS as usize;
 const DEFAULT_REDIS_CONNECTIONS: usize = config::REDIS_READERS + 1;
 
-/// What every handler shares.
+/// What every handler shares: one allocation, so that the clone each layer and
+/// handler takes per request is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub writer: Writer,
     pub store: Arc<dyn MessageStore>,
     pub feed: Arc<dyn LiveFeed>,
@@ -264,7 +276,7 @@ impl AppState {
         config: HttpConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             writer: Writer::new(store.clone(), feed.clone()),
             followers: Followers::new(
                 store.clone(),
@@ -280,7 +292,7 @@ impl AppState {
             config: Arc::new(config),
             shutdown,
             metrics: crate::metrics::install(),
-        }
+        }))
     }
 }
 
