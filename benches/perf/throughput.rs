@@ -17,7 +17,7 @@ use crate::report::{Report, Scenario};
 
 pub const WRITERS: usize = 8;
 const BATCH: usize = 100;
-const THROUGHPUT_RUN: Duration = Duration::from_secs(5);
+const THROUGHPUT_RUN: Duration = Duration::from_secs(3);
 const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
 /// Bound on the requests of one writer (it stops at its deadline long before).
 const MAX_MESSAGES: u64 = 10_000_000;
@@ -46,10 +46,12 @@ const CONSTRAINED_INSERT: &str = "WITH next AS (UPDATE perf.processes SET last_s
 /// The constrained one, an array of rows: their seqs follow the process's last.
 const CONSTRAINED_INSERT_ARRAY: &str = "WITH next AS (UPDATE perf.processes SET last_seq = last_seq + cardinality($2::text[]) WHERE id = $1 RETURNING last_seq - cardinality($2::text[]) AS base) INSERT INTO perf.messages (process_id, seq, id, body) SELECT $1, next.base + m.ord, m.id, m.body FROM next, UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS m (id, body, ord) ON CONFLICT (process_id, id) DO NOTHING RETURNING seq";
 
-/// Rounds of the three setups at each batch size, each round in a turned order: one
-/// run of each setup varied by ±10% on this shared 2-core machine, so a figure is the
-/// median of its rounds, and the notes give every round.
-const ROUNDS: usize = 3;
+/// Rounds of the three setups at each batch size, each round in a turned order. One
+/// run of a setup varies by ±10% and more on this shared 2-core machine (the disk's
+/// writeback of 100 MB/s of WAL and tables comes and goes), and the three of a round
+/// run within seconds of each other: a ratio is the median of the rounds' ratios, a
+/// rate the median of its rounds, and the notes give every round.
+const ROUNDS: usize = 5;
 
 /// What one round runs: agent-stream, or a raw baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +66,14 @@ const SETUPS: [Setup; 3] = [
     Setup::Raw(Baseline::Constrained),
 ];
 
-/// One batch size's rates, in messages/s (the median of the rounds), and what the
-/// CPUs and PostgreSQL did.
+/// One batch size's rates, in messages/s, and ours against each baseline (the medians
+/// of the rounds), and what the CPUs and PostgreSQL did.
 struct Rates {
     ours: f64,
     bare: f64,
     constrained: f64,
+    against_bare: f64,
+    against_constrained: f64,
     notes: String,
 }
 
@@ -132,10 +136,10 @@ async fn measure(env: &Env, report: &mut Report, run: &str, size: usize, label: 
         }
         rounds.push(rates);
     }
-    let median = |at: usize| {
-        let mut rates: Vec<f64> = rounds.iter().map(|rates| rates[at]).collect();
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
+    let median = |of: &dyn Fn(&[f64; 3]) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(of).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
     };
     let each = rounds
         .iter()
@@ -151,12 +155,15 @@ async fn measure(env: &Env, report: &mut Report, run: &str, size: usize, label: 
         .collect::<Vec<_>>()
         .join("; ");
     Rates {
-        ours: median(0),
-        bare: median(1),
-        constrained: median(2),
+        ours: median(&|rates| rates[0]),
+        bare: median(&|rates| rates[1]),
+        constrained: median(&|rates| rates[2]),
+        against_bare: median(&|rates| rates[0] / rates[1]),
+        against_constrained: median(&|rates| rates[0] / rates[2]),
         notes: format!(
-            "{ROUNDS} rounds of agent-stream / bare / constrained, each in a turned order, \
-            medians in the table: {each}; first round: {}",
+            "{ROUNDS} rounds of {THROUGHPUT_RUN:?} of agent-stream / bare / constrained (and ours \
+            against constrained), each in a turned order, medians in the table: {each}; first \
+            round: {}",
             phases.join("; ")
         ),
     }
@@ -197,16 +204,19 @@ fn rows(report: &mut Report, size: usize, rates: &Rates) {
         (
             figure,
             rates.bare,
+            rates.against_bare,
             format!("bare INSERT{unnest} of given seqs + XADD, same concurrency"),
         ),
         (
             "the same, against an INSERT that assigns seqs and skips known ids".to_owned(),
             rates.constrained,
+            rates.against_constrained,
             format!("INSERT{unnest} with seqs from the process row (UPDATE … RETURNING), ON CONFLICT (process_id, id) DO NOTHING, + XADD"),
         ),
     ];
-    for (figure, baseline, described) in against {
-        let r = ratio(rates.ours, baseline);
+    for (figure, baseline, r, described) in against {
+        // The median of the rounds' ratios; none when a setup measured nothing.
+        let r = ratio(rates.ours, baseline).map(|_| r);
         report.row(
             SCENARIO,
             figure,
