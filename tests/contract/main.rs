@@ -23,6 +23,7 @@ mod foreign_entries;
 mod fuzz;
 mod hardening;
 mod http1_follows;
+mod kept_connections;
 mod limits;
 mod logs;
 mod metrics;

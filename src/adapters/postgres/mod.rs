@@ -10,6 +10,7 @@
 //! With a read replica ([`replica`]), catch-up pages and snapshots are read from it,
 //! and completed from the primary when it lags.
 
+mod kept;
 mod options;
 mod replica;
 pub mod sql;
@@ -34,6 +35,7 @@ use crate::metrics::ReplicaRead;
 use crate::ports::{
     AppendOutcome, Appended, Epoch, MessageSink, MessageStore, Registration, StoreError,
 };
+use kept::KeptConnections;
 use replica::Replica;
 
 /// The schema migrations, embedded in the binary.
@@ -71,6 +73,8 @@ struct Lease {
 pub struct PostgresStore {
     lease: tokio::sync::Mutex<Lease>,
     pool: PgPool,
+    /// Connections kept for appends between them, out of `pool`: at most half of it.
+    kept: KeptConnections,
     /// `host:port` (or the socket), for messages.
     server: String,
     /// DATABASE_URL without its secrets, for messages.
@@ -107,6 +111,11 @@ impl PostgresStore {
             })
             .connect_lazy_with(options);
         Ok(Self {
+            kept: KeptConnections::new(
+                pool.clone(),
+                (max_connections as usize / 2).max(1),
+                PING_IF_IDLE_FOR,
+            ),
             pool,
             server,
             redacted_url: redact(database_url),
@@ -487,13 +496,15 @@ impl MessageStore for PostgresStore {
     ) -> Result<AppendOutcome, StoreError> {
         let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         let heads: Vec<&str> = messages.iter().map(NewMessage::head).collect();
+        let mut lent = self.kept.lend().await.map_err(|e| self.failed(e))?;
         let row = sqlx::query_as::<_, AppendRow>(sql::APPEND)
             .bind(process.as_str())
             .bind(&ids)
             .bind(&heads)
-            .fetch_one(&self.pool)
+            .fetch_one(lent.connection())
             .await
             .map_err(|e| self.failed(e))?;
+        lent.give_back();
         let status = ProcessStatus::from_stored(&row.status);
         let mut outcome = AppendOutcome::default();
         for (i, message) in messages.iter().enumerate() {
