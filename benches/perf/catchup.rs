@@ -372,6 +372,7 @@ async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
         ms(select),
         select_bytes as f64 / (1 << 20) as f64
     );
+    let follow_ratio = ratio(follow.as_secs_f64(), select.as_secs_f64());
     report.row(
         SCENARIO,
         format!(
@@ -381,9 +382,9 @@ async fn follow_vs_select(env: &Env, report: &mut Report, name: &str) {
         ),
         ms(follow),
         baseline.clone(),
-        ratio(follow.as_secs_f64(), select.as_secs_f64()),
-        "–",
-        None,
+        follow_ratio,
+        "≤ 1.5x",
+        follow_ratio.map(|r| r <= 1.5),
     );
     let snapshot_ratio = ratio(array.as_secs_f64(), select.as_secs_f64());
     report.row(

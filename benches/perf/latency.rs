@@ -64,13 +64,16 @@ pub async fn run(report: &mut Report) {
         &one,
         &raw_one,
         LATENCY_SAMPLES_ONE,
+        true,
     );
+    // The targets are for one follower; a thousand are held to the fan-out floor below.
     raw_rows(
         report,
         "1,000 SSE followers",
         &many,
         &raw_many,
         LATENCY_SAMPLES_MANY,
+        false,
     );
     floor_rows(report, &many, &floor);
     report.note(
@@ -225,8 +228,16 @@ async fn breakdown_note(env: &Env, report: &mut Report) {
     );
 }
 
-/// p50 (≤ 1.5x) and p99 (≤ 2x) against INSERT + XADD → XREAD BLOCK.
-fn raw_rows(report: &mut Report, label: &str, delays: &[Duration], raw: &[Duration], count: u64) {
+/// p50 and p99 against INSERT + XADD → XREAD BLOCK; held to ≤ 1.5x and ≤ 2x when
+/// `targeted`.
+fn raw_rows(
+    report: &mut Report,
+    label: &str,
+    delays: &[Duration],
+    raw: &[Duration],
+    count: u64,
+    targeted: bool,
+) {
     for (q, name, limit) in [(0.5, "p50", 1.5), (0.99, "p99", 2.0)] {
         let (value, base) = (quantile(delays, q), quantile(raw, q));
         let r = ratio(value.as_secs_f64(), base.as_secs_f64());
@@ -238,8 +249,12 @@ fn raw_rows(report: &mut Report, label: &str, delays: &[Duration], raw: &[Durati
             ms(value),
             format!("{} (INSERT + XADD → XREAD BLOCK reader)", ms(base)),
             r,
-            format!("≤ {limit}x"),
-            r.map(|r| r <= limit),
+            if targeted {
+                format!("≤ {limit}x")
+            } else {
+                "–".to_owned()
+            },
+            r.filter(|_| targeted).map(|r| r <= limit),
         );
     }
 }

@@ -159,7 +159,7 @@ pub fn machine() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".to_owned());
     format!(
-        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel} (load average {load} at the end); {}; {}; agent-stream release build; the server, PostgreSQL (run as production runs it: fsync on, synchronous_commit on, full_page_writes on; its WAL segments recycled, as in a server in service), Redis and the bench's clients all share the machine, on 127.0.0.1",
+        "{cpus} CPUs ({cpu}), {memory} RAM, Linux {kernel} (load average {load} at the end); {}; {}; agent-stream release build; the server, PostgreSQL (run as production runs it: fsync on, synchronous_commit on, full_page_writes on, shared_buffers 512MB, max_wal_size 4GB; its WAL segments recycled, as in a server in service), Redis and the bench's clients all share the machine, on 127.0.0.1",
         version(&Postgres::bindir().join("postgres")),
         version(&Redis::binary()),
     )
