@@ -656,6 +656,11 @@ fn ready_lines(
                 std::task::Poll::Ready(Some(event)) => {
                     match event {
                         Some(FollowEvent::Message(message)) => {
+                            if !piece.is_empty() {
+                                // Several ready together (a catch-up): room for the whole
+                                // piece at once, not a doubling at a time (each one a copy).
+                                piece.reserve(NDJSON_PIECE_BYTES.saturating_sub(piece.len()));
+                            }
                             piece.reserve(message.json.len() + 1);
                             piece.put_slice(&message.json);
                             piece.put_u8(b'\n');
